@@ -1,0 +1,43 @@
+"""scikit-learn's 8x8 digits with a small MLP: a fast second task to check that wins generalise."""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Returns the experiment's config; every key can be overridden as --config.a.b=v."""
+  config = ml_collections.ConfigDict()
+
+  config.dataset = ml_collections.ConfigDict()
+  config.dataset.name = 'digits'
+  config.dataset.val_fraction = 0.15
+  config.dataset.test_fraction = 0.2
+  config.dataset.split_seed = 0
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = 'mlp'
+  config.model.width = 64
+  config.model.depth = 1
+  config.model.activation = 'relu'
+  config.model.normalization = 'none'
+  config.model.dropout = 0.0
+  config.model.residual = False
+  config.model.dtype = 'float32'
+  config.model.remat = False
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = 'adam'
+  config.optimizer.learning_rate = 3e-3
+  config.optimizer.schedule = 'constant'
+  config.optimizer.warmup_steps = 0
+  config.optimizer.weight_decay = 0.0
+  config.optimizer.grad_clip_norm = 0.0  # 0 disables clipping
+  config.optimizer.momentum = 0.9  # used by sgd only
+
+  config.train = ml_collections.ConfigDict()
+  config.train.batch_size = 64
+  config.train.steps = 1000
+  config.train.eval_every = 100
+  config.train.checkpoint_every = 500
+  config.train.seed = 0
+
+  return config
