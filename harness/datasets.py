@@ -1,0 +1,137 @@
+"""The three offline tasks, each cut into deterministic train/validation/test splits.
+
+Everything here is generated or shipped with an installed package: nothing is downloaded.
+Each split carries a fingerprint (sha256 of its arrays) so a run records exactly which
+data it saw, and the agent can refuse a trial whose data changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import sysconfig
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+
+# A fixed, sorted list of pure-Python standard-library modules: present on every machine
+# with Python, no download. Their text differs across Python versions; the fingerprint
+# in the scorecard records which text a run trained on.
+CHARLM_FILES = (
+    'argparse.py', 'ast.py', 'calendar.py', 'csv.py', 'dataclasses.py', 'difflib.py',
+    'enum.py', 'fractions.py', 'functools.py', 'heapq.py', 'inspect.py', 'ipaddress.py',
+    'pathlib.py', 'pprint.py', 'random.py', 'shlex.py', 'statistics.py', 'string.py',
+    'textwrap.py', 'typing.py',
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """Inputs and targets of one split; for the char LM, x is the byte stream and y is None."""
+  x: np.ndarray
+  y: np.ndarray | None
+
+  @property
+  def fingerprint(self) -> str:
+    digest = hashlib.sha256()
+    for array in (self.x, self.y):
+      if array is not None:
+        digest.update(str((array.dtype, array.shape)).encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """A dataset with its splits and how it is scored."""
+  name: str
+  kind: str  # 'classification' | 'language_model'
+  train: Split
+  val: Split
+  test: Split
+  input_shape: tuple[int, ...]  # per example
+  num_outputs: int
+  metric_name: str
+  metric_direction: str  # 'max' | 'min'
+
+  def fingerprints(self) -> dict[str, str]:
+    return {'train': self.train.fingerprint, 'val': self.val.fingerprint,
+            'test': self.test.fingerprint}
+
+
+def _partition(n: int, fractions: tuple[float, ...], seed: int) -> list[np.ndarray]:
+  """Shuffles range(n) with a fixed seed and cuts it into disjoint index sets."""
+  order = np.random.default_rng(seed).permutation(n)
+  sizes = [int(round(f * n)) for f in fractions]
+  bounds = np.cumsum([0] + sizes)
+  return [np.sort(order[a:b]) for a, b in zip(bounds[:-1], bounds[1:])] + [
+      np.sort(order[bounds[-1]:])]
+
+
+def _check_fraction(name: str, value: float) -> None:
+  if not 0.0 < value < 0.5:
+    raise ValueError(f'dataset.{name} must be in (0, 0.5), got {value}')
+
+
+def load_digits(config: ml_collections.ConfigDict) -> Task:
+  """scikit-learn's 8x8 digits (1797 images), scaled to [0, 1]."""
+  from sklearn import datasets as sk_datasets
+  _check_fraction('val_fraction', config.val_fraction)
+  _check_fraction('test_fraction', config.test_fraction)
+  bunch = sk_datasets.load_digits()
+  x = (bunch.images / 16.0).astype(np.float32)[..., None]
+  y = bunch.target.astype(np.int32)
+  test_idx, val_idx, train_idx = _partition(
+      len(y), (config.test_fraction, config.val_fraction), config.split_seed)
+  split = lambda idx: Split(x[idx], y[idx])
+  return Task('digits', 'classification', split(train_idx), split(val_idx),
+              split(test_idx), (8, 8, 1), 10, 'accuracy', 'max')
+
+
+def load_mnist1d(config: ml_collections.ConfigDict) -> Task:
+  """MNIST-1D from its procedural generator with default arguments (no download).
+
+  The generator's own 4000/1000 split is kept: its 1000 examples are the test split,
+  and validation is carved out of the 4000 training examples.
+  """
+  from mnist1d.data import get_dataset_args, make_dataset
+  _check_fraction('val_fraction', config.val_fraction)
+  data = make_dataset(get_dataset_args())
+  x = data['x'].astype(np.float32)[..., None]
+  y = data['y'].astype(np.int32)
+  val_idx, train_idx = _partition(len(y), (config.val_fraction,), config.split_seed)
+  test = Split(data['x_test'].astype(np.float32)[..., None],
+               data['y_test'].astype(np.int32))
+  return Task('mnist1d', 'classification', Split(x[train_idx], y[train_idx]),
+              Split(x[val_idx], y[val_idx]), test, (40, 1), 10, 'accuracy', 'max')
+
+
+def charlm_corpus() -> bytes:
+  """The fixed standard-library corpus, files in sorted order, separated by a NUL byte."""
+  stdlib = Path(sysconfig.get_paths()['stdlib'])
+  return b'\0'.join((stdlib / name).read_bytes() for name in sorted(CHARLM_FILES))
+
+
+def load_charlm(config: ml_collections.ConfigDict) -> Task:
+  """Byte-level language modelling; contiguous 90/5/5-style cuts, like enwik8."""
+  _check_fraction('val_fraction', config.val_fraction)
+  _check_fraction('test_fraction', config.test_fraction)
+  stream = np.frombuffer(charlm_corpus(), dtype=np.uint8).astype(np.int32)
+  n = len(stream)
+  n_test = int(n * config.test_fraction)
+  n_val = int(n * config.val_fraction)
+  train, val, test = (stream[:n - n_val - n_test], stream[n - n_val - n_test:n - n_test],
+                      stream[n - n_test:])
+  return Task('charlm', 'language_model', Split(train, None), Split(val, None),
+              Split(test, None), (config.seq_len,), 256, 'bits_per_byte', 'min')
+
+
+LOADERS = {'digits': load_digits, 'mnist1d': load_mnist1d, 'charlm': load_charlm}
+
+
+def load_task(config: ml_collections.ConfigDict) -> Task:
+  """Loads the task named by config.name."""
+  if config.name not in LOADERS:
+    raise ValueError(f'unknown dataset.name {config.name!r}; known: {sorted(LOADERS)}')
+  return LOADERS[config.name](config)

@@ -1,0 +1,104 @@
+"""The scorecard: everything a decision about a run needs, in one strict JSON file.
+
+Quality sits beside cost (time, latency, memory, FLOPs) and stability (non-finite values,
+gradient norms, loss spikes), with the provenance that makes a result reproducible:
+data fingerprints, resolved config, code commit, library versions, device.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCORECARD = 'scorecard.json'
+TEST_SCORECARD = 'test_scorecard.json'
+CURVES = 'curves.jsonl'
+
+
+def summarize(values: list[float] | np.ndarray) -> dict[str, Any]:
+  """Per-seed values with mean and sample standard deviation (ddof=1; 0 for one seed)."""
+  arr = np.asarray(values, np.float64)
+  std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+  return {'per_seed': arr.tolist(), 'mean': float(arr.mean()), 'std': std}
+
+
+def percentile(values: list[float], q: float) -> float:
+  return float(np.percentile(values, q)) if values else math.nan
+
+
+def code_provenance(root: Path) -> dict[str, Any]:
+  """The git commit of the code that ran and whether its tree had uncommitted changes."""
+  def git(*args: str) -> str | None:
+    try:
+      return subprocess.run(['git', '-C', str(root), *args], capture_output=True, text=True,
+                            check=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+      return None
+  commit = git('rev-parse', 'HEAD')
+  status = git('status', '--porcelain', '--untracked-files=no')
+  return {'commit': commit, 'dirty': None if status is None else bool(status)}
+
+
+def library_versions() -> dict[str, str]:
+  from importlib import metadata
+  names = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'numpy')
+  return {'python': platform.python_version(), **{n: metadata.version(n) for n in names}}
+
+
+def device_info() -> dict[str, Any]:
+  import jax
+  devices = jax.devices()
+  return {'platform': devices[0].platform, 'kind': devices[0].device_kind,
+          'count': len(devices), 'host': platform.node(), 'machine': platform.machine()}
+
+
+def max_rss_mb() -> float:
+  """Peak resident memory of this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
+  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return rss / (1024 * 1024) if sys.platform == 'darwin' else rss / 1024
+
+
+def device_peak_bytes() -> int | None:
+  """Accelerator allocator peak where the backend reports one (GPU/TPU; not CPU)."""
+  import jax
+  stats = jax.devices()[0].memory_stats()
+  return None if not stats else stats.get('peak_bytes_in_use')
+
+
+def _strict(value: Any) -> Any:
+  """JSON has no NaN or infinity: non-finite floats become null (flags say why)."""
+  if isinstance(value, float):
+    return value if math.isfinite(value) else None
+  if isinstance(value, dict):
+    return {k: _strict(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_strict(v) for v in value]
+  if isinstance(value, (np.floating, np.integer, np.bool_)):
+    return _strict(value.item())
+  return value
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+  """Writes atomically so a reader never sees half a scorecard."""
+  tmp = path.with_suffix(path.suffix + '.tmp')
+  tmp.write_text(json.dumps(_strict(data), indent=2, sort_keys=True, allow_nan=False) + '\n')
+  os.replace(tmp, path)
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+  with path.open('a') as f:
+    f.write(json.dumps(_strict(record), sort_keys=True, allow_nan=False) + '\n')
+    f.flush()
+
+
+def read_json(path: Path) -> dict[str, Any]:
+  return json.loads(Path(path).read_text())

@@ -1,0 +1,187 @@
+"""The compiled program: per-seed batch sampling, loss, train step, and chunks of steps.
+
+Everything runs on device. A chunk of steps is one `lax.scan`, so the host syncs once per
+chunk, not once per step. K seeds are one `jax.vmap` over the leading axis of the
+parameters, optimiser state and keys, so K seeds cost one compile and one program.
+Batches are drawn on device from the step number, which makes a resumed run replay the
+same data order as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from harness.datasets import Task
+
+Carry = tuple[Any, Any]  # (params, opt_state), each with a leading seed axis
+LN2 = float(np.log(2.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedKeys:
+  """Independent randomness per seed: initialisation, data order, dropout."""
+  init: jax.Array
+  data: jax.Array
+  dropout: jax.Array
+
+  @classmethod
+  def for_seeds(cls, seeds: list[int]) -> 'SeedKeys':
+    keys = jnp.stack([jax.random.split(jax.random.key(s), 3) for s in seeds])
+    return cls(keys[:, 0], keys[:, 1], keys[:, 2])
+
+
+jax.tree_util.register_dataclass(SeedKeys, data_fields=['init', 'data', 'dropout'],
+                                 meta_fields=[])
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+  """Draws one seed's batches on device from (data_key, step, epoch state).
+
+  Classification samples without replacement: the epoch's permutation is the epoch state,
+  recomputed only when an epoch starts (a sort per step would dominate small models).
+  The language model draws random windows of seq_len + 1 bytes; it has no epoch state.
+  """
+  epoch_state: Callable[[jax.Array, jax.Array], jax.Array]
+  batch: Callable[[jax.Array, jax.Array, jax.Array], tuple]
+  steps_per_epoch: int
+
+
+def make_sampler(task: Task, train_x: jax.Array, train_y: jax.Array | None,
+                 batch_size: int) -> Sampler:
+  if task.kind == 'language_model':
+    seq_len = task.input_shape[0]
+    max_start = train_x.shape[0] - seq_len - 1
+    offsets = jnp.arange(seq_len + 1)
+
+    def lm_batch(key: jax.Array, _: jax.Array, step: jax.Array) -> tuple:
+      starts = jax.random.randint(jax.random.fold_in(key, step), (batch_size,), 0, max_start)
+      windows = train_x[starts[:, None] + offsets]
+      return windows[:, :-1], windows[:, 1:]
+    return Sampler(lambda key, step: jnp.zeros((), jnp.int32), lm_batch, 1)
+
+  n = train_x.shape[0]
+  steps_per_epoch = n // batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f'train.batch_size {batch_size} exceeds the {n} training examples')
+
+  def permutation(key: jax.Array, step: jax.Array) -> jax.Array:
+    return jax.random.permutation(jax.random.fold_in(key, step // steps_per_epoch), n)
+
+  def classification_batch(key: jax.Array, perm: jax.Array, step: jax.Array) -> tuple:
+    idx = jax.lax.dynamic_slice(perm, ((step % steps_per_epoch) * batch_size,), (batch_size,))
+    return train_x[idx], train_y[idx]
+  return Sampler(permutation, classification_batch, steps_per_epoch)
+
+
+def loss_and_metric(logits: jax.Array, targets: jax.Array, kind: str,
+                    weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Weighted mean loss (nats) and metric: accuracy, or bits per byte for the LM."""
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  if kind == 'language_model':
+    losses = losses.mean(axis=-1)
+  total = jnp.maximum(weights.sum(), 1.0)
+  loss = (losses * weights).sum() / total
+  if kind == 'language_model':
+    return loss, loss / LN2
+  correct = (logits.argmax(-1) == targets).astype(jnp.float32)
+  return loss, (correct * weights).sum() / total
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+  """The pure functions the training loop compiles."""
+  init: Callable[[jax.Array], Any]
+  step: Callable[..., tuple]
+  chunk: Callable[..., tuple]
+  evaluate: Callable[..., tuple]
+
+
+def build_program(task: Task, graphdef: nnx.GraphDef, make_params: Callable[[jax.Array], Any],
+                  tx: optax.GradientTransformation, batch_size: int) -> Program:
+  """Wires the model, optimiser and data into per-seed functions vmapped over seeds."""
+  train_x = jnp.asarray(task.train.x)
+  train_y = None if task.train.y is None else jnp.asarray(task.train.y)
+  sampler = make_sampler(task, train_x, train_y, batch_size)
+  epoch_states = jax.vmap(sampler.epoch_state, in_axes=(0, None))
+
+  def init(init_key: jax.Array) -> Carry:
+    params = make_params(init_key)
+    return params, tx.init(params)
+
+  def seed_step(params, opt_state, keys: SeedKeys, epoch_state: jax.Array, step: jax.Array):
+    x, y = sampler.batch(keys.data, epoch_state, step)
+    dropout_rngs = nnx.Rngs(dropout=jax.random.fold_in(keys.dropout, step))
+
+    def loss_fn(p):
+      logits = nnx.merge(graphdef, p)(x, train=True, rngs=dropout_rngs)
+      return loss_and_metric(logits, y, task.kind, jnp.ones(y.shape[0]))[0]
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss, optax.global_norm(grads)
+
+  def step(carry: Carry, keys: SeedKeys, step_index: jax.Array, epoch_state=None):
+    if epoch_state is None:
+      epoch_state = epoch_states(keys.data, step_index)
+    params, opt_state, loss, grad_norm = jax.vmap(seed_step, in_axes=(0, 0, 0, 0, None))(
+        *carry, keys, epoch_state, step_index)
+    return (params, opt_state), (loss, grad_norm)
+
+  def chunk(carry: Carry, keys: SeedKeys, start: jax.Array, length: int):
+    def body(state, step_index):
+      carry_, epoch_state = state
+      epoch_state = jax.lax.cond(step_index % sampler.steps_per_epoch == 0,
+                                 lambda: epoch_states(keys.data, step_index),
+                                 lambda: epoch_state)
+      carry_, metrics = step(carry_, keys, step_index, epoch_state)
+      return (carry_, epoch_state), metrics
+    (carry, _), metrics = jax.lax.scan(body, (carry, epoch_states(keys.data, start)),
+                                       start + jnp.arange(length))
+    return carry, metrics
+
+  def evaluate(params, x: jax.Array, y: jax.Array, weights: jax.Array):
+    """x, y, weights hold fixed-size eval batches on a leading axis; returns per-seed values."""
+    def seed_eval(p):
+      model = nnx.merge(graphdef, p)
+
+      def one_batch(totals, batch_):
+        bx, by, bw = batch_
+        loss, metric = loss_and_metric(model(bx, train=False), by, task.kind, bw)
+        n = bw.sum()
+        return (totals[0] + loss * n, totals[1] + metric * n, totals[2] + n), None
+
+      (loss_sum, metric_sum, count), _ = jax.lax.scan(one_batch, (0.0, 0.0, 0.0), (x, y, weights))
+      return loss_sum / count, metric_sum / count
+    return jax.vmap(seed_eval)(params)
+
+  return Program(init=jax.vmap(init), step=step, chunk=chunk, evaluate=evaluate)
+
+
+def eval_batches(task: Task, split_name: str, batch_size: int = 512) -> tuple[jax.Array, ...]:
+  """Cuts a split into fixed-size batches padded with zero-weight rows (one compile)."""
+  split = getattr(task, split_name)
+  if task.kind == 'language_model':
+    seq_len = task.input_shape[0]
+    n_windows = (split.x.shape[0] - 1) // seq_len
+    idx = np.arange(n_windows)[:, None] * seq_len + np.arange(seq_len + 1)
+    windows = split.x[idx]
+    x, y = windows[:, :-1], windows[:, 1:]
+  else:
+    x, y = split.x, split.y
+  n = x.shape[0]
+  batch_size = min(batch_size, n)
+  n_batches = -(-n // batch_size)
+  pad = n_batches * batch_size - n
+  weights = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
+  pad_rows = lambda a: np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)])
+  shape = lambda a: a.reshape((n_batches, batch_size) + a.shape[1:])
+  return (jnp.asarray(shape(pad_rows(x))), jnp.asarray(shape(pad_rows(y))),
+          jnp.asarray(shape(weights)))
