@@ -1,0 +1,214 @@
+"""The run's journal: an append-only, hash-chained SQLite log of everything the agent did.
+
+Why SQLite: embedded, crash-safe, queryable by a person with the `sqlite3` shell. Why a hash
+chain: a reviewer signing off on a run must be able to tell that nobody edited a verdict after
+the fact; SQL triggers stop accidental edits, the chain exposes deliberate ones (`verify`).
+
+Each record hashes `prev_hash + canonical_json([seq, ts, kind, trial, payload])`; the first
+record's prev_hash is GENESIS. Payloads are stored as canonical JSON (sorted keys, no spaces,
+ASCII); non-finite floats are stored as the strings 'nan', 'inf' and '-inf', so they read back
+as strings.
+
+Record kinds the loop writes (documented, not enforced):
+  run_started     charter, config, start commit, seeds, versions, device
+  baseline        the starting commit's scorecard on the search seeds
+  proposal        diagnosis, hypothesis, expected effect, edit (trial set)
+  guard_rejected  why a proposal was refused before it ran
+  trial_started   candidate commit, seeds, workdir
+  trial_finished  scorecard summary, or failure / prune reason
+  verdict         decide.Verdict: accepted, reason_code, rationale, numbers
+  budget          ledger snapshot: trials, wall time, compute, LLM tokens
+  run_finished    best commit, why the run stopped
+  final_eval      start and best commits on fresh seeds and the test split
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import math
+import numbers
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+GENESIS = '0' * 64
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+  seq INTEGER PRIMARY KEY,
+  ts TEXT NOT NULL,
+  kind TEXT NOT NULL,
+  trial INTEGER NULL,
+  payload TEXT NOT NULL,
+  prev_hash TEXT NOT NULL,
+  hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_kind_trial ON records (kind, trial);
+CREATE TRIGGER IF NOT EXISTS records_no_update BEFORE UPDATE ON records
+BEGIN SELECT RAISE(ABORT, 'journal is append-only: UPDATE is forbidden'); END;
+CREATE TRIGGER IF NOT EXISTS records_no_delete BEFORE DELETE ON records
+BEGIN SELECT RAISE(ABORT, 'journal is append-only: DELETE is forbidden'); END;
+"""
+
+_COLUMNS = 'seq, ts, kind, trial, payload, prev_hash, hash'
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+  """One journal entry as stored; payload is the decoded JSON object."""
+  seq: int
+  ts: str
+  kind: str
+  trial: int | None
+  payload: dict[str, Any]
+  prev_hash: str
+  hash: str
+
+
+def _jsonable(value: Any) -> Any:
+  """Maps a payload to plain JSON types; non-finite floats become strings, not invalid JSON."""
+  if isinstance(value, dict):
+    return {str(k): _jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_jsonable(v) for v in value]
+  if isinstance(value, (str, bool)) or value is None:
+    return value
+  if isinstance(value, numbers.Integral):
+    return int(value)
+  if isinstance(value, numbers.Real):
+    number = float(value)
+    if math.isnan(number):
+      return 'nan'
+    if math.isinf(number):
+      return 'inf' if number > 0 else '-inf'
+    return number
+  raise TypeError(f'journal payloads hold JSON-like values only, got {type(value).__name__}')
+
+
+def canonical_json(value: Any) -> str:
+  """One byte-exact text per value, so hashes are reproducible across runs and machines."""
+  return json.dumps(_jsonable(value), sort_keys=True, separators=(',', ':'),
+                    ensure_ascii=True, allow_nan=False)
+
+
+def record_hash(prev_hash: str, seq: int, ts: str, kind: str, trial: int | None,
+                payload: dict[str, Any]) -> str:
+  """The chain link: covers every column but the hash itself."""
+  body = canonical_json([seq, ts, kind, trial, payload])
+  return hashlib.sha256((prev_hash + body).encode('utf-8')).hexdigest()
+
+
+def _now() -> str:
+  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='microseconds')
+
+
+def _describe(seq: int, kind: str, trial: int | None) -> str:
+  trial_part = '' if trial is None else f', trial {trial}'
+  return f'record {seq} (kind={kind}{trial_part})'
+
+
+def _to_record(row: tuple) -> Record:
+  seq, ts, kind, trial, payload, prev_hash, digest = row
+  return Record(seq, ts, kind, trial, json.loads(payload), prev_hash, digest)
+
+
+def _row_problem(row: tuple, expected_seq: int, expected_prev: str) -> str | None:
+  """Why a stored row breaks the chain, or None if it is intact."""
+  seq, ts, kind, trial, payload_text, prev_hash, digest = row
+  if seq != expected_seq:
+    return f'sequence gap (expected record {expected_seq})'
+  if prev_hash != expected_prev:
+    return 'prev_hash does not match the previous record'
+  try:
+    payload = json.loads(payload_text)
+  except ValueError:
+    return 'payload is not valid JSON'
+  if not isinstance(payload, dict) or canonical_json(payload) != payload_text:
+    return 'payload is not in canonical form'
+  if record_hash(prev_hash, seq, ts, kind, trial, payload) != digest:
+    return 'hash mismatch'
+  return None
+
+
+class Journal:
+  """Append-only journal over one SQLite file; every append is durable when it returns."""
+
+  def __init__(self, connection: sqlite3.Connection, path: Path):
+    self._db = connection
+    self.path = path
+
+  @classmethod
+  def open(cls, path: str | Path) -> Journal:
+    """Creates the journal (and its folder) or opens an existing one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    connection = sqlite3.connect(path, isolation_level=None)  # explicit transactions only
+    connection.execute('PRAGMA journal_mode=WAL')
+    connection.execute('PRAGMA synchronous=FULL')
+    connection.executescript(_SCHEMA)
+    return cls(connection, path)
+
+  def append(self, kind: str, payload: dict[str, Any], trial: int | None = None) -> Record:
+    """Writes one record and commits it; BEGIN IMMEDIATE serialises concurrent writers."""
+    trial = None if trial is None else int(trial)
+    payload_text = canonical_json(payload)
+    stored_payload = json.loads(payload_text)
+    self._db.execute('BEGIN IMMEDIATE')
+    try:
+      row = self._db.execute('SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1').fetchone()
+      seq, prev_hash = (row[0] + 1, row[1]) if row else (1, GENESIS)
+      ts = _now()
+      digest = record_hash(prev_hash, seq, ts, kind, trial, stored_payload)
+      self._db.execute(f'INSERT INTO records ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)',
+                       (seq, ts, kind, trial, payload_text, prev_hash, digest))
+      self._db.execute('COMMIT')
+    except BaseException:
+      self._db.execute('ROLLBACK')
+      raise
+    return Record(seq, ts, kind, trial, stored_payload, prev_hash, digest)
+
+  def records(self, kind: str | None = None, trial: int | None = None) -> list[Record]:
+    """Records in order, optionally filtered by kind and/or trial."""
+    clauses, params = [], []
+    if kind is not None:
+      clauses.append('kind = ?')
+      params.append(kind)
+    if trial is not None:
+      clauses.append('trial = ?')
+      params.append(trial)
+    where = f' WHERE {" AND ".join(clauses)}' if clauses else ''
+    rows = self._db.execute(f'SELECT {_COLUMNS} FROM records{where} ORDER BY seq', params)
+    return [_to_record(row) for row in rows]
+
+  def last(self, kind: str, trial: int | None = None) -> Record | None:
+    """The latest record of a kind (of that trial, if given); what resume reads."""
+    query = f'SELECT {_COLUMNS} FROM records WHERE kind = ?'
+    params: list[Any] = [kind]
+    if trial is not None:
+      query += ' AND trial = ?'
+      params.append(trial)
+    row = self._db.execute(query + ' ORDER BY seq DESC LIMIT 1', params).fetchone()
+    return _to_record(row) if row else None
+
+  def verify(self) -> str | None:
+    """None if the whole chain holds, else a one-line description of the first bad record."""
+    expected_prev = GENESIS
+    rows = self._db.execute(f'SELECT {_COLUMNS} FROM records ORDER BY seq')
+    for expected_seq, row in enumerate(rows, start=1):
+      problem = _row_problem(row, expected_seq, expected_prev)
+      if problem:
+        return f'{_describe(row[0], row[2], row[3])}: {problem}'
+      expected_prev = row[6]
+    return None
+
+  def close(self) -> None:
+    self._db.close()
+
+  def __enter__(self) -> Journal:
+    return self
+
+  def __exit__(self, *exc_info: object) -> None:
+    self.close()
