@@ -1,0 +1,247 @@
+"""The acceptance rule on constructed numbers: real wins pass, noise and costly wins do not."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from agent.decide import (AcceptancePolicy, ArmResult, SeedResults, decide, noise_floor,
+                          paired_test, pool, should_prune)
+
+INCUMBENT = (0.800, 0.810, 0.805)  # std 0.005 -> noise floor 2 * 0.005 * sqrt(2/3) = 0.00816
+POLICY = AcceptancePolicy()
+
+
+def results(candidate, incumbent=INCUMBENT, *, metric='accuracy', time=(100.0, 100.0),
+            memory=(0.0, 0.0), latency=(0.0, 0.0), nonfinite=False) -> SeedResults:
+  """incumbent / candidate costs given as (incumbent, candidate) pairs."""
+  return SeedResults(
+      ArmResult(incumbent, time[0], memory[0], latency[0]),
+      ArmResult(candidate, time[1], memory[1], latency[1], nonfinite), metric)
+
+
+def shifted(gains, base=INCUMBENT):
+  return tuple(b + g for b, g in zip(base, gains))
+
+
+def test_noise_floor_is_the_standard_error_of_a_difference_of_means():
+  assert noise_floor(INCUMBENT, 2.0) == pytest.approx(2.0 * 0.005 * math.sqrt(2 / 3))
+  assert noise_floor([1.0, 1.0, 1.0, 1.0], 2.0) == 0.0
+  assert noise_floor([1.0, 1.0], 2.0, min_std=0.1) == pytest.approx(0.2)
+  with pytest.raises(ValueError):
+    noise_floor([1.0], 2.0)
+
+
+def test_paired_test_matches_scipy_and_orients_gains():
+  candidate = (0.83, 0.82, 0.81)
+  test = paired_test(INCUMBENT, candidate, 'max')
+  expected = stats.ttest_rel(candidate, INCUMBENT, alternative='greater')
+  assert test.k == 3
+  assert test.t == pytest.approx(expected.statistic)
+  assert test.p_one_sided == pytest.approx(expected.pvalue)
+  flipped = paired_test(INCUMBENT, candidate, 'min')
+  assert flipped.mean_gain == pytest.approx(-test.mean_gain)
+  assert flipped.p_one_sided == pytest.approx(1 - test.p_one_sided)
+
+
+def test_paired_test_with_zero_variance():
+  assert paired_test([1.0, 2.0], [1.5, 2.5], 'max').p_one_sided == 0.0
+  assert paired_test([1.0, 2.0], [0.5, 1.5], 'max').p_one_sided == 1.0
+  same = paired_test([1.0, 2.0], [1.0, 2.0], 'max')
+  assert (same.mean_gain, same.std_gain, same.t, same.p_one_sided) == (0.0, 0.0, 0.0, 1.0)
+
+
+def test_clear_win_is_accepted():
+  verdict = decide(results(shifted([0.030, 0.032, 0.028])), 'max', POLICY)
+  assert verdict.accepted and verdict.reason_code == 'improved'
+  assert verdict.gain == pytest.approx(0.030)
+  assert verdict.noise_floor == pytest.approx(0.00816, abs=1e-5)
+  assert verdict.p_value < 0.01
+  assert verdict.rationale.startswith('Accepted: mean gain +0.03 accuracy over 3 paired seeds')
+  assert 'noise floor 0.00816' in verdict.rationale
+  assert verdict.checks['k'] == 3 and verdict.checks['time_ratio'] == 1.0
+
+
+def test_noise_sized_win_is_rejected():
+  verdict = decide(results(shifted([0.005, 0.005, 0.004])), 'max', POLICY)
+  assert not verdict.accepted and verdict.reason_code == 'below_noise_floor'
+  assert verdict.rationale == (
+      'Rejected: mean gain +0.00467 accuracy over 3 paired seeds is below the noise floor '
+      '0.00816 (2.0 x seed-to-seed standard error).')
+
+
+def test_a_win_below_min_delta_is_rejected_even_with_no_noise():
+  quiet = (0.75, 0.75, 0.75)
+  verdict = decide(results(shifted([0.001] * 3, quiet), quiet), 'max', POLICY)
+  assert verdict.reason_code == 'below_noise_floor'
+  assert 'the minimum gain 0.002 (noise floor 0)' in verdict.rationale
+
+
+def test_inconsistent_win_is_rejected():
+  verdict = decide(results(shifted([0.040, -0.010, 0.000])), 'max', POLICY)
+  assert not verdict.accepted and verdict.reason_code == 'not_significant'
+  assert 'not consistent across seeds' in verdict.rationale
+
+
+def test_small_win_that_doubles_train_time_is_rejected_and_a_large_one_passes():
+  small = decide(results(shifted([0.009, 0.0095, 0.0085]), time=(100.0, 200.0)), 'max', POLICY)
+  assert not small.accepted and small.reason_code == 'train_time'
+  assert 'training takes 2.00x as long' in small.rationale
+  assert 'at least 0.01' in small.rationale
+  large = decide(results(shifted([0.030, 0.032, 0.028]), time=(100.0, 200.0)), 'max', POLICY)
+  assert large.accepted and large.reason_code == 'improved'
+  assert 'train time 2.00x' in large.rationale
+
+
+def test_memory_cap_and_latency_ratio():
+  win = shifted([0.030, 0.032, 0.028])
+  capped = AcceptancePolicy(max_memory_mb=1000)
+  assert decide(results(win, memory=(800, 1500)), 'max', capped).reason_code == 'memory'
+  assert decide(results(win, memory=(800, 900)), 'max', capped).accepted
+  slow = decide(results(win, latency=(10.0, 30.0)), 'max', POLICY)
+  assert slow.reason_code == 'latency' and '3.00x' in slow.rationale
+
+
+def test_non_finite_rejects():
+  nan = decide(results((0.9, math.nan, 0.9)), 'max', POLICY)
+  assert not nan.accepted and nan.reason_code == 'nonfinite'
+  flagged = decide(results(shifted([0.03] * 3), nonfinite=True), 'max', POLICY)
+  assert flagged.reason_code == 'nonfinite'
+  tolerant = AcceptancePolicy(reject_nonfinite=False)
+  assert decide(results(shifted([0.03] * 3), nonfinite=True), 'max', tolerant).accepted
+  with pytest.raises(ValueError):
+    decide(results(INCUMBENT, incumbent=(0.8, math.inf, 0.8)), 'max', POLICY)
+
+
+def test_identical_candidate_is_rejected():
+  verdict = decide(results(INCUMBENT), 'max', POLICY)
+  assert not verdict.accepted and verdict.reason_code == 'no_gain'
+  assert verdict.gain == 0.0 and verdict.p_value == 1.0
+
+
+def test_tie_that_deletes_code_is_a_simplification():
+  tie = shifted([0.001, -0.002, 0.0005])
+  verdict = decide(results(tie), 'max', POLICY, diff_lines=-12)
+  assert verdict.accepted and verdict.reason_code == 'simplification'
+  assert 'removes 12 more lines than it adds' in verdict.rationale
+  against_start = decide(results(tie), 'max', POLICY, diff_lines=30, incumbent_diff_lines=40)
+  assert against_start.reason_code == 'simplification'
+  assert decide(results(tie), 'max', POLICY, diff_lines=5).reason_code == 'no_gain'
+  slower = decide(results(tie, time=(100.0, 200.0)), 'max', POLICY, diff_lines=-12)
+  assert slower.reason_code == 'train_time'
+
+
+def test_tie_that_trains_much_faster_is_an_efficiency_win():
+  verdict = decide(results(shifted([0.001, -0.002, 0.0005]), time=(100.0, 70.0)), 'max', POLICY)
+  assert verdict.accepted and verdict.reason_code == 'efficiency'
+  assert '0.70x' in verdict.rationale
+
+
+def test_a_consistent_small_loss_is_not_a_tie_even_when_it_deletes_code():
+  verdict = decide(results(shifted([-0.004, -0.0041, -0.0039])), 'max', POLICY, diff_lines=-50)
+  assert not verdict.accepted and verdict.reason_code == 'worse'
+
+
+def test_min_direction_bits_per_byte():
+  incumbent = (1.500, 1.510, 1.505)
+  better = decide(results((1.470, 1.478, 1.476), incumbent, metric='val_bpb'), 'min', POLICY)
+  assert better.accepted and better.gain == pytest.approx(0.0303, abs=1e-4)
+  assert 'mean gain +0.0303 val_bpb (lower is better)' in better.rationale
+  worse = decide(results((1.530, 1.541, 1.534), incumbent, metric='val_bpb'), 'min', POLICY)
+  assert not worse.accepted and worse.reason_code == 'worse'
+
+
+def test_seed_std_measured_elsewhere_raises_the_floor():
+  win = results(shifted([0.030, 0.032, 0.028]))
+  verdict = decide(win, 'max', POLICY, seed_std=0.03)
+  assert verdict.reason_code == 'below_noise_floor'
+  assert verdict.noise_floor == pytest.approx(2 * 0.03 * math.sqrt(2 / 3))
+
+
+def test_pool_and_confirm():
+  screen = results(shifted([0.030, 0.032, 0.028]), time=(100.0, 110.0), memory=(500, 600))
+  fresh_incumbent = (0.795, 0.812, 0.803)
+  fresh = results(shifted([0.027, 0.031, 0.030], fresh_incumbent), fresh_incumbent,
+                  time=(120.0, 130.0), memory=(500, 700))
+  pooled = pool(screen, fresh)
+  assert pooled.fresh_from == 3 and len(pooled.candidate.per_seed) == 6
+  assert pooled.candidate.train_seconds == 120.0 and pooled.candidate.peak_memory_mb == 700
+  verdict = decide(pooled, 'max', POLICY, stage='confirm')
+  assert verdict.accepted and verdict.checks['k'] == 6
+  assert '6 paired seeds (3 screen + 3 fresh)' in verdict.rationale
+  with pytest.raises(ValueError):
+    decide(pooled, 'max', POLICY)
+  with pytest.raises(ValueError):
+    decide(screen, 'max', POLICY, stage='confirm')
+
+
+def test_a_screen_win_that_does_not_replicate_is_rejected():
+  screen = results(shifted([0.050, 0.052, 0.048]))
+  fresh_incumbent = (0.795, 0.812, 0.803)
+  fresh = results(shifted([-0.001, 0.000, -0.002], fresh_incumbent), fresh_incumbent)
+  verdict = decide(pool(screen, fresh), 'max', POLICY, stage='confirm')
+  assert not verdict.accepted and verdict.reason_code == 'not_replicated'
+  assert 'on the 3 fresh seeds' in verdict.rationale
+
+
+def _screen_then_confirm(rng, effect: float, sigma: float = 0.01, k: int = 3) -> bool:
+  def draw() -> SeedResults:
+    return results(0.8 + effect + sigma * rng.standard_normal(k),
+                   0.8 + sigma * rng.standard_normal(k))
+  screen = draw()
+  if not decide(screen, 'max', POLICY).accepted:
+    return False
+  return decide(pool(screen, draw()), 'max', POLICY, stage='confirm').accepted
+
+
+def test_null_candidates_are_rarely_accepted():
+  rng = np.random.default_rng(20260101)
+  accepted = sum(_screen_then_confirm(rng, effect=0.0) for _ in range(200))
+  assert accepted / 200 < 0.05
+
+
+def test_real_effects_are_usually_accepted():
+  rng = np.random.default_rng(7)
+  accepted = sum(_screen_then_confirm(rng, effect=0.04) for _ in range(200))
+  assert accepted / 200 > 0.7
+
+
+def _curve(values, start=100, every=100):
+  return [(start + i * every, v) for i, v in enumerate(values)]
+
+
+INCUMBENT_CURVE = _curve([0.30, 0.50, 0.60, 0.66, 0.70, 0.73, 0.75, 0.77, 0.78, 0.79])
+
+
+def test_prune_a_clearly_losing_curve():
+  losing = _curve([0.25, 0.40, 0.48, 0.52, 0.55])
+  decision = should_prune(INCUMBENT_CURVE, losing, 1000, 'max', noise=0.01)
+  assert decision.prune and decision.at_step == 500
+  assert 'trails the incumbent by 0.14 and 0.15 at steps 400 and 500' in decision.reason
+
+
+def test_do_not_prune_a_close_curve_or_one_bad_step():
+  close = _curve([0.29, 0.49, 0.59, 0.645, 0.69])
+  assert not should_prune(INCUMBENT_CURVE, close, 1000, 'max', noise=0.01).prune
+  one_dip = _curve([0.30, 0.50, 0.60, 0.50, 0.70])
+  assert not should_prune(INCUMBENT_CURVE, one_dip, 1000, 'max', noise=0.01).prune
+
+
+def test_do_not_prune_before_min_fraction():
+  early = _curve([0.10, 0.10, 0.10])  # steps 100-300: only step 300 is past 30%
+  decision = should_prune(INCUMBENT_CURVE, early, 1000, 'max', noise=0.01)
+  assert not decision.prune and decision.at_step is None
+  assert 'fewer than two' in decision.reason
+
+
+def test_prune_in_min_direction_and_on_non_finite():
+  incumbent = _curve([3.0, 2.5, 2.2, 2.0, 1.9])
+  assert should_prune(incumbent, _curve([3.2, 2.9, 2.8, 2.7, 2.6]), 500, 'min', 0.02).prune
+  assert not should_prune(incumbent, _curve([2.9, 2.4, 2.1, 1.9, 1.8]), 500, 'min', 0.02).prune
+  diverged = _curve([3.0, 2.5, math.nan, math.inf, math.nan])
+  assert should_prune(incumbent, diverged, 500, 'min', 0.02).prune
+
+
+def test_exact_ties_survive_zero_noise():
+  assert not should_prune(INCUMBENT_CURVE, INCUMBENT_CURVE, 1000, 'max', noise=0.0).prune
