@@ -1,0 +1,330 @@
+"""The research charter: WORKSPACE.md's prose plus exactly one ```toml block of settings.
+
+The charter is the contract a person signs: what the agent may touch, what it optimises
+and how a candidate must win. It is parsed strictly (unknown keys, wrong types and
+out-of-range values are errors that name the Markdown line) because a typo that silently
+fell back to a default would change the rules of the search without anyone noticing.
+"""
+
+import dataclasses
+import fnmatch
+import math
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Callable
+
+# Paths no charter can open up: the trusted half of the design, enforced in code.
+ALWAYS_PROTECTED = ('WORKSPACE.md', 'agent/**', 'harness/**', 'tests/**', '.git/**')
+
+
+class CharterError(ValueError):
+  """A charter that cannot be trusted; the message reads `file:line: what is wrong`."""
+
+  def __init__(self, path: str, line: int | None, message: str):
+    self.path, self.line = path, line
+    super().__init__(f'{path}:{line}: {message}' if line else f'{path}: {message}')
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """What the search optimises."""
+  metric: str = 'val_metric'
+  direction: str = 'auto'
+
+  def resolve_direction(self, scorecard_direction: str) -> str:
+    """'max' or 'min': the charter's choice, or the scorecard's when the charter says auto."""
+    direction = scorecard_direction if self.direction == 'auto' else self.direction
+    if direction not in ('max', 'min'):
+      raise ValueError(f"metric direction must be 'max' or 'min', got {direction!r}")
+    return direction
+
+
+@dataclasses.dataclass(frozen=True)
+class Scope:
+  """Globs of repository paths the agent may edit, and those it never may."""
+  editable: tuple[str, ...] = ('models/**', 'experiments/**')
+  protected: tuple[str, ...] = (
+      'harness/**', 'agent/**', 'tests/**', 'WORKSPACE.md', 'pyproject.toml', 'Makefile',
+      '.ci/**', '.git/**', 'benchmarks/**')
+
+
+@dataclasses.dataclass(frozen=True)
+class Trial:
+  """How one candidate is run."""
+  seeds: int = 3
+  timeout_minutes: float = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+  """Limits of a whole run; 0 means unlimited for compute_seconds and tokens."""
+  trials: int = 12
+  minutes: float = 13.0
+  compute_seconds: float = 0.0
+  tokens: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Stop:
+  """Early end of a run: this many consecutive trials without an accepted change."""
+  patience: int = 6
+
+
+@dataclasses.dataclass(frozen=True)
+class Acceptance:
+  """How much better a candidate must be, on paired seeds, to replace the incumbent."""
+  alpha: float = 0.05
+  noise_multiplier: float = 2.0
+  min_delta: float = 0.002
+  confirm_on_fresh_seeds: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Tradeoffs:
+  """Costs a gain must not exceed; 0 for max_memory_mb means no cap."""
+  max_time_ratio: float = 1.5
+  time_ratio_min_gain: float = 0.01
+  max_memory_mb: float = 0.0
+  max_latency_ratio: float = 2.0
+  reject_nonfinite: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Pruning:
+  """Stopping a clear loser early, once min_fraction of its steps have run."""
+  enabled: bool = True
+  min_fraction: float = 0.3
+  margin_multiplier: float = 3.0
+
+
+_SECTIONS: dict[str, type] = {
+    'objective': Objective, 'scope': Scope, 'trial': Trial, 'budget': Budget, 'stop': Stop,
+    'acceptance': Acceptance, 'tradeoffs': Tradeoffs, 'pruning': Pruning}
+
+
+@dataclasses.dataclass(frozen=True)
+class Charter:
+  """The parsed charter; `prose` is the Markdown outside the settings block."""
+  objective: Objective = dataclasses.field(default_factory=Objective)
+  scope: Scope = dataclasses.field(default_factory=Scope)
+  trial: Trial = dataclasses.field(default_factory=Trial)
+  budget: Budget = dataclasses.field(default_factory=Budget)
+  stop: Stop = dataclasses.field(default_factory=Stop)
+  acceptance: Acceptance = dataclasses.field(default_factory=Acceptance)
+  tradeoffs: Tradeoffs = dataclasses.field(default_factory=Tradeoffs)
+  pruning: Pruning = dataclasses.field(default_factory=Pruning)
+  path: str = 'WORKSPACE.md'
+  prose: str = ''
+
+  def is_editable(self, relpath: str) -> bool:
+    """True for a relative POSIX path inside an editable glob and outside every protected one.
+
+    Protected globs match case-insensitively so that a case-insensitive file system
+    cannot be used to reach, say, Harness/ as harness/.
+    """
+    parts = _path_parts(relpath)
+    if parts is None:
+      return False
+    lowered = [p.lower() for p in parts]
+    protected = self.scope.protected + ALWAYS_PROTECTED
+    return (any(_glob_match(g, parts) for g in self.scope.editable)
+            and not any(_glob_match(g.lower(), lowered) for g in protected))
+
+
+def _path_parts(relpath: str) -> list[str] | None:
+  """The path's segments, or None for anything that could escape the repository."""
+  if not relpath or relpath.startswith('/') or '\\' in relpath or '\0' in relpath:
+    return None
+  parts = [p for p in relpath.split('/') if p not in ('', '.')]
+  return None if not parts or '..' in parts else parts
+
+
+def _glob_match(pattern: str, parts: list[str]) -> bool:
+  """fnmatch per segment, with `**` standing for any number of whole segments."""
+  return _match_segments([p for p in pattern.split('/') if p], parts)
+
+
+def _match_segments(pattern: list[str], parts: list[str]) -> bool:
+  if not pattern:
+    return not parts
+  if pattern == ['**']:
+    return bool(parts)  # as in .gitignore, `dir/**` is what is inside dir, not dir itself
+  if pattern[0] == '**':
+    return any(_match_segments(pattern[1:], parts[i:]) for i in range(len(parts) + 1))
+  return (bool(parts) and fnmatch.fnmatchcase(parts[0], pattern[0])
+          and _match_segments(pattern[1:], parts[1:]))
+
+
+# Range checks: (predicate, what the value must be).
+_Rule = tuple[Callable[[Any], bool], str]
+_NONNEG: _Rule = (lambda v: v >= 0, '>= 0')
+_POSITIVE: _Rule = (lambda v: v > 0, '> 0')
+_GLOBS: _Rule = (lambda v: all(g and not g.startswith('/') for g in v),
+                 'a list of non-empty relative globs')
+_RULES: dict[str, _Rule] = {
+    'objective.metric': (lambda v: bool(v), 'a non-empty string'),
+    'objective.direction': (lambda v: v in ('auto', 'max', 'min'), "'auto', 'max' or 'min'"),
+    'scope.editable': _GLOBS,
+    'scope.protected': _GLOBS,
+    'trial.seeds': (lambda v: v >= 2, '>= 2 (a paired test needs two seeds)'),
+    'trial.timeout_minutes': _POSITIVE,
+    'budget.trials': (lambda v: v >= 1, '>= 1'),
+    'budget.minutes': _POSITIVE,
+    'budget.compute_seconds': _NONNEG,
+    'budget.tokens': _NONNEG,
+    'stop.patience': (lambda v: v >= 1, '>= 1'),
+    'acceptance.alpha': (lambda v: 0 < v < 0.5, 'in (0, 0.5)'),
+    'acceptance.noise_multiplier': _NONNEG,
+    'acceptance.min_delta': _NONNEG,
+    'tradeoffs.max_time_ratio': _POSITIVE,
+    'tradeoffs.time_ratio_min_gain': _NONNEG,
+    'tradeoffs.max_memory_mb': _NONNEG,
+    'tradeoffs.max_latency_ratio': _POSITIVE,
+    'pruning.min_fraction': (lambda v: 0 < v <= 1, 'in (0, 1]'),
+    'pruning.margin_multiplier': _NONNEG,
+}
+
+
+def load_charter(path: str | Path) -> Charter:
+  """Reads and validates a charter file; raises CharterError naming the offending line."""
+  path = Path(path)
+  try:
+    text = path.read_text(encoding='utf-8')
+  except OSError as e:
+    raise CharterError(str(path), None, f'cannot read charter: {e.strerror}') from e
+  return parse_charter(text, str(path))
+
+
+def parse_charter(text: str, name: str = 'WORKSPACE.md') -> Charter:
+  """Parses charter Markdown; `name` is what error messages call the file."""
+  lines = text.splitlines()
+  start, end = _settings_block(lines, name)
+  block = lines[start:end]
+  try:
+    data = tomllib.loads('\n'.join(block))
+  except tomllib.TOMLDecodeError as e:
+    raise CharterError(name, _decode_error_line(str(e), start, end), _strip_position(str(e)))
+  positions = _key_lines(block, start + 1)
+  sections = _sections(data, positions, name, start)
+  prose = '\n'.join(lines[:start - 1] + lines[end + 1:])
+  return Charter(**sections, path=name, prose=prose)
+
+
+_OPEN = re.compile(r'^ {0,3}(`{3,}|~{3,})\s*([^`\s]*)')
+_CLOSE = re.compile(r'^ {0,3}(`{3,}|~{3,})\s*$')
+
+
+def _settings_block(lines: list[str], name: str) -> tuple[int, int]:
+  """0-based [start, end) of the one ```toml block's contents; other fences are skipped."""
+  blocks: list[tuple[int, int]] = []
+  fence, info, opened = '', '', 0
+  for i, line in enumerate(lines):
+    if not fence:
+      if m := _OPEN.match(line):
+        fence, info, opened = m.group(1), m.group(2).lower(), i
+    elif (m := _CLOSE.match(line)) and m.group(1)[0] == fence[0] and len(m.group(1)) >= len(fence):
+      if info == 'toml':
+        blocks.append((opened + 1, i))
+      fence = ''
+  if fence and info == 'toml':
+    raise CharterError(name, opened + 1, 'unterminated ```toml block')
+  if not blocks:
+    raise CharterError(name, None, 'no ```toml block of settings found')
+  if len(blocks) > 1:
+    raise CharterError(name, blocks[1][0], 'more than one ```toml block; keep all settings in one')
+  return blocks[0]
+
+
+_POSITION = re.compile(r'\s*\((at line (\d+), column \d+|at end of document)\)\s*$')
+
+
+def _decode_error_line(message: str, start: int, end: int) -> int:
+  """tomllib counts lines from the block's start; translate into a file line number."""
+  m = _POSITION.search(message)
+  if m and m.group(2):
+    return start + int(m.group(2))
+  return max(end, start + 1)
+
+
+def _strip_position(message: str) -> str:
+  return _POSITION.sub('', message)
+
+
+_KEY_PART = r'(?:[A-Za-z0-9_-]+|"[^"]*"|\'[^\']*\')'
+_TABLE = re.compile(rf'^\s*\[\s*({_KEY_PART}(?:\s*\.\s*{_KEY_PART})*)\s*\]\s*(#.*)?$')
+_KEY = re.compile(rf'^\s*({_KEY_PART}(?:\s*\.\s*{_KEY_PART})*)\s*=')
+
+
+def _split_key(dotted: str) -> tuple[str, ...]:
+  return tuple(p.strip('"\'') for p in re.findall(_KEY_PART, dotted))
+
+
+def _key_lines(block: list[str], first_line: int) -> dict[tuple[str, ...], int]:
+  """File line of each table header and key, so later errors can point at them.
+
+  tomllib reports no positions for valid documents, so headers and `key =` lines are
+  found by a line scan; array continuation lines never match because they lack `key =`.
+  """
+  found: dict[tuple[str, ...], int] = {}
+  table: tuple[str, ...] = ()
+  for offset, line in enumerate(block):
+    if m := _TABLE.match(line):
+      table = _split_key(m.group(1))
+      found.setdefault(table, first_line + offset)
+    elif m := _KEY.match(line):
+      found.setdefault(table + _split_key(m.group(1)), first_line + offset)
+  return found
+
+
+def _sections(data: dict[str, Any], positions: dict[tuple[str, ...], int], name: str,
+              start: int) -> dict[str, Any]:
+  """Validated section dataclasses for every table present; absent ones take defaults."""
+  def fail(keys: tuple[str, ...], message: str) -> CharterError:
+    line = positions.get(keys) or positions.get(keys[:1]) or start + 1
+    return CharterError(name, line, message)
+
+  sections: dict[str, Any] = {}
+  for section, table in data.items():
+    cls = _SECTIONS.get(section)
+    if cls is None:
+      kind = 'section' if isinstance(table, dict) else 'key'
+      raise fail((section,), f"unknown {kind} '{section}'")
+    if not isinstance(table, dict):
+      raise fail((section,), f"'{section}' must be a [{section}] table")
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in table.items():
+      dotted = f'{section}.{key}'
+      if key not in types:
+        raise fail((section, key), f"unknown key '{dotted}'")
+      values[key] = _checked(dotted, types[key], value, lambda m: fail((section, key), m))
+    sections[section] = cls(**values)
+  return sections
+
+
+def _checked(dotted: str, expected: Any, value: Any,
+             fail: Callable[[str], CharterError]) -> Any:
+  """The value converted to the field's type, or an error saying what was expected."""
+  converted, description = _convert(expected, value)
+  if converted is None:
+    raise fail(f"'{dotted}' must be {description}, got {value!r}")
+  rule = _RULES.get(dotted)
+  if rule and not rule[0](converted):
+    raise fail(f"'{dotted}' must be {rule[1]}, got {value!r}")
+  return converted
+
+
+def _convert(expected: Any, value: Any) -> tuple[Any, str]:
+  """(converted value or None, description of the type); ints are fine where floats are."""
+  if expected is bool:
+    return (value if isinstance(value, bool) else None), 'true or false'
+  if expected is int:
+    return (value if isinstance(value, int) and not isinstance(value, bool) else None), 'an integer'
+  if expected is float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return (float(value) if ok else None), 'a finite number'
+  if expected is str:
+    return (value if isinstance(value, str) else None), 'a string'
+  ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+  return (tuple(value) if ok else None), 'a list of strings'

@@ -1,0 +1,175 @@
+"""The charter parser: the shipped charter loads, and every mistake names its Markdown line."""
+
+from pathlib import Path
+
+import pytest
+
+from agent.charter import Charter, CharterError, Scope, load_charter, parse_charter
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PROSE = '# Charter\n\nSome prose.\n\n```python\nx = 1\n```\n\n'  # 8 lines; fence on line 9
+
+
+def charter(toml: str) -> str:
+  """A charter whose settings block starts on line 10."""
+  return PROSE + '```toml\n' + toml + '```\n\nTrailing prose.\n'
+
+
+def error_of(text: str) -> CharterError:
+  with pytest.raises(CharterError) as info:
+    parse_charter(text, 'WORKSPACE.md')
+  assert '\n' not in str(info.value)
+  return info.value
+
+
+def test_shipped_workspace_loads_with_the_documented_defaults():
+  loaded = load_charter(ROOT / 'WORKSPACE.md')
+  assert loaded == Charter(path=loaded.path, prose=loaded.prose)
+  assert loaded.trial.seeds == 3 and loaded.budget.minutes == 13.0
+  assert loaded.acceptance.alpha == 0.05 and loaded.acceptance.confirm_on_fresh_seeds is True
+  assert 'What the agent may do' in loaded.prose and '[acceptance]' not in loaded.prose
+
+
+def test_missing_keys_take_defaults_and_ints_are_fine_for_floats():
+  loaded = parse_charter(charter('[acceptance]\nmin_delta = 0\n[trial]\ntimeout_minutes = 5\n'))
+  assert loaded.acceptance.min_delta == 0.0 and isinstance(loaded.acceptance.min_delta, float)
+  assert loaded.acceptance.alpha == 0.05
+  assert loaded.trial.timeout_minutes == 5.0 and loaded.trial.seeds == 3
+  assert loaded.pruning.enabled is True
+
+
+def test_empty_block_means_all_defaults():
+  loaded = parse_charter(charter(''), 'W.md')
+  assert loaded == Charter(path='W.md', prose=loaded.prose)
+
+
+def test_unknown_key_names_its_line():
+  text = charter('[trial]\nseeds = 4\n\n[acceptance]\nalpha = 0.01\nalfa = 0.05\n')
+  assert str(error_of(text)) == "WORKSPACE.md:15: unknown key 'acceptance.alfa'"
+
+
+def test_unknown_section_names_its_header_line():
+  assert str(error_of(charter('[trial]\nseeds = 4\n[acceptence]\nalpha = 0.1\n'))) == (
+      "WORKSPACE.md:12: unknown section 'acceptence'")
+
+
+def test_dotted_keys_are_located_too():
+  err = error_of(charter('trial.seeds = 4\nacceptance.alfa = 0.1\n'))
+  assert str(err) == "WORKSPACE.md:11: unknown key 'acceptance.alfa'"
+
+
+@pytest.mark.parametrize('line, message', [
+    ('seeds = "3"', "'trial.seeds' must be an integer, got '3'"),
+    ('seeds = 3.0', "'trial.seeds' must be an integer, got 3.0"),
+    ('seeds = true', "'trial.seeds' must be an integer, got True"),
+    ('seeds = 1', "'trial.seeds' must be >= 2 (a paired test needs two seeds), got 1"),
+    ('timeout_minutes = 0', "'trial.timeout_minutes' must be > 0, got 0"),
+    ('timeout_minutes = nan', "'trial.timeout_minutes' must be a finite number, got nan"),
+])
+def test_wrong_types_and_ranges_name_the_line(line, message):
+  err = error_of(charter(f'[budget]\ntrials = 3\n\n[trial]\n{line}\n'))
+  assert (err.line, str(err)) == (14, f'WORKSPACE.md:14: {message}')
+
+
+@pytest.mark.parametrize('section, line', [
+    ('acceptance', 'alpha = 0.5'),
+    ('acceptance', 'alpha = 0'),
+    ('acceptance', 'noise_multiplier = -1'),
+    ('acceptance', 'confirm_on_fresh_seeds = 1'),
+    ('objective', 'direction = "up"'),
+    ('objective', 'metric = 3'),
+    ('stop', 'patience = 0'),
+    ('tradeoffs', 'reject_nonfinite = "yes"'),
+    ('pruning', 'min_fraction = 1.5'),
+    ('scope', 'editable = ["/etc/**"]'),
+    ('scope', 'protected = "harness/**"'),
+])
+def test_out_of_range_values_are_rejected(section, line):
+  assert error_of(charter(f'[{section}]\n{line}\n')).line == 11
+
+
+def test_toml_syntax_error_line_is_translated_into_the_file():
+  err = error_of(charter('[trial]\nseeds = 3\ntimeout_minutes = = 4\n'))
+  assert err.line == 12 and str(err).startswith('WORKSPACE.md:12: ')
+
+
+def test_duplicate_table_is_a_syntax_error_on_its_line():
+  assert error_of(charter('[trial]\nseeds = 3\n[trial]\nseeds = 4\n')).line == 12
+
+
+def test_no_settings_block():
+  assert str(error_of('# Charter\n\n```python\nx = 1\n```\n')) == (
+      'WORKSPACE.md: no ```toml block of settings found')
+
+
+def test_second_block_is_named():
+  text = charter('[trial]\nseeds = 3\n') + '\n```toml\n[stop]\npatience = 2\n```\n'
+  err = error_of(text)
+  assert err.line == 16 and "more than one" in str(err)  # the second opening fence
+
+
+def test_unterminated_block():
+  assert error_of(PROSE + '```toml\n[trial]\nseeds = 3\n').line == 9
+
+
+def test_toml_fence_inside_another_fence_is_prose():
+  text = '````markdown\n```toml\n[trial]\nseeds = 1\n```\n````\n' + charter('')
+  assert parse_charter(text).trial.seeds == 3
+
+
+def test_missing_file_is_a_charter_error(tmp_path):
+  with pytest.raises(CharterError, match='cannot read charter'):
+    load_charter(tmp_path / 'WORKSPACE.md')
+
+
+def test_multiline_arrays_become_tuples():
+  loaded = parse_charter(charter('[scope]\neditable = [\n  "models/**",\n  "configs/*.py",\n]\n'))
+  assert loaded.scope.editable == ('models/**', 'configs/*.py')
+
+
+def test_lines_after_a_multiline_array_are_still_located():
+  text = charter('[scope]\neditable = [\n  "models/**",\n  "x = 1",\n]\nbogus = 1\n')
+  assert str(error_of(text)) == "WORKSPACE.md:15: unknown key 'scope.bogus'"
+
+
+@pytest.mark.parametrize('path, editable', [
+    ('models/mlp.py', True),
+    ('models/sub/deep/block.py', True),
+    ('experiments/digits_mlp.py', True),
+    ('./models/mlp.py', True),
+    ('models', False),
+    ('harness/train.py', False),
+    ('agent/charter.py', False),
+    ('WORKSPACE.md', False),
+    ('pyproject.toml', False),
+    ('README.md', False),
+    ('/work/main/models/mlp.py', False),
+    ('models/../harness/train.py', False),
+    ('../models/mlp.py', False),
+    ('models\\..\\harness\\x.py', False),
+    ('', False),
+])
+def test_is_editable_with_default_scope(path, editable):
+  assert Charter().is_editable(path) is editable
+
+
+def test_protected_wins_over_editable_and_matches_across_directories():
+  scope = Scope(editable=('**',), protected=('**/secret*.py', 'data/**'))
+  c = Charter(scope=scope)
+  assert c.is_editable('models/mlp.py')
+  assert not c.is_editable('models/deep/secret_sauce.py')
+  assert not c.is_editable('data/x/y.npz')
+
+
+def test_core_paths_stay_protected_whatever_the_charter_says():
+  c = Charter(scope=Scope(editable=('**',), protected=()))
+  for path in ('WORKSPACE.md', 'agent/loop.py', 'harness/train.py', 'tests/t.py', '.git/HEAD'):
+    assert not c.is_editable(path), path
+  assert not c.is_editable('Harness/train.py')  # case-insensitive file systems
+
+
+def test_direction_auto_follows_the_scorecard():
+  assert Charter().objective.resolve_direction('min') == 'min'
+  assert parse_charter(charter('[objective]\ndirection = "max"\n')).objective.resolve_direction(
+      'min') == 'max'
