@@ -53,8 +53,11 @@ def _config():
   """Loads the config file lazily (config_flags defers it) and reports a bad one in one line."""
   try:
     config = _CONFIG.value
+    if config is not None:
+      config.to_dict()  # a file that failed to load only raises when first touched
   except Exception as e:
-    fail(f'cannot load --config: {_one_line(e.__cause__ or e)}')
+    lines = str(e.__cause__ or e).strip().splitlines() or [type(e).__name__]
+    fail(f'cannot load --config: {lines[-1].strip()}')
   if config is None:
     fail('--config is required')
   return config

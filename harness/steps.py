@@ -126,7 +126,7 @@ def build_program(task: Task, graphdef: nnx.GraphDef, make_params: Callable[[jax
 
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss, optax.global_norm(grads)
+    return optax.apply_updates(params, updates), opt_state, loss, optax.tree.norm(grads)
 
   def step(carry: Carry, keys: SeedKeys, step_index: jax.Array, epoch_state=None):
     if epoch_state is None:

@@ -55,10 +55,10 @@ def _setup(config: ml_collections.ConfigDict, seeds: list[int]):
                               input_shape=task.input_shape, num_outputs=task.num_outputs)
     abstract_model = nnx.eval_shape(lambda: build(rngs=nnx.Rngs(0)))
     graphdef, _ = nnx.split(abstract_model)
+    make_params = lambda key: nnx.state(build(rngs=nnx.Rngs(key)), nnx.Param)
+    program = build_program(task, graphdef, make_params, tx, config.train.batch_size)
   except (ValueError, TypeError, KeyError, AttributeError) as e:
     raise ConfigError(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
-  make_params = lambda key: nnx.state(build(rngs=nnx.Rngs(key)), nnx.Param)
-  program = build_program(task, graphdef, make_params, tx, config.train.batch_size)
   keys = SeedKeys.for_seeds(seeds)
   return task, program, keys
 
