@@ -1,0 +1,73 @@
+"""What a proposer sees and what it answers: the one seam every proposer plugs into.
+
+The loop builds an `Observation`, asks a proposer for a `Proposal`, and from then on
+treats every proposer alike: the proposal's `changes` (new file texts) go through the
+guard, become a diff and a commit, and are run and judged the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Protocol
+
+from agent.charter import Charter
+from agent.knobs import Knob
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialSummary:
+  """One earlier trial as a proposer may see it (never any test-split number)."""
+  trial: int
+  operator: str
+  hypothesis: str
+  accepted: bool
+  reason_code: str
+  gain: float | None  # mean paired gain, oriented so positive is better; None if not run
+  changes: Mapping[str, str | None] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Observation:
+  """The incumbent as the agent sees it before proposing trial number `trial`."""
+  charter: Charter
+  experiment: str  # path of the experiment config, relative to the worktree
+  files: Mapping[str, str]  # editable files the proposal may start from: path -> text
+  knobs: list[Knob]
+  scorecard: Mapping[str, Any]  # the incumbent's validation scorecard (curve included)
+  direction: str  # 'max' | 'min' for the objective metric
+  history: list[TrialSummary]
+  trial: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Proposal:
+  """A hypothesis and the edit that tests it.
+
+  `changes` maps a worktree-relative path to its full new text, or None to delete it.
+  `operator` names the kind of edit (for example 'lr_down', 'to_cnn1d'); the proposer's
+  statistics of which operators pay off are kept under these names.
+  """
+  operator: str
+  diagnosis: str
+  hypothesis: str
+  expected_effect: str
+  changes: Mapping[str, str | None]
+
+  def to_record(self) -> dict[str, Any]:
+    return {'operator': self.operator, 'diagnosis': self.diagnosis,
+            'hypothesis': self.hypothesis, 'expected_effect': self.expected_effect}
+
+
+class NoProposal(Exception):
+  """The proposer has nothing left to try (its search space is exhausted)."""
+
+
+class Proposer(Protocol):
+  """Any proposer: heuristic, LLM, or a test double."""
+  name: str
+
+  def propose(self, observation: Observation) -> Proposal:
+    """Returns the next proposal, or raises NoProposal."""
+
+  def learn(self, proposal: Proposal, accepted: bool, gain: float | None) -> None:
+    """Updates the proposer's statistics after the trial's verdict."""
