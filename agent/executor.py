@@ -1,0 +1,399 @@
+"""Runs one trial (`python -m harness.main ...`) as a sandboxed, bounded subprocess.
+
+Why a subprocess and not a call: the trial runs code the agent wrote. In its own process
+group it can be stopped as a whole (timeout, pruning, Ctrl-C in the parent) with nothing left
+behind; with a scrubbed environment it never sees the parent's API keys or proxies; with
+rlimits a runaway trial fails alone instead of taking the machine down; with a capped log a
+print loop cannot fill the disk. A trial's own failure is an outcome, never an exception:
+`run_trial` raises only for the caller's mistakes.
+
+Memory: `memory_mb` sets RLIMIT_DATA, not RLIMIT_AS. RLIMIT_AS counts every mapping,
+including PROT_NONE address-space reservations that use no memory: glibc reserves 64 MB per
+malloc arena (up to 8 per core), XLA reserves ranges, and the CUDA driver reserves host
+address space of about twice the device memory, so an AS limit scales with core count and
+breaks GPU start-up (reported publicly; not verified here, this task had no GPU). RLIMIT_DATA
+(Linux >= 4.7) counts only private writable mappings: the heap and anonymous mmaps, i.e.
+memory the trial can actually fill. Measured on a 2-core CPU box, mnist1d_mlp with 2 seeds:
+peak RSS ~490 MB, private writable ~670 MB, address space ~1.9 GB; it needed ~1 GB of
+RLIMIT_DATA but ~2 GB of RLIMIT_AS. So memory_mb is a cap on committed private memory, about
+twice the peak RSS of a JAX CPU run: give it headroom. When the limit bites, the trial rarely
+dies cleanly: seen here were SIGSEGV/SIGABRT inside XLA, "can't start new thread" (thread
+stacks count) and MemoryError; all are reported as status 'killed', reason 'memory limit'.
+RLIMIT_RSS is ignored by Linux; a true resident-memory cap needs a cgroup (e.g.
+`systemd-run --scope -p MemoryMax=...`), which is outside this module.
+
+Other limits: `cpu_seconds` sets RLIMIT_CPU (CPU time of the trial process, all threads
+summed, so a multi-threaded XLA run spends it faster than wall time; SIGXCPU at the limit,
+SIGKILL a few seconds later). `max_processes` sets RLIMIT_NPROC, which counts threads too
+and every process of the same real user, not only the trial's; root ignores it. There is no
+RLIMIT_FSIZE: checkpoints are legitimately large, and the log's cap is kept by its reader.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any, Callable, Literal, Mapping
+
+from harness.scorecard import CURVES, SCORECARD
+
+Status = Literal['ok', 'diverged', 'failed', 'bad_input', 'timeout', 'pruned', 'killed']
+OnCurve = Callable[[list[dict[str, Any]]], str | None]
+
+LOG = 'trial.log'
+# Variables a trial may inherit from the parent; nothing else (keys, tokens, proxies) crosses.
+PASSTHROUGH_ENV = ('PATH', 'HOME', 'LANG', 'LC_ALL', 'TMPDIR', 'LD_LIBRARY_PATH',
+                   'JAX_PLATFORMS', 'XLA_FLAGS', 'CUDA_VISIBLE_DEVICES',
+                   'XLA_PYTHON_CLIENT_PREALLOCATE', 'XLA_PYTHON_CLIENT_MEM_FRACTION',
+                   'TF_CPP_MIN_LOG_LEVEL')
+# Set for every trial: reproducible hashing, prompt log lines (a killed trial loses no
+# buffered output), and XLA's C++ INFO chatter off unless the parent asks for it.
+FIXED_ENV = {'PYTHONHASHSEED': '0', 'PYTHONUNBUFFERED': '1'}
+DEFAULT_ENV = {'TF_CPP_MIN_LOG_LEVEL': '1'}
+KILL_GRACE_S = 3.0  # between SIGTERM and SIGKILL to the trial's process group
+TAIL_CHARS = 2000
+REASON_CHARS = 300
+_READER_JOIN_S = 5.0
+_LINE_BYTES = 1 << 16
+_CPU_KILL_AFTER_S = 5  # RLIMIT_CPU hard limit above the soft one, so SIGXCPU comes first
+_MEMORY_SIGNS = re.compile(r"MemoryError|bad_alloc|Cannot allocate memory|can't start new "
+                           r"thread|RESOURCE_EXHAUSTED|[Oo]ut of memory")
+_MEMORY_SIGNALS = (signal.SIGKILL, signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialSpec:
+  """What to run and within which bounds; 0 for a limit means none."""
+  worktree: Path
+  experiment: str  # config file, relative to the worktree
+  workdir: Path  # outside the worktree; must be absent or empty
+  seeds: int
+  first_seed: int
+  timeout_s: float
+  eval_test: bool = False
+  overrides: tuple[str, ...] = ()  # '--config.a.b=v'
+  memory_mb: int = 0
+  cpu_seconds: int = 0
+  max_output_bytes: int = 1_000_000
+  max_processes: int = 0
+
+  def __post_init__(self) -> None:
+    worktree, workdir = Path(self.worktree).absolute(), Path(self.workdir).absolute()
+    object.__setattr__(self, 'worktree', worktree)
+    object.__setattr__(self, 'workdir', workdir)
+    object.__setattr__(self, 'overrides', tuple(self.overrides))
+    if Path(self.experiment).is_absolute():
+      raise ValueError(f'experiment must be relative to the worktree: {self.experiment}')
+    if workdir.resolve().is_relative_to(worktree.resolve()):
+      raise ValueError(f'workdir {workdir} lies inside the worktree {worktree}')
+    if self.seeds < 1 or self.timeout_s <= 0 or self.max_output_bytes < 1:
+      raise ValueError('seeds, timeout_s and max_output_bytes must be positive')
+    if min(self.memory_mb, self.cpu_seconds, self.max_processes) < 0:
+      raise ValueError('memory_mb, cpu_seconds and max_processes must be >= 0')
+    bad = [o for o in self.overrides if not o.startswith('--config.')]
+    if bad:
+      raise ValueError(f'overrides must look like --config.a.b=v: {bad}')
+
+  def command(self) -> list[str]:
+    return [sys.executable, '-m', 'harness.main', f'--config={self.experiment}',
+            f'--workdir={self.workdir}', f'--seeds={self.seeds}',
+            f'--config.train.seed={self.first_seed}', *self.overrides,
+            *(['--eval_test'] if self.eval_test else [])]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialOutcome:
+  """What happened; log_tail and reason are bounded so they can go into a prompt."""
+  status: Status
+  scorecard: dict[str, Any] | None
+  curve: list[dict[str, Any]]
+  wall_seconds: float
+  returncode: int | None
+  log_path: Path
+  log_tail: str
+  reason: str
+  pruned_at_step: int | None = None
+
+
+def trial_env(spec: TrialSpec, parent: Mapping[str, str] = os.environ) -> dict[str, str]:
+  """The trial's whole environment: an allow-list, never the parent's environment minus a few."""
+  env = {**DEFAULT_ENV, **{k: parent[k] for k in PASSTHROUGH_ENV if k in parent}}
+  return {**env, **FIXED_ENV, 'PYTHONPATH': str(spec.worktree)}
+
+
+def _set_limit(kind: int, soft: int, hard: int) -> None:
+  """Never asks for more than the current hard limit (only root could raise it)."""
+  current_hard = resource.getrlimit(kind)[1]
+  if current_hard != resource.RLIM_INFINITY:
+    hard = min(hard, current_hard)
+  resource.setrlimit(kind, (min(soft, hard), hard))
+
+
+def _apply_limits(spec: TrialSpec) -> None:
+  """Runs in the forked child before exec (preexec_fn): only setrlimit calls, no locks."""
+  if spec.cpu_seconds:
+    _set_limit(resource.RLIMIT_CPU, spec.cpu_seconds, spec.cpu_seconds + _CPU_KILL_AFTER_S)
+  if spec.memory_mb:
+    _set_limit(resource.RLIMIT_DATA, spec.memory_mb << 20, spec.memory_mb << 20)
+  if spec.max_processes:
+    _set_limit(resource.RLIMIT_NPROC, spec.max_processes, spec.max_processes)
+
+
+def _one_line(text: str, limit: int = REASON_CHARS) -> str:
+  text = ' '.join(text.split())
+  return text if len(text) <= limit else text[:limit - 3] + '...'
+
+
+class _CappedLog:
+  """The trial's output in one file of bounded size, drained by one reader thread.
+
+  stdout and stderr share one pipe so the log keeps the order the trial wrote in (with two
+  pipes and two readers, a crash message could land before the 64 KB of stdout that preceded
+  it). Past the cap, output is drained and dropped (a blocked pipe would stall the trial), but
+  a rolling tail of everything is kept: the end of a flood, where the error usually is, is
+  appended to the file on close and returned as log_tail.
+  """
+
+  def __init__(self, path: Path, cap: int):
+    self._file = path.open('wb')
+    self._cap = cap
+    self._written = 0
+    self._dropped = 0
+    self._tail = bytearray()
+    self._lock = threading.Lock()
+    self._closed = False
+
+  def write(self, data: bytes) -> None:
+    with self._lock:
+      if self._closed:
+        return
+      self._tail += data
+      del self._tail[:-4 * TAIL_CHARS]
+      keep = data[:max(0, self._cap - self._written)]
+      if keep:
+        self._file.write(keep)
+        self._written += len(keep)
+      if len(keep) < len(data):
+        if not self._dropped:
+          self._file.write(f'\n[output truncated at {self._cap} bytes]\n'.encode())
+        self._dropped += len(data) - len(keep)
+
+  def drain(self, pipe: IO[bytes]) -> threading.Thread:
+    def run() -> None:
+      with pipe:
+        for line in iter(functools.partial(pipe.readline, _LINE_BYTES), b''):
+          self.write(line)
+    thread = threading.Thread(target=run, name='trial-log', daemon=True)
+    thread.start()
+    return thread
+
+  def tail(self) -> str:
+    with self._lock:
+      return self._tail.decode(errors='replace')[-TAIL_CHARS:]
+
+  def close(self) -> None:
+    with self._lock:
+      if self._dropped:
+        text = self._tail.decode(errors='replace')[-TAIL_CHARS:]
+        self._file.write(f'[{self._dropped} bytes dropped; the last {len(text)} characters '
+                         f'of output follow]\n{text}'.encode())
+      self._closed = True
+      self._file.close()
+
+
+class CurveReader:
+  """Follows a growing curves.jsonl: complete lines only, restarts if the file is rewritten."""
+
+  def __init__(self, path: Path):
+    self.path = path
+    self.points: list[dict[str, Any]] = []
+    self._offset = 0
+    self._inode: int | None = None
+
+  def poll(self) -> bool:
+    """Reads what was appended since the last call; True if the curve changed."""
+    try:
+      stat = self.path.stat()
+      with self.path.open('rb') as f:
+        changed = stat.st_ino != self._inode or stat.st_size < self._offset
+        if changed:
+          self.points, self._offset, self._inode = [], 0, stat.st_ino
+        f.seek(self._offset)
+        data = f.read()
+    except FileNotFoundError:
+      return False
+    complete = data[:data.rfind(b'\n') + 1]
+    self._offset += len(complete)
+    for line in complete.splitlines():
+      try:
+        point = json.loads(line)
+      except ValueError:
+        continue  # a malformed line is the trial's problem; the rest of the curve still counts
+      if isinstance(point, dict) and isinstance(point.get('step'), int):
+        self.points.append(point)
+        changed = True
+    return changed
+
+
+def _exited(pid: int) -> bool:
+  """Whether the trial's leader has exited, without reaping it: while it is an unreaped
+  zombie its pid cannot be reused, so signalling its process group stays safe."""
+  return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+
+def _signal_group(pid: int, sig: int) -> None:
+  try:
+    os.killpg(pid, sig)
+  except ProcessLookupError:
+    pass
+
+
+def _terminate_group(pid: int) -> None:
+  """SIGTERM to the whole group, KILL_GRACE_S for the leader to exit, then SIGKILL to all."""
+  _signal_group(pid, signal.SIGTERM)
+  deadline = time.monotonic() + KILL_GRACE_S
+  try:
+    while not _exited(pid) and time.monotonic() < deadline:
+      time.sleep(0.05)
+  except KeyboardInterrupt:
+    pass  # a second Ctrl-C skips the grace period, not the kill
+  _signal_group(pid, signal.SIGKILL)
+
+
+def _watch(proc: subprocess.Popen, curves: CurveReader, on_curve: OnCurve | None,
+           deadline: float, timeout_s: float, poll_s: float) -> tuple[Status, str] | None:
+  """Polls until the trial exits (None) or must be stopped ((status, reason))."""
+  while not _exited(proc.pid):
+    if curves.poll() and on_curve is not None:
+      verdict = on_curve(list(curves.points))
+      if verdict:
+        return 'pruned', _one_line(verdict)
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+      return 'timeout', f'timed out after {timeout_s:g} s'
+    time.sleep(min(poll_s, remaining))
+  return None
+
+
+def _prepare_workdir(workdir: Path) -> None:
+  workdir.mkdir(parents=True, exist_ok=True)
+  if any(workdir.iterdir()):
+    raise ValueError(f'workdir {workdir} is not empty: each trial needs a fresh one')
+
+
+def _read_scorecard(workdir: Path) -> dict[str, Any] | None:
+  try:
+    card = json.loads((workdir / SCORECARD).read_text())
+  except (OSError, ValueError):
+    return None
+  return card if isinstance(card, dict) else None
+
+
+def _last_line(text: str) -> str:
+  lines = [line for line in text.splitlines() if line.strip()]
+  return lines[-1] if lines else ''
+
+
+def _signal_name(sig: int) -> str:
+  try:
+    return signal.Signals(sig).name
+  except ValueError:  # e.g. a real-time signal
+    return f'signal {sig}'
+
+
+def _classify(spec: TrialSpec, returncode: int, card: dict[str, Any] | None,
+              tail: str) -> tuple[Status, str]:
+  """Status and a one-line reason for a trial that ended by itself."""
+  error = str(card.get('error', '')) if card else ''
+  memory_line = next((line for line in reversed([error, *tail.splitlines()])
+                      if _MEMORY_SIGNS.search(line)), '')
+  if returncode < 0:
+    sig = -returncode
+    name = _signal_name(sig)
+    if sig == signal.SIGXCPU and spec.cpu_seconds:
+      return 'killed', f'cpu time limit: {spec.cpu_seconds} s of CPU used (SIGXCPU)'
+    if spec.memory_mb and (sig in _MEMORY_SIGNALS or memory_line):
+      return 'killed', _one_line(f'memory limit: died by {name} under {spec.memory_mb} MB '
+                                f'of RLIMIT_DATA {memory_line}')
+    if sig == signal.SIGKILL:
+      return 'killed', 'killed by SIGKILL from outside the executor (the kernel OOM killer?)'
+    return 'killed', _one_line(f'died by {name}: {_last_line(tail)}')
+  if spec.memory_mb and returncode != 0 and memory_line:
+    return 'killed', _one_line(f'memory limit: {spec.memory_mb} MB of RLIMIT_DATA exceeded: '
+                              f'{memory_line}')
+  if returncode == 0:
+    if card is None:
+      return 'failed', 'exited 0 without a readable scorecard.json'
+    status = card.get('status')
+    if status in ('ok', 'diverged'):
+      return status, f'finished: {status}'
+    return 'failed', _one_line(f'exited 0 with scorecard status {status!r}')
+  if returncode == 2:
+    # harness.main reports bad input as one 'error: ...' line on stderr, then exits 2.
+    errors = [line for line in tail.splitlines() if line.startswith('error: ')]
+    return 'bad_input', _one_line(errors[-1] if errors else _last_line(tail) or 'exit code 2')
+  reason = error or _last_line(tail) or 'no output'
+  return 'failed', _one_line(reason if returncode == 1 else f'exit code {returncode}: {reason}')
+
+
+def run_trial(spec: TrialSpec, on_curve: OnCurve | None = None,
+              poll_s: float = 0.5) -> TrialOutcome:
+  """Runs the trial to its end, its timeout, or until on_curve returns a reason to prune.
+
+  on_curve gets the whole curve so far each time new points arrive; a non-empty string it
+  returns stops the trial as 'pruned'. Exceptions in the parent (Ctrl-C, a failing on_curve)
+  kill the trial's process group and propagate.
+  """
+  if poll_s <= 0:
+    raise ValueError('poll_s must be positive')
+  _prepare_workdir(spec.workdir)
+  log_path = spec.workdir / LOG
+  log = _CappedLog(log_path, spec.max_output_bytes)
+  curves = CurveReader(spec.workdir / CURVES)
+  start = time.monotonic()
+  try:
+    proc = subprocess.Popen(spec.command(), cwd=spec.worktree, env=trial_env(spec),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=functools.partial(_apply_limits, spec))
+  except BaseException:
+    log.close()
+    raise
+  reader = log.drain(proc.stdout)
+  stopped: tuple[Status, str] | None = None
+  finished = False
+  try:
+    stopped = _watch(proc, curves, on_curve, start + spec.timeout_s, spec.timeout_s, poll_s)
+    finished = stopped is None
+  finally:
+    if finished:
+      _signal_group(proc.pid, signal.SIGKILL)  # whatever the finished trial left behind
+    else:
+      _terminate_group(proc.pid)
+    returncode = proc.wait()
+    wall_seconds = time.monotonic() - start
+    reader.join(_READER_JOIN_S)
+    log.close()
+  curves.poll()
+  card = _read_scorecard(spec.workdir)
+  tail = log.tail()
+  if stopped is not None:
+    status, reason = stopped
+    last_step = curves.points[-1]['step'] if curves.points else None
+    if status == 'timeout':
+      reason += f' at step {last_step}' if last_step is not None else ' before the first eval'
+    return TrialOutcome(status, card, curves.points, wall_seconds, returncode, log_path, tail,
+                        reason, last_step if status == 'pruned' else None)
+  status, reason = _classify(spec, returncode, card, tail)
+  return TrialOutcome(status, card, curves.points, wall_seconds, returncode, log_path, tail,
+                      reason)
