@@ -1,0 +1,122 @@
+"""Thompson sampling over edit operators, with priors from the proposer's rules.
+
+The rules say what a researcher would try first (a convolution for a 1-D signal under an
+MLP); the bandit lets experience overrule them: an operator that keeps being rejected on a
+task loses its pull there. Success is Bernoulli (the trial was accepted), so each operator's
+chance is a Beta posterior: the rule's prior plus the counts seen. Counts are kept per
+context ('mnist1d/mlp') so that what failed on one task does not count against it on
+another; where a context has never tried an operator, the counts pooled over all contexts
+stand in at half weight, so experience transfers without dominating.
+
+The counts persist across runs in one small JSON file, written atomically; a missing or
+unreadable file only costs the memory, never the run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+from absl import logging
+
+Prior = tuple[float, float]
+UNIFORM: Prior = (1.0, 1.0)
+POOLED_WEIGHT = 0.5  # weight of other contexts' counts where this context has none
+_VERSION = 1
+
+
+class Bandit:
+  """Beta-Bernoulli counts of (context, operator) outcomes."""
+
+  def __init__(self) -> None:
+    self.counts: dict[str, dict[str, list[float]]] = {}  # context -> op -> [wins, losses]
+
+  def posterior(self, operator: str, context: str, prior: Prior = UNIFORM) -> Prior:
+    """(alpha, beta): the prior plus this context's counts, or the discounted pooled ones."""
+    wins, losses = self.counts.get(context, {}).get(operator, (0.0, 0.0))
+    if wins + losses == 0:
+      wins, losses = (POOLED_WEIGHT * x for x in self.pooled(operator))
+    return prior[0] + wins, prior[1] + losses
+
+  def pooled(self, operator: str) -> tuple[float, float]:
+    """(successes, failures) of the operator summed over every context."""
+    per_context = [ops[operator] for ops in self.counts.values() if operator in ops]
+    return (sum(c[0] for c in per_context), sum(c[1] for c in per_context))
+
+  def choose(self, candidates: list[str], rng: np.random.Generator, *, context: str = '',
+             priors: Mapping[str, Prior] | None = None) -> str:
+    """One Thompson draw per candidate from its posterior; the highest draw wins."""
+    if not candidates:
+      raise ValueError('no candidate operators to choose from')
+    priors = priors or {}
+    draws = [rng.beta(*self.posterior(op, context, priors.get(op, UNIFORM)))
+             for op in candidates]
+    return candidates[int(np.argmax(draws))]
+
+  def update(self, operator: str, success: bool, *, context: str = '') -> None:
+    """Counts one verdict: success means the trial was accepted."""
+    cell = self.counts.setdefault(context, {}).setdefault(operator, [0.0, 0.0])
+    cell[0 if success else 1] += 1
+
+  def to_json(self) -> dict[str, Any]:
+    return {'version': _VERSION,
+            'contexts': {ctx: {op: {'successes': c[0], 'failures': c[1]}
+                               for op, c in sorted(ops.items())}
+                         for ctx, ops in sorted(self.counts.items())}}
+
+  @classmethod
+  def from_json(cls, data: Any) -> Bandit:
+    """Parses to_json's form; anything else (wrong version, negative counts) is ValueError."""
+    if not isinstance(data, dict) or data.get('version') != _VERSION:
+      raise ValueError(f'not a version-{_VERSION} bandit record')
+    contexts = data.get('contexts')
+    if not isinstance(contexts, dict):
+      raise ValueError("'contexts' must be an object")
+    bandit = cls()
+    for ctx, ops in contexts.items():
+      if not isinstance(ops, dict):
+        raise ValueError(f'context {ctx!r} must map operators to counts')
+      for op, cell in ops.items():
+        counts = [cell.get(k) if isinstance(cell, dict) else None
+                  for k in ('successes', 'failures')]
+        if not all(_is_count(c) for c in counts):
+          raise ValueError(f'bad counts for {ctx!r}/{op!r}: {cell!r}')
+        bandit.counts.setdefault(ctx, {})[op] = [float(c) for c in counts]
+    return bandit
+
+  @classmethod
+  def load(cls, path: str | Path) -> Bandit:
+    """The stats saved at path; a missing or corrupt file starts fresh with a warning."""
+    path = Path(path)
+    try:
+      return cls.from_json(json.loads(path.read_text(encoding='utf-8')))
+    except FileNotFoundError:
+      logging.warning('No proposer stats at %s; starting fresh.', path)
+    except (OSError, ValueError) as e:  # JSONDecodeError is a ValueError
+      logging.warning('Proposer stats at %s unreadable (%s); starting fresh.', path,
+                      ' '.join(str(e).split()))
+    return cls()
+
+  def save(self, path: str | Path) -> None:
+    """Writes atomically (temp file + rename), so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    try:
+      with os.fdopen(fd, 'w', encoding='utf-8') as f:
+        json.dump(self.to_json(), f, indent=1, sort_keys=True)
+        f.write('\n')
+      os.replace(tmp, path)
+    except BaseException:
+      Path(tmp).unlink(missing_ok=True)
+      raise
+
+
+def _is_count(value: Any) -> bool:
+  return (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value) and value >= 0)
