@@ -99,6 +99,8 @@ def loss_and_metric(logits: jax.Array, targets: jax.Array, kind: str,
 class Program:
   """The pure functions the training loop compiles."""
   init: Callable[[jax.Array], Any]
+  steps_per_epoch: int
+  epoch_states: Callable[[jax.Array, jax.Array], jax.Array]
   step: Callable[..., tuple]
   chunk: Callable[..., tuple]
   evaluate: Callable[..., tuple]
@@ -128,14 +130,13 @@ def build_program(task: Task, graphdef: nnx.GraphDef, make_params: Callable[[jax
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss, optax.tree.norm(grads)
 
-  def step(carry: Carry, keys: SeedKeys, step_index: jax.Array, epoch_state=None):
-    if epoch_state is None:
-      epoch_state = epoch_states(keys.data, step_index)
+  def step(carry: Carry, keys: SeedKeys, step_index: jax.Array, epoch_state: jax.Array):
     params, opt_state, loss, grad_norm = jax.vmap(seed_step, in_axes=(0, 0, 0, 0, None))(
         *carry, keys, epoch_state, step_index)
     return (params, opt_state), (loss, grad_norm)
 
   def chunk(carry: Carry, keys: SeedKeys, start: jax.Array, length: int):
+    """`length` steps in one lax.scan (one dispatch; see harness/runners.py for when)."""
     def body(state, step_index):
       carry_, epoch_state = state
       epoch_state = jax.lax.cond(step_index % sampler.steps_per_epoch == 0,
@@ -162,7 +163,9 @@ def build_program(task: Task, graphdef: nnx.GraphDef, make_params: Callable[[jax
       return loss_sum / count, metric_sum / count
     return jax.vmap(seed_eval)(params)
 
-  return Program(init=jax.vmap(init), step=step, chunk=chunk, evaluate=evaluate)
+  return Program(init=jax.vmap(init), steps_per_epoch=sampler.steps_per_epoch,
+                 epoch_states=epoch_states, step=step, chunk=chunk,
+                 evaluate=evaluate)
 
 
 def eval_batches(task: Task, split_name: str, batch_size: int = 512) -> tuple[jax.Array, ...]:

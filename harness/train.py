@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -26,6 +25,7 @@ from harness.checkpoints import Checkpointer
 from harness.datasets import Task, load_task
 from harness.history import History
 from harness.optimizers import make_optimizer
+from harness.runners import ChunkRunner
 from harness.steps import Program, SeedKeys, build_program, eval_batches
 from harness.tb_writer import MetricsWriter
 
@@ -63,23 +63,6 @@ def _setup(config: ml_collections.ConfigDict, seeds: list[int]):
   return task, program, keys
 
 
-def _compile(program: Program, carry, keys: SeedKeys, length: int):
-  """AOT-compiles one chunk; returns it with the compile time and memory/FLOP estimates."""
-  start = time.perf_counter()
-  chunk = jax.jit(program.chunk, static_argnums=3, donate_argnums=0)
-  compiled = chunk.lower(carry, keys, jnp.int32(0), length).compile()
-  seconds = time.perf_counter() - start
-  step_cost = jax.jit(program.step).lower(carry, keys, jnp.int32(0)).cost_analysis() or {}
-  memory = compiled.memory_analysis()
-  info = {'flops_per_step': float(step_cost.get('flops', math.nan))}
-  if memory is not None:
-    info['compiled_bytes'] = {
-        'argument': memory.argument_size_in_bytes, 'output': memory.output_size_in_bytes,
-        'temp': memory.temp_size_in_bytes, 'alias': memory.alias_size_in_bytes,
-        'peak': getattr(memory, 'peak_memory_in_bytes', None)}
-  return compiled, seconds, info
-
-
 def _evaluate(program: Program, params, batches) -> tuple[np.ndarray, np.ndarray]:
   loss, metric = jax.jit(program.evaluate)(params, *batches)
   return np.asarray(loss), np.asarray(metric)
@@ -107,18 +90,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
   val_batches = eval_batches(task, 'val')
   total = int(config.train.steps)
   every = int(config.train.eval_every)
-  compiled: dict[int, Any] = {}
-  cost_info: dict[str, Any] = {}
+  runner = ChunkRunner(program, keys, scan=bool(config.train.scan_steps))
   try:
     while history.step < total and not history.diverged:
       length = min(every, total - history.step)
-      if length not in compiled:
-        compiled[length], seconds, cost_info = _compile(program, carry, keys, length)
-        history.compile_seconds += seconds
+      compile_before = runner.compile_seconds
       start = time.perf_counter()
-      carry, (losses, grad_norms) = compiled[length](carry, keys, jnp.int32(history.step))
-      losses, grad_norms = jax.device_get((losses, grad_norms))
-      history.record_chunk(losses, grad_norms, time.perf_counter() - start)
+      carry, (losses, grad_norms) = runner(carry, history.step, length)
+      history.compile_seconds += runner.compile_seconds - compile_before
+      seconds = time.perf_counter() - start - (runner.compile_seconds - compile_before)
+      history.record_chunk(losses, grad_norms, seconds)
       first_step = history.step - length
       for t in range(length):
         writer.scalars(first_step + t + 1, {'train/loss': float(np.mean(losses[t])),
@@ -133,7 +114,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
                    np.mean(history.last_train_loss), task.metric_name, np.mean(val_metric))
       if history.step % int(config.train.checkpoint_every) == 0 and not history.diverged:
         ckpt.save(history.step, carry, history.to_json())
-    card = _scorecard(config, task, seeds, history, cost_info, carry, total)
+    card = _scorecard(config, task, seeds, history, runner.cost_info, carry, total)
     writer.hparams(config.to_dict(), {'hparams/val_metric': card['val_metric']['mean'],
                                       'hparams/val_loss': card['val_loss']['mean'],
                                       'hparams/train_seconds': card['train_seconds']})
