@@ -117,6 +117,17 @@ class Worktree:
     self._git('commit', '--quiet', '-m', message, config=identity)
     return self.head()
 
+  def amend_message(self, message: str, author: str = DEFAULT_AUTHOR) -> str:
+    """Rewrites HEAD's message only (same tree), e.g. to add the verdict; returns the new sha."""
+    name, email = _parse_author(author)
+    identity = (f'user.name={name}', f'user.email={email}', 'commit.gpgsign=false')
+    self._git('commit', '--quiet', '--amend', '--allow-empty', '--only', '-m', message,
+              config=identity)
+    return self.head()
+
+  def tree(self, rev: str = 'HEAD') -> str:
+    return self._git('rev-parse', f'{rev}^{{tree}}').strip()
+
   def diff(self, a: str, b: str) -> str:
     """The unified diff from a to b, free of the user's colour and external-diff settings."""
     return self._git('diff', '--no-color', '--no-ext-diff', a, b)
@@ -137,6 +148,17 @@ class Worktree:
     if not _git_ok(self.path, 'merge-base', '--is-ancestor', self.branch, sha):
       raise VcsError(f'advance_branch: {sha} is not a descendant of {self.branch}')
     self._git('checkout', '--quiet', '-B', self.branch, sha)
+
+
+def create_detached(repo: Path, path: Path, rev: str) -> Path:
+  """A read-only-by-convention checkout of rev (no branch), e.g. to re-evaluate the start."""
+  repo, path = Path(repo).resolve(), Path(path).resolve()
+  if path in _registered_worktrees(repo) and path.exists():
+    _git(path, 'checkout', '--quiet', '--detach', rev)
+  else:
+    _git(repo, 'worktree', 'prune')
+    _git(repo, 'worktree', 'add', '--quiet', '--detach', str(path), rev)
+  return path
 
 
 def _registered_worktrees(repo: Path) -> dict[Path, str | None]:

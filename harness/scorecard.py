@@ -45,7 +45,8 @@ def code_provenance(root: Path) -> dict[str, Any]:
       return None
   commit = git('rev-parse', 'HEAD')
   status = git('status', '--porcelain', '--untracked-files=no')
-  return {'commit': commit, 'dirty': None if status is None else bool(status)}
+  return {'commit': commit, 'tree': git('rev-parse', 'HEAD^{tree}'),
+          'dirty': None if status is None else bool(status)}
 
 
 def library_versions() -> dict[str, str]:

@@ -608,15 +608,17 @@ def _family_switch(inc: Incumbent, rng: np.random.Generator, target: str,
   """model.name -> target, with the model keys replaced by the target's constructor keys.
 
   Structural keys both families share (activation, dropout, dtype, ...) keep the
-  incumbent's values; capacity keys take the target's defaults, except channels (32 or
-  64), kernel size 5 and flatten pooling, which suit small signals and images.
+  incumbent's values; capacity keys take the target's defaults, except channels (16 or
+  32), kernel size 5 and flatten pooling, which suit small signals and images.
   """
   signature = _signature(inc.files, target)
   if inc.family == target or not signature:
     return None
   present = [p.partition('.')[2] for p in inc.values if p.startswith('model.')]
-  chosen = {'channels': int(rng.choice([32, 64])), 'kernel_size': 5, 'pooling': 'flatten'}
+  chosen = {'channels': int(rng.choice([16, 32])), 'kernel_size': 5, 'pooling': 'flatten'}
   edits = [ConfigEdit('model.name', target)]
+  if inc.values.get('train.scan_steps') is True:  # XLA:CPU runs convs inside loops ~10x slower
+    edits.append(ConfigEdit('train.scan_steps', False))
   edits += [ConfigEdit(f'model.{k}', op='remove') for k in present
             if k != 'name' and k not in signature]
   after, values = 'model.name', {}

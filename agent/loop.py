@@ -1,0 +1,414 @@
+"""The research loop: observe, propose, guard, edit, run, decide, record; then evaluate once.
+
+All state lives in the run's journal and its git worktree; nothing else is trusted on
+resume. `RunState.replay` rebuilds where the run stands from the journal alone, so a run
+killed at any moment (even kill -9 inside a trial) continues without losing or
+double-counting a trial, and the worktree is reset to the incumbent the journal names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from agent import decide as decide_lib
+from agent import diffs, guard, knobs, vcs
+from agent.charter import Charter
+from agent.executor import TrialOutcome, TrialSpec, run_trial
+from agent.journal import Journal
+from agent.proposal import NoProposal, Observation, Proposal, Proposer, TrialSummary
+
+SCREEN_FIRST_SEED = 0
+CONFIRM_FIRST_SEED = 1000  # + 100 * trial: fresh seeds for each confirmation
+FINAL_FIRST_SEED = 1_000_000  # never used during the search
+Executor = Callable[..., TrialOutcome]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """What `agent.main run` was asked to do; recorded in the journal's first record."""
+  run_id: str
+  experiment: str
+  proposer: str
+  seeds: int
+  budget_trials: int
+  budget_minutes: float
+  budget_compute_seconds: float
+  start_commit: str = ''
+
+
+@dataclasses.dataclass(frozen=True)
+class ArmRecord:
+  """One K-seed run as the journal keeps it: enough to decide against it later."""
+  commit: str
+  workdir: str
+  per_seed: list[float]
+  train_seconds: float
+  peak_memory_mb: float
+  step_latency_ms: float
+  nonfinite: bool
+  curve: list[list[float]]  # [step, mean val metric]
+  steps: int
+  fingerprints: dict[str, str]
+
+  @classmethod
+  def from_scorecard(cls, commit: str, workdir: Path, card: dict[str, Any]) -> 'ArmRecord':
+    per_seed = [float('nan') if v is None else v for v in card['val_metric']['per_seed']]
+    curve = [[p['step'], _mean(p['val_metric'])] for p in card.get('curve', [])]
+    return cls(commit=commit, workdir=str(workdir), per_seed=per_seed,
+               train_seconds=card['train_seconds'],
+               peak_memory_mb=card['memory']['max_rss_mb'],
+               step_latency_ms=card['step_latency_ms']['p50'] or 0.0,
+               nonfinite=card['stability']['nonfinite'], curve=curve, steps=card['steps'],
+               fingerprints=card['data']['fingerprints'])
+
+  def arm(self) -> decide_lib.ArmResult:
+    return decide_lib.ArmResult(tuple(self.per_seed), self.train_seconds, self.peak_memory_mb,
+                                self.step_latency_ms, self.nonfinite)
+
+
+def _mean(values: list[float | None]) -> float:
+  finite = [v for v in values if v is not None]
+  return sum(finite) / len(finite) if len(finite) == len(values) and finite else float('nan')
+
+
+@dataclasses.dataclass
+class RunState:
+  """Where a run stands, rebuilt from its journal."""
+  config: RunConfig
+  incumbent: ArmRecord | None = None
+  trials_done: int = 0
+  since_accept: int = 0
+  compute_seconds: float = 0.0
+  elapsed_before: float = 0.0  # wall seconds spent in earlier sessions of this run
+  history: list[TrialSummary] = dataclasses.field(default_factory=list)
+  pending: dict[str, Any] | None = None  # a proposal whose trial never got a verdict
+  finished: bool = False
+
+  @classmethod
+  def replay(cls, journal: Journal) -> 'RunState':
+    records = journal.records()
+    if not records or records[0].kind != 'run_started':
+      raise ValueError(f'{journal.path} does not start with a run_started record')
+    state = cls(RunConfig(**records[0].payload['config']))
+    proposals: dict[int, dict[str, Any]] = {}
+    for record in records:
+      payload = record.payload
+      if record.kind == 'baseline':
+        state.incumbent = ArmRecord(**payload['arm'])
+      if record.kind in ('trial_finished', 'confirm_finished', 'baseline'):
+        state.compute_seconds += payload.get('wall_seconds', 0.0)
+      if record.kind == 'proposal':
+        proposals[record.trial] = payload
+      elif record.kind == 'session_ended':
+        state.elapsed_before += payload['elapsed_seconds']
+      elif record.kind in ('verdict', 'guard_rejected'):
+        state._count(record.trial, payload, proposals.pop(record.trial, {}))
+      elif record.kind == 'run_finished':
+        state.finished = True
+    state.pending = next(iter(proposals.values()), None)
+    if state.pending is not None:
+      state.pending = {**state.pending, 'trial': min(proposals)}
+    return state
+
+  def _count(self, trial: int, payload: dict[str, Any], proposal: dict[str, Any]) -> None:
+    accepted = payload.get('accepted', False)
+    self.trials_done += 1
+    self.since_accept = 0 if accepted else self.since_accept + 1
+    if accepted:
+      self.incumbent = ArmRecord(**payload['candidate'])
+    self.history.append(TrialSummary(
+        trial=trial, operator=proposal.get('operator', '?'),
+        hypothesis=proposal.get('hypothesis', ''), accepted=accepted,
+        reason_code=payload.get('reason_code', 'guard'), gain=payload.get('gain'),
+        changes=proposal.get('changes', {})))
+
+
+class Loop:
+  """Runs one research run in `run_dir`; the proposer is the only part that varies."""
+
+  def __init__(self, repo: Path, run_dir: Path, charter: Charter, proposer: Proposer,
+               journal: Journal, state: RunState, *, execute: Executor = run_trial,
+               print_fn: Callable[[str], None] = print):
+    self.repo, self.run_dir, self.charter = repo, run_dir, charter
+    self.proposer, self.journal, self.state = proposer, journal, state
+    self.execute, self.say = execute, print_fn
+    self.config = state.config
+    self.worktree = vcs.create_worktree(repo, run_dir / 'worktree', f'agent/{self.config.run_id}',
+                                        start=self.config.start_commit)
+    self.session_start = time.monotonic()
+    self.direction = 'max'
+
+  # ---- budget -------------------------------------------------------------------------
+  def elapsed(self) -> float:
+    return self.state.elapsed_before + time.monotonic() - self.session_start
+
+  def stop_reason(self) -> str | None:
+    c, s = self.config, self.state
+    if s.trials_done >= c.budget_trials:
+      return f'trial budget spent ({s.trials_done}/{c.budget_trials})'
+    if self.elapsed() >= c.budget_minutes * 60:
+      return f'time budget spent ({self.elapsed() / 60:.1f}/{c.budget_minutes} min)'
+    if c.budget_compute_seconds and s.compute_seconds >= c.budget_compute_seconds:
+      return f'compute budget spent ({s.compute_seconds:.0f}/{c.budget_compute_seconds:.0f} s)'
+    if s.since_accept >= self.charter.stop.patience:
+      return f'{s.since_accept} trials in a row without an accepted change'
+    return None
+
+  def _timeout(self) -> float:
+    left = self.config.budget_minutes * 60 - self.elapsed()
+    return max(30.0, min(self.charter.trial.timeout_minutes * 60, left))
+
+  # ---- running --------------------------------------------------------------------------
+  def _run(self, workdir: Path, first_seed: int, *, on_curve=None, eval_test: bool = False,
+           worktree: Path | None = None) -> TrialOutcome:
+    if workdir.exists():  # an interrupted attempt: keep it beside, never overwrite it
+      workdir.rename(workdir.with_name(f'{workdir.name}.interrupted-{int(time.time())}'))
+    spec = TrialSpec(worktree=worktree or self.worktree.path, experiment=self.config.experiment,
+                     workdir=workdir, seeds=self.config.seeds, first_seed=first_seed,
+                     timeout_s=self._timeout(), eval_test=eval_test)
+    return self.execute(spec, on_curve=on_curve)
+
+  def run(self) -> str:
+    """Runs until a stop rule fires; returns the reason."""
+    if self.state.incumbent is None:
+      self._baseline()
+    self.worktree.reset_to(self.state.incumbent.commit)
+    self.direction = self._direction()
+    while True:
+      reason = self.stop_reason()
+      if reason:
+        return reason
+      trial = self.state.trials_done + 1
+      pending = self.state.pending
+      if pending is not None:
+        self.say(f'[trial {trial}] resuming the interrupted trial: {pending["hypothesis"]}')
+        proposal = Proposal(pending['operator'], pending['diagnosis'], pending['hypothesis'],
+                            pending['expected_effect'], pending['changes'])
+        self.state.pending = None
+      else:
+        try:
+          proposal = self.proposer.propose(self._observe(trial))
+        except NoProposal as e:
+          return f'the proposer has nothing left to try ({e})'
+        self.journal.append('proposal', {**proposal.to_record(),
+                                         'changes': dict(proposal.changes)}, trial=trial)
+      self._trial(trial, proposal)
+
+  def _baseline(self) -> None:
+    self.say(f'[baseline] {self.config.experiment} at {self.config.start_commit[:10]} '
+             f'on {self.config.seeds} seeds')
+    outcome = self._run(self.run_dir / 'baseline', SCREEN_FIRST_SEED)
+    if outcome.status != 'ok':
+      self.journal.append('baseline_failed', {'status': outcome.status, 'reason': outcome.reason})
+      raise RuntimeError(f'the baseline did not run: {outcome.status}: {outcome.reason}')
+    arm = ArmRecord.from_scorecard(self.config.start_commit, outcome.log_path.parent,
+                                   outcome.scorecard)
+    self.journal.append('baseline', {'arm': dataclasses.asdict(arm),
+                                     'wall_seconds': outcome.wall_seconds})
+    self.state.compute_seconds += outcome.wall_seconds
+    self.state.incumbent = arm
+    self.say(f'[baseline] {self._metric_name()} {_fmt(arm.per_seed)}')
+
+  def _scorecard(self, arm: ArmRecord) -> dict[str, Any]:
+    from harness.scorecard import SCORECARD, read_json
+    return read_json(Path(arm.workdir) / SCORECARD)
+
+  def _direction(self) -> str:
+    card = self._scorecard(self.state.incumbent)
+    return self.charter.objective.resolve_direction(card['metric']['direction'])
+
+  def _metric_name(self) -> str:
+    return self._scorecard(self.state.incumbent)['metric']['name']
+
+  def _observe(self, trial: int) -> Observation:
+    root = self.worktree.path
+    files = {self.config.experiment: (root / self.config.experiment).read_text()}
+    for path in sorted((root / 'models').glob('*.py')):
+      files[str(path.relative_to(root))] = path.read_text()
+    return Observation(charter=self.charter, experiment=self.config.experiment, files=files,
+                       knobs=knobs.inventory(root / self.config.experiment),
+                       scorecard=self._scorecard(self.state.incumbent),
+                       direction=self.direction, history=list(self.state.history), trial=trial)
+
+  def _trial(self, trial: int, proposal: Proposal) -> None:
+    incumbent = self.state.incumbent
+    self.say(f'[trial {trial}/{self.config.budget_trials}] incumbent '
+             f'{self._metric_name()} {_fmt(incumbent.per_seed)} | {proposal.operator}: '
+             f'{proposal.hypothesis}')
+    current = {p: _read(self.worktree.path / p) for p in proposal.changes}
+    checked = guard.check(self.charter, current, proposal.changes)
+    if not checked.ok:
+      self._record_guard_rejection(trial, proposal, checked.reason)
+      return
+    self.worktree.write_files(dict(proposal.changes))
+    message = _commit_message(trial, proposal, 'pending')
+    candidate_commit = self.worktree.commit(message)
+    self.journal.append('trial_started', {'commit': candidate_commit, 'diff': checked.diff},
+                        trial=trial)
+    verdict, candidate, extra = self._evaluate(trial, candidate_commit, checked.diff)
+    final_commit = self.worktree.amend_message(
+        _commit_message(trial, proposal, _verdict_text(verdict, candidate, incumbent)))
+    payload = {'accepted': verdict.accepted, 'reason_code': verdict.reason_code,
+               'rationale': verdict.rationale, 'gain': verdict.gain,
+               'noise_floor': verdict.noise_floor, 'p_value': verdict.p_value,
+               'checks': verdict.checks, 'commit': final_commit, 'ran_commit': candidate_commit,
+               'candidate': dataclasses.asdict(dataclasses.replace(candidate, commit=final_commit))
+               if candidate else None, **extra}
+    if not verdict.accepted:
+      self.worktree.keep_ref(f'refs/agent/{self.config.run_id}/rejected/{trial}', final_commit)
+      self.worktree.reset_to(incumbent.commit)
+    self.journal.append('verdict', payload, trial=trial)
+    self.state._count(trial, payload, {**proposal.to_record(), 'changes': dict(proposal.changes)})
+    self.proposer.learn(proposal, verdict.accepted, verdict.gain)
+    self.say(f'[trial {trial}] {"ACCEPTED" if verdict.accepted else "rejected"}: '
+             f'{verdict.rationale}')
+
+  def _record_guard_rejection(self, trial: int, proposal: Proposal, reason: str) -> None:
+    payload = {'accepted': False, 'reason_code': 'guard', 'rationale': reason, 'gain': None}
+    self.journal.append('guard_rejected', payload, trial=trial)
+    self.state._count(trial, payload, {**proposal.to_record(), 'changes': dict(proposal.changes)})
+    self.proposer.learn(proposal, False, None)
+    self.say(f'[trial {trial}] rejected by the guard: {reason}')
+
+  def _policy(self) -> decide_lib.AcceptancePolicy:
+    a, t = self.charter.acceptance, self.charter.tradeoffs
+    return decide_lib.AcceptancePolicy(
+        alpha=a.alpha, noise_multiplier=a.noise_multiplier, min_delta=a.min_delta,
+        max_time_ratio=t.max_time_ratio, time_ratio_min_gain=t.time_ratio_min_gain,
+        max_memory_mb=t.max_memory_mb, max_latency_ratio=t.max_latency_ratio,
+        reject_nonfinite=t.reject_nonfinite)
+
+  def _pruner(self, candidate_steps: int):
+    incumbent = self.state.incumbent
+    noise = decide_lib.noise_floor(incumbent.per_seed, 1.0)
+    p = self.charter.pruning
+
+    def on_curve(curve: list[dict]) -> str | None:
+      points = [(pt['step'], _mean(pt['val_metric'])) for pt in curve]
+      decision = decide_lib.should_prune([tuple(x) for x in incumbent.curve], points,
+                                         candidate_steps, self.direction, noise,
+                                         p.margin_multiplier, p.min_fraction)
+      return decision.reason if decision.prune else None
+    return on_curve if p.enabled else None
+
+  def _evaluate(self, trial: int, commit: str, diff: str):
+    """Screen on the incumbent's seeds, then confirm a winner on fresh seeds."""
+    incumbent = self.state.incumbent
+    trial_dir = self.run_dir / 'trials' / str(trial)
+    steps = _steps_of(self.worktree.path / self.config.experiment, incumbent.steps)
+    outcome = self._run(trial_dir / 'screen', SCREEN_FIRST_SEED, on_curve=self._pruner(steps))
+    self.state.compute_seconds += outcome.wall_seconds
+    finished = {'status': outcome.status, 'reason': outcome.reason,
+                'wall_seconds': outcome.wall_seconds, 'workdir': str(trial_dir / 'screen')}
+    self.journal.append('trial_finished', finished, trial=trial)
+    extra: dict[str, Any] = {'status': outcome.status}
+    _, added, removed = diffs.diff_stats(diff)
+    if outcome.status == 'pruned':
+      saved = incumbent.train_seconds * max(0.0, 1 - (outcome.pruned_at_step or 0) / steps)
+      extra['compute_saved_seconds'] = saved
+      return _rejection('pruned', f'Stopped early: {outcome.reason}'), None, extra
+    if outcome.status not in ('ok', 'diverged') or outcome.scorecard is None:
+      return _rejection(outcome.status, f'The trial {outcome.status}: {outcome.reason}'), None, extra
+    candidate = ArmRecord.from_scorecard(commit, trial_dir / 'screen', outcome.scorecard)
+    if candidate.fingerprints != incumbent.fingerprints:
+      return _rejection('data_changed', 'Rejected: the data fingerprints differ from the '
+                        'baseline\'s, so the comparison would not be fair.'), candidate, extra
+    policy, direction = self._policy(), self.direction
+    screen = decide_lib.SeedResults(incumbent.arm(), candidate.arm(), self._metric_name())
+    verdict = decide_lib.decide(screen, direction, policy, diff_lines=added - removed)
+    if not verdict.accepted or not self.charter.acceptance.confirm_on_fresh_seeds:
+      return verdict, candidate, extra
+    self.say(f'[trial {trial}] screen passed ({verdict.rationale}); confirming on fresh seeds')
+    fresh = CONFIRM_FIRST_SEED + 100 * trial
+    cand_fresh = self._run(trial_dir / 'confirm_candidate', fresh)
+    incumbent_tree = vcs.create_detached(self.repo, self.run_dir / 'incumbent', incumbent.commit)
+    inc_fresh = self._run(trial_dir / 'confirm_incumbent', fresh, worktree=incumbent_tree)
+    wall = cand_fresh.wall_seconds + inc_fresh.wall_seconds
+    self.state.compute_seconds += wall
+    self.journal.append('confirm_finished', {'wall_seconds': wall, 'first_seed': fresh,
+                                             'candidate': cand_fresh.status,
+                                             'incumbent': inc_fresh.status}, trial=trial)
+    if cand_fresh.status != 'ok' or inc_fresh.status != 'ok':
+      return _rejection('confirm_failed', f'The confirmation runs did not finish '
+                        f'({cand_fresh.status}/{inc_fresh.status}).'), candidate, extra
+    fresh_pair = decide_lib.SeedResults(
+        ArmRecord.from_scorecard(incumbent.commit, trial_dir / 'confirm_incumbent',
+                                 inc_fresh.scorecard).arm(),
+        ArmRecord.from_scorecard(commit, trial_dir / 'confirm_candidate',
+                                 cand_fresh.scorecard).arm(), self._metric_name())
+    pooled = decide_lib.pool(screen, fresh_pair)
+    verdict = decide_lib.decide(pooled, direction, policy, diff_lines=added - removed,
+                                stage='confirm')
+    extra['confirm_seeds'] = list(range(fresh, fresh + self.config.seeds))
+    return verdict, candidate, extra
+
+  # ---- end of run ----------------------------------------------------------------------
+  def final_evaluation(self) -> dict[str, Any]:
+    """Start and final incumbent, once, on fresh seeds and on the test split."""
+    final = self.state.incumbent
+    start_tree = vcs.create_detached(self.repo, self.run_dir / 'start', self.config.start_commit)
+    self.worktree.reset_to(final.commit)
+    results = {}
+    for name, tree in (('baseline', start_tree), ('final', self.worktree.path)):
+      self.say(f'[final] evaluating the {name} on fresh seeds and the test split')
+      outcome = self._run(self.run_dir / 'final' / name, FINAL_FIRST_SEED, eval_test=True,
+                          worktree=tree)
+      results[name] = _final_numbers(outcome)
+    results['commit'] = {'baseline': self.config.start_commit, 'final': final.commit}
+    self.journal.append('final_eval', results)
+    return results
+
+  def end_session(self, reason: str) -> None:
+    self.journal.append('session_ended', {'reason': reason,
+                                          'elapsed_seconds': time.monotonic() - self.session_start})
+
+
+def _final_numbers(outcome: TrialOutcome) -> dict[str, Any]:
+  from harness.scorecard import TEST_SCORECARD, read_json
+  if outcome.status != 'ok' or outcome.scorecard is None:
+    return {'status': outcome.status, 'reason': outcome.reason}
+  test = read_json(outcome.log_path.parent / TEST_SCORECARD)
+  return {'status': 'ok', 'val': outcome.scorecard['val_metric'], 'test': test['test_metric'],
+          'train_seconds': outcome.scorecard['train_seconds'],
+          'seeds': outcome.scorecard['seeds']}
+
+
+def _rejection(code: str, rationale: str) -> decide_lib.Verdict:
+  return decide_lib.Verdict(False, code, rationale, float('nan'), float('nan'), float('nan'), {})
+
+
+def _steps_of(experiment: Path, default: int) -> int:
+  for knob in knobs.inventory(experiment):
+    if knob.path == 'train.steps':
+      return int(knob.value)
+  return default
+
+
+def _read(path: Path) -> str | None:
+  return path.read_text() if path.exists() else None
+
+
+def _fmt(values: list[float]) -> str:
+  finite = [v for v in values if v == v]
+  mean = sum(finite) / len(finite) if finite else float('nan')
+  return f'{mean:.4f} (seeds: {", ".join(f"{v:.4f}" for v in values)})'
+
+
+def _commit_message(trial: int, proposal: Proposal, verdict: str) -> str:
+  return (f'trial {trial}: {proposal.operator}: {proposal.hypothesis}\n\n'
+          f'Diagnosis: {proposal.diagnosis}\n'
+          f'Hypothesis: {proposal.hypothesis}\n'
+          f'Expected effect: {proposal.expected_effect}\n'
+          f'Verdict: {verdict}\n')
+
+
+def _verdict_text(verdict: decide_lib.Verdict, candidate: ArmRecord | None,
+                  incumbent: ArmRecord) -> str:
+  evidence = (f'\nEvidence: incumbent {_fmt(incumbent.per_seed)}; candidate '
+              f'{_fmt(candidate.per_seed)}' if candidate else '')
+  word = 'ACCEPTED' if verdict.accepted else 'REJECTED'
+  return f'{word} ({verdict.reason_code}). {verdict.rationale}{evidence}'
+

@@ -1,0 +1,174 @@
+r"""The research agent's command line.
+
+  python -m agent.main run --experiment=experiments/mnist1d_mlp.py \
+      [--budget_trials=N] [--budget_minutes=M] [--seeds=K] [--proposer=heuristic] [--run_id=ID]
+  python -m agent.main resume|status|log|verify --run_id=ID
+
+Runs live in <workspace>/runs/<run-id>/: the journal, the git worktree of branch
+agent/<run-id>, and one folder per trial (scorecards, TensorBoard events, checkpoints).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+import zlib
+from pathlib import Path
+
+from absl import app, flags
+
+from agent import report, vcs
+from agent.charter import CharterError, load_charter
+from agent.journal import Journal
+from agent.loop import Loop, RunConfig, RunState
+from agent.proposal import Proposer
+
+COMMANDS = ('run', 'resume', 'status', 'log', 'verify')
+
+_EXPERIMENT = flags.DEFINE_string('experiment', None, 'Experiment config, relative to the '
+                                  'workspace (run only).')
+_RUN_ID = flags.DEFINE_string('run_id', None, 'Run name; default: the start time.')
+_WORKSPACE = flags.DEFINE_string('workspace', '.', 'The git repository the agent works on.')
+_PROPOSER = flags.DEFINE_enum('proposer', 'heuristic', ['heuristic'], 'Who proposes edits.')
+_SEEDS = flags.DEFINE_integer('seeds', None, 'Seeds per trial; default: the charter\'s.',
+                              lower_bound=2)
+_BUDGET_TRIALS = flags.DEFINE_integer('budget_trials', None, 'Default: the charter\'s.',
+                                      lower_bound=1)
+_BUDGET_MINUTES = flags.DEFINE_float('budget_minutes', None, 'Default: the charter\'s.',
+                                     lower_bound=0.1)
+_BUDGET_COMPUTE = flags.DEFINE_float('budget_compute_seconds', None,
+                                     'Trial process seconds; default: the charter\'s.')
+_FINAL_EVAL = flags.DEFINE_bool('final_eval', True, 'Evaluate start and final on fresh seeds '
+                                'and the test split at the end.')
+
+
+class UsageError(Exception):
+  """Bad input from the user: reported in one line, exit code 2."""
+
+
+def make_proposer(name: str, repo: Path, run_id: str) -> Proposer:
+  from agent.proposers.heuristic import HeuristicProposer
+  if name != 'heuristic':
+    raise UsageError(f'unknown proposer {name!r}')
+  return HeuristicProposer(stats_path=repo / 'runs' / 'proposer_stats.json',
+                           seed=zlib.crc32(run_id.encode()))
+
+
+def _repo() -> Path:
+  try:
+    return vcs.repo_root(Path(_WORKSPACE.value).absolute())
+  except vcs.VcsError as e:
+    raise UsageError(f'--workspace is not a git repository: {e}') from e
+
+
+def _run_dir(repo: Path, must_exist: bool) -> Path:
+  if not _RUN_ID.value:
+    raise UsageError('--run_id is required')
+  run_dir = repo / 'runs' / _RUN_ID.value
+  if must_exist and not (run_dir / 'journal.sqlite').exists():
+    raise UsageError(f'no run {_RUN_ID.value!r} under {repo / "runs"}')
+  return run_dir
+
+
+def cmd_run() -> int:
+  repo = _repo()
+  charter = load_charter(repo / 'WORKSPACE.md')
+  if not _EXPERIMENT.value:
+    raise UsageError('--experiment is required')
+  experiment = Path(_EXPERIMENT.value).as_posix()
+  if not (repo / experiment).is_file():
+    raise UsageError(f'experiment {experiment} not found in {repo}')
+  if not charter.is_editable(experiment):
+    raise UsageError(f'experiment {experiment} is outside the charter\'s editable scope')
+  run_id = _RUN_ID.value or time.strftime('%Y%m%d-%H%M%S')
+  run_dir = repo / 'runs' / run_id
+  if run_dir.exists():
+    raise UsageError(f'run {run_id} already exists: use `resume --run_id={run_id}`')
+  start = vcs.resolve(repo, 'HEAD')
+  if vcs.show_file(repo, start, experiment) != (repo / experiment).read_text():
+    print(f'note: {experiment} has uncommitted changes; the run starts from the committed '
+          f'version at {start[:10]}', file=sys.stderr)
+  b = charter.budget
+  config = RunConfig(run_id=run_id, experiment=experiment, proposer=_PROPOSER.value,
+                     seeds=_SEEDS.value or charter.trial.seeds,
+                     budget_trials=_BUDGET_TRIALS.value or b.trials,
+                     budget_minutes=_BUDGET_MINUTES.value or b.minutes,
+                     budget_compute_seconds=(b.compute_seconds if _BUDGET_COMPUTE.value is None
+                                             else _BUDGET_COMPUTE.value),
+                     start_commit=start)
+  journal = Journal.open(run_dir / 'journal.sqlite')
+  settings = {k: v for k, v in dataclasses.asdict(charter).items() if k != 'prose'}
+  journal.append('run_started', {'config': dataclasses.asdict(config), 'charter': settings})
+  return _drive(repo, run_dir, journal)
+
+
+def cmd_resume() -> int:
+  repo = _repo()
+  run_dir = _run_dir(repo, must_exist=True)
+  return _drive(repo, run_dir, Journal.open(run_dir / 'journal.sqlite'))
+
+
+def _drive(repo: Path, run_dir: Path, journal: Journal) -> int:
+  state = RunState.replay(journal)
+  charter = load_charter(repo / 'WORKSPACE.md')
+  branch = f'agent/{state.config.run_id}'
+  if state.finished:
+    print(report.summary(journal, branch, str(run_dir)))
+    return 0
+  proposer = make_proposer(state.config.proposer, repo, state.config.run_id)
+  loop = Loop(repo, run_dir, charter, proposer, journal, state,
+              print_fn=lambda line: print(line, flush=True))
+  try:
+    reason = loop.run()
+    print(f'[stop] {reason}', flush=True)
+    if _FINAL_EVAL.value:
+      loop.final_evaluation()
+    journal.append('run_finished', {'reason': reason})
+    loop.end_session(reason)
+  except KeyboardInterrupt:
+    loop.end_session('interrupted')
+    print(f'\ninterrupted: recorded; continue with `python -m agent.main resume '
+          f'--run_id={state.config.run_id}`', file=sys.stderr)
+    return 130
+  print()
+  print(report.summary(journal, branch, str(run_dir)))
+  return 0
+
+
+def cmd_status() -> int:
+  print(report.status(Journal.open(_run_dir(_repo(), must_exist=True) / 'journal.sqlite')))
+  return 0
+
+
+def cmd_log() -> int:
+  print(report.log(Journal.open(_run_dir(_repo(), must_exist=True) / 'journal.sqlite')))
+  return 0
+
+
+def cmd_verify() -> int:
+  problem = Journal.open(_run_dir(_repo(), must_exist=True) / 'journal.sqlite').verify()
+  print(problem or 'journal verified: the hash chain holds')
+  return 1 if problem else 0
+
+
+def main(argv: list[str]) -> None:
+  try:
+    if len(argv) != 2 or argv[1] not in COMMANDS:
+      raise UsageError(f'expected one command of {", ".join(COMMANDS)}, got {argv[1:]}')
+    sys.exit(globals()[f'cmd_{argv[1]}']())
+  except (UsageError, CharterError, vcs.VcsError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=parse_flags)

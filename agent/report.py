@@ -1,0 +1,80 @@
+"""Plain-words views of a run, read from its journal only: status, log, and the summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.journal import Journal
+
+
+def _mean(summary: dict[str, Any] | None) -> str:
+  if not summary or summary.get('mean') is None:
+    return 'n/a'
+  return f"{summary['mean']:.4f} ± {summary['std']:.4f}"
+
+
+def _arm_mean(arm: dict[str, Any] | None) -> str:
+  if not arm:
+    return 'n/a'
+  values = [v for v in arm['per_seed'] if v == v]
+  return f'{sum(values) / len(values):.4f}' if values else 'n/a'
+
+
+def status(journal: Journal) -> str:
+  """Where the run stands: trials, incumbent, budget spent."""
+  started = journal.records('run_started')[0].payload['config']
+  verdicts = journal.records('verdict') + journal.records('guard_rejected')
+  accepted = [r for r in verdicts if r.payload.get('accepted')]
+  baseline = journal.last('baseline')
+  incumbent = accepted[-1].payload['candidate'] if accepted else (
+      baseline.payload['arm'] if baseline else None)
+  finished = journal.last('run_finished')
+  lines = [f"run {started['run_id']}: {started['experiment']} with the {started['proposer']} "
+           f"proposer, {started['seeds']} seeds per trial",
+           f"trials: {len(verdicts)}/{started['budget_trials']} ({len(accepted)} accepted)",
+           f"baseline {_arm_mean(baseline.payload['arm'] if baseline else None)}, "
+           f"incumbent {_arm_mean(incumbent)} at {incumbent['commit'][:10] if incumbent else '-'}",
+           f"state: {'finished: ' + finished.payload['reason'] if finished else 'not finished'}"]
+  return '\n'.join(lines)
+
+
+def log(journal: Journal) -> str:
+  """One line per trial: what was tried, why, and what was decided."""
+  proposals = {r.trial: r.payload for r in journal.records('proposal')}
+  lines = []
+  for record in journal.records():
+    if record.kind not in ('verdict', 'guard_rejected'):
+      continue
+    p = proposals.get(record.trial, {})
+    word = 'ACCEPTED' if record.payload.get('accepted') else 'rejected'
+    lines.append(f"trial {record.trial} [{p.get('operator', '?')}] {word} "
+                 f"({record.payload.get('reason_code')}): {p.get('hypothesis', '')}\n"
+                 f"    {record.payload.get('rationale', '')}")
+  return '\n'.join(lines) or 'no trials yet'
+
+
+def summary(journal: Journal, branch: str, run_dir: str) -> str:
+  """The end-of-run report: baseline vs final on validation and test, and the chain of wins."""
+  lines = [status(journal), '']
+  final = journal.last('final_eval')
+  if final:
+    p = final.payload
+    lines.append('Evaluated once at the end, on fresh seeds never used in the search:')
+    for name in ('baseline', 'final'):
+      r = p[name]
+      if r.get('status') == 'ok':
+        lines.append(f"  {name:8s} {p['commit'][name][:10]}  val {_mean(r['val'])}   "
+                     f"test {_mean(r['test'])}   seeds {r['seeds'][0]}..{r['seeds'][-1]}")
+      else:
+        lines.append(f"  {name:8s} did not run: {r.get('status')}: {r.get('reason')}")
+  proposals = {r.trial: r.payload for r in journal.records('proposal')}
+  chain = [r for r in journal.records('verdict') if r.payload.get('accepted')]
+  lines.append('')
+  lines.append('Accepted changes, in order:' if chain else 'No change was accepted.')
+  for r in chain:
+    lines.append(f"  trial {r.trial} ({r.payload['commit'][:10]}): "
+                 f"{proposals.get(r.trial, {}).get('hypothesis', '')}")
+    lines.append(f"    {r.payload['rationale']}")
+  lines += ['', f'Branch: {branch} (every rejected candidate under refs/agent/.../rejected/N)',
+            f'Run directory: {run_dir}  (tensorboard --logdir {run_dir})']
+  return '\n'.join(lines)
