@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: run test baseline clean
+.PHONY: run test clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m harness.main --config=experiments/mnist1d_mlp.py --workdir=runs/baseline-$$(date +%Y%m%d-%H%M%S) --seeds=3
+	$(PY) -m agent.main run --experiment=experiments/mnist1d_mlp.py --proposer=heuristic
 
 test: $(STAMP)
 	$(PY) -m pytest

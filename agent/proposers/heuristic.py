@@ -51,6 +51,7 @@ MIN_CLIP = 0.05
 # Search discipline.
 TRIES_PER_INCUMBENT = 2  # an operator rejected this often on the current incumbent is spent
 DRAWS_PER_OPERATOR = 3  # fresh random values tried before an operator counts as a duplicate
+SPIKE_RATE = 0.02  # spikes per seed-step below this are the noise of a near-zero loss
 PRIOR_STRENGTH = 8.0  # pseudo-trials behind a rule's prior weight
 BASE_WEIGHT = 0.15  # prior weight of an applicable operator no symptom asked for
 TUNABLE = frozenset({'optimization', 'regularization', 'capacity', 'architecture',
@@ -91,9 +92,10 @@ def diagnose_spikes(card: Mapping[str, Any]) -> str | None:
   """Sudden jumps of the training loss: the step size or gradients are too large at times."""
   stability = card.get('stability') or {}
   spikes = (stability.get('loss_spikes') or {}).get('total') or 0
-  if spikes <= 0:
+  seeds = len(card.get('seeds') or []) or 1
+  seed_steps = (card.get('steps_completed') or 0) * seeds
+  if spikes <= 0 or (seed_steps and spikes / seed_steps < SPIKE_RATE):
     return None
-  seeds = len(card.get('seeds') or []) or '?'
   return (f'{spikes} loss spike(s) over {seeds} seed(s) (max grad norm '
           f'{_num(_max(stability.get("max_grad_norm")))}): training is unstable')
 
