@@ -36,7 +36,7 @@ _CATEGORY_OF_KEY = {
     **dict.fromkeys(('width', 'depth', 'channels', 'num_heads', 'mlp_ratio', 'kernel_size'),
                     'capacity'),
     **dict.fromkeys(('activation', 'normalization', 'residual', 'pooling'), 'architecture'),
-    **dict.fromkeys(('dtype', 'remat', 'batch_size'), 'efficiency'),
+    **dict.fromkeys(('dtype', 'remat', 'batch_size', 'scan_steps'), 'efficiency'),
     **dict.fromkeys(('steps', 'eval_every', 'checkpoint_every', 'log_every'), 'schedule'),
 }
 

@@ -287,7 +287,8 @@ class Loop:
     p = self.charter.pruning
 
     def on_curve(curve: list[dict]) -> str | None:
-      points = [(pt['step'], _mean(pt['val_metric'])) for pt in curve]
+      points = [(pt['step'], _mean(pt['val_metric'])) for pt in curve
+                if pt['step'] < candidate_steps]  # at the last step there is nothing to save
       decision = decide_lib.should_prune([tuple(x) for x in incumbent.curve], points,
                                          candidate_steps, self.direction, noise,
                                          p.margin_multiplier, p.min_fraction)

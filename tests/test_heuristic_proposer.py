@@ -171,7 +171,7 @@ def test_mnist1d_baseline_gets_a_cnn1d_that_builds(tmp_path: Path):
   config = load_config(proposal.changes[MNIST1D], tmp_path)
   assert config.model.name == 'cnn1d'
   assert config.model.kernel_size == 5 and config.model.pooling == 'flatten'
-  assert config.model.channels in (32, 64) and 'width' not in config.model
+  assert config.model.channels in (16, 32) and 'width' not in config.model
   assert config.dataset.to_dict() == load_config(files_with(MNIST1D)[MNIST1D],
                                                  tmp_path).dataset.to_dict()
   from flax import nnx

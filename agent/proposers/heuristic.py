@@ -675,10 +675,14 @@ class HeuristicProposer:
     weights = _weights(findings)
     tried = _tried_texts(observation)
     uses = _uses_on_incumbent(observation.history)
-    for source in (False, True):  # source edits only once the config operators are spent
+    # Remedies the diagnosis nominates come first, then other config edits, then source
+    # edits: a researcher acts on what the curves say before trying things at random.
+    tiers = ((False, True), (False, False), (True, None))
+    for source, nominated in tiers:
       pool = [op.name for op in OPERATORS.values() if op.source == source
               and uses[op.name] < TRIES_PER_INCUMBENT
-              and (not op.requires or op.requires & findings.keys())]
+              and (not op.requires or op.requires & findings.keys())
+              and (nominated is None or (op.name in weights) == nominated)]
       while pool:
         name = self.bandit.choose(pool, rng, context=self._context,
                                   priors={n: prior(weights.get(n, BASE_WEIGHT)) for n in pool})

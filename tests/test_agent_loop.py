@@ -1,0 +1,170 @@
+"""The loop's decisions and records, with scripted proposers and a simulated trial runner.
+
+The runner turns the candidate's config into metrics with a known true effect plus seed
+noise, so accept/reject behaviour is checked against ground truth in seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent import config_edit, knobs
+from agent.charter import load_charter
+from agent.executor import TrialOutcome
+from agent.journal import Journal
+from agent.loop import Loop, RunConfig, RunState
+from agent.proposal import NoProposal, Observation, Proposal
+from tests.agent_workspace import (TINY_EXPERIMENT, fake_scorecard, git, make_workspace,
+                                   write_scorecard)
+
+SEED_NOISE = 0.01
+
+
+class SimulatedRunner:
+  """Accuracy = 0.80 + true effect of the learning rate + per-seed noise (shared by both
+  arms of a paired comparison) + a little independent noise per run."""
+
+  def __init__(self, effect_per_lr=None, time_factor=None, independent=0.003):
+    self.effect_per_lr = effect_per_lr or {}
+    self.time_factor = time_factor or {}
+    self.independent = independent
+    self.calls = 0
+
+  def __call__(self, spec, on_curve=None) -> TrialOutcome:
+    self.calls += 1
+    values = {k.path: k.value for k in knobs.inventory(spec.worktree / spec.experiment)}
+    lr = values['optimizer.learning_rate']
+    rng = np.random.default_rng(self.calls)
+    seeds = range(spec.first_seed, spec.first_seed + spec.seeds)
+    per_seed = [0.80 + self.effect_per_lr.get(lr, 0.0)
+                + SEED_NOISE * np.random.default_rng(s).standard_normal()
+                + self.independent * rng.standard_normal() for s in seeds]
+    card = fake_scorecard(per_seed, train_seconds=self.time_factor.get(lr, 1.0))
+    write_scorecard(spec.workdir, card)
+    return TrialOutcome('ok', card, card['curve'], 1.0, 0, spec.workdir / 'trial.log', '', 'ok')
+
+
+class ScriptedProposer:
+  """Proposes the given (operator, edit function) pairs in order."""
+  name = 'scripted'
+
+  def __init__(self, steps):
+    self.steps = list(steps)
+    self.learned: list[tuple[str, bool]] = []
+
+  def propose(self, observation: Observation) -> Proposal:
+    if not self.steps:
+      raise NoProposal('script finished')
+    operator, edit = self.steps.pop(0)
+    path, text = edit(observation)
+    return Proposal(operator, 'scripted diagnosis', f'scripted {operator}', 'scripted', {path: text})
+
+  def learn(self, proposal, accepted, gain):
+    self.learned.append((proposal.operator, accepted))
+
+
+def set_lr(value):
+  def edit(obs: Observation):
+    text = obs.files[obs.experiment]
+    return obs.experiment, config_edit.set_value(text, 'optimizer.learning_rate', value)
+  return edit
+
+
+def comment_only(n):
+  def edit(obs: Observation):
+    return obs.experiment, obs.files[obs.experiment] + f'# note {n}\n'
+  return edit
+
+
+def touch(path):
+  return lambda obs: (path, '# not allowed\n')
+
+
+def make_loop(tmp_path, proposer, runner, trials, charter_text=None):
+  repo = make_workspace(tmp_path)
+  if charter_text:
+    charter_path = repo / 'WORKSPACE.md'
+    charter_path.write_text(charter_text(charter_path.read_text()))
+    git(repo, 'commit', '-qam', 'charter')
+  run_dir = repo / 'runs' / 'r1'
+  journal = Journal.open(run_dir / 'journal.sqlite')
+  config = RunConfig(run_id='r1', experiment=TINY_EXPERIMENT, proposer=proposer.name, seeds=3,
+                     budget_trials=trials, budget_minutes=60, budget_compute_seconds=0,
+                     start_commit=git(repo, 'rev-parse', 'HEAD'))
+  journal.append('run_started', {'config': dataclasses.asdict(config)})
+  loop = Loop(repo, run_dir, load_charter(repo / 'WORKSPACE.md'), proposer, journal,
+              RunState.replay(journal), execute=runner, print_fn=lambda _: None)
+  return repo, loop, journal
+
+
+def test_a_clear_win_is_confirmed_and_kept_and_a_noise_sized_change_is_rolled_back(tmp_path):
+  runner = SimulatedRunner(effect_per_lr={1e-2: 0.05, 1.1e-2: 0.0505})
+  proposer = ScriptedProposer([('lr_up', set_lr(1e-2)), ('lr_nudge', set_lr(1.1e-2))])
+  repo, loop, journal = make_loop(tmp_path, proposer, runner, trials=2)
+  user_head = git(repo, 'rev-parse', 'HEAD')
+  loop.run()
+
+  verdicts = journal.records('verdict')
+  assert [v.payload['accepted'] for v in verdicts] == [True, False]
+  assert verdicts[0].payload['confirm_seeds'] == [1100, 1101, 1102]
+  assert verdicts[1].payload['reason_code'] in ('below_noise_floor', 'not_significant', 'no_gain')
+  winner = verdicts[0].payload['commit']
+  assert loop.worktree.head() == winner == loop.state.incumbent.commit
+  message = git(repo, 'log', '-1', '--format=%B', winner)
+  assert 'Hypothesis: scripted lr_up' in message and 'ACCEPTED' in message
+  rejected = git(repo, 'rev-parse', 'refs/agent/r1/rejected/2')
+  assert rejected == verdicts[1].payload['commit']
+  assert 'learning_rate' in git(repo, 'diff', winner, rejected)
+  assert git(repo, 'rev-parse', 'HEAD') == user_head and git(repo, 'status', '--porcelain') == ''
+  assert journal.verify() is None
+  assert proposer.learned == [('lr_up', True), ('lr_nudge', False)]
+
+
+def test_a_win_that_breaks_the_time_tradeoff_is_rejected(tmp_path):
+  runner = SimulatedRunner(effect_per_lr={1e-2: 0.005}, time_factor={1e-2: 3.0},
+                           independent=0.0)
+  _, loop, journal = make_loop(tmp_path, ScriptedProposer([('slow', set_lr(1e-2))]), runner,
+                               trials=1)
+  loop.run()
+  verdict = journal.last('verdict').payload
+  assert not verdict['accepted'] and verdict['reason_code'] == 'train_time'
+
+
+def test_edits_that_change_nothing_accept_nothing_in_20_trials(tmp_path):
+  patience = lambda text: text.replace('patience = 6', 'patience = 50')
+  proposer = ScriptedProposer([(f'note_{n}', comment_only(n)) for n in range(20)])
+  runner = SimulatedRunner()
+  _, loop, journal = make_loop(tmp_path, proposer, runner, trials=20, charter_text=patience)
+  reason = loop.run()
+  assert 'trial budget spent (20/20)' in reason
+  verdicts = journal.records('verdict')
+  assert len(verdicts) == 20 and not any(v.payload['accepted'] for v in verdicts)
+
+
+@pytest.mark.parametrize('path', ['harness/train.py', 'WORKSPACE.md', '../outside.py'])
+def test_out_of_scope_edits_are_rejected_before_running_and_the_loop_goes_on(tmp_path, path):
+  runner = SimulatedRunner(effect_per_lr={1e-2: 0.05})
+  proposer = ScriptedProposer([('escape', touch(path)), ('lr_up', set_lr(1e-2))])
+  _, loop, journal = make_loop(tmp_path, proposer, runner, trials=2)
+  loop.run()
+  rejected = journal.last('guard_rejected', trial=1).payload
+  assert 'editable scope' in rejected['rationale']
+  assert journal.last('verdict', trial=2).payload['accepted']
+  assert runner.calls == 1 + 1 + 2  # baseline, trial 2, its confirmation pair
+
+
+def test_replay_rebuilds_the_state_and_finds_an_interrupted_trial(tmp_path):
+  runner = SimulatedRunner(effect_per_lr={1e-2: 0.05})
+  _, loop, journal = make_loop(tmp_path, ScriptedProposer([('lr_up', set_lr(1e-2))]), runner,
+                               trials=1)
+  loop.run()
+  state = RunState.replay(journal)
+  assert state.trials_done == 1 and state.incumbent == loop.state.incumbent
+  assert state.pending is None
+  journal.append('proposal', {'operator': 'x', 'diagnosis': 'd', 'hypothesis': 'h',
+                              'expected_effect': 'e', 'changes': {}}, trial=2)
+  assert RunState.replay(journal).pending['trial'] == 2
