@@ -1,0 +1,112 @@
+"""The agent's command line on a temporary workspace with real (tiny) trials."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from agent.journal import Journal
+from tests.agent_workspace import TINY_EXPERIMENT, git, make_workspace
+
+
+def agent(repo: Path, *args: str, timeout: float = 400) -> subprocess.CompletedProcess:
+  env = {**os.environ, 'PYTHONPATH': str(repo)}
+  return subprocess.run([sys.executable, '-m', 'agent.main', *args, f'--workspace={repo}'],
+                        cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def verdict_trials(journal_path: Path) -> list[int]:
+  journal = Journal.open(journal_path)
+  try:
+    return [r.trial for r in journal.records() if r.kind in ('verdict', 'guard_rejected')]
+  finally:
+    journal.close()
+
+
+def test_run_prints_the_summary_and_leaves_a_verifiable_record(tmp_path):
+  repo = make_workspace(tmp_path)
+  user_head = git(repo, 'rev-parse', 'HEAD')
+  result = agent(repo, 'run', f'--experiment={TINY_EXPERIMENT}', '--budget_trials=2',
+                 '--seeds=2', '--run_id=e2e')
+  assert result.returncode == 0, result.stderr[-2000:]
+  out = result.stdout
+  assert 'Evaluated once at the end, on fresh seeds' in out
+  assert 'baseline' in out and 'final' in out and 'test' in out
+  assert 'Branch: agent/e2e' in out
+  assert verdict_trials(repo / 'runs/e2e/journal.sqlite') == [1, 2]
+  assert git(repo, 'rev-parse', 'HEAD') == user_head and git(repo, 'status', '--porcelain') == ''
+  assert agent(repo, 'verify', '--run_id=e2e').returncode == 0
+  log = agent(repo, 'log', '--run_id=e2e').stdout
+  assert log.count('trial ') == 2
+  assert 'trials: 2/2' in agent(repo, 'status', '--run_id=e2e').stdout
+
+  # One byte of one record changed behind the journal's back: verify names it.
+  db = sqlite3.connect(repo / 'runs/e2e/journal.sqlite')
+  db.execute('DROP TRIGGER IF EXISTS records_no_update')
+  for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='trigger'").fetchall():
+    db.execute(f'DROP TRIGGER {name}')
+  db.execute("UPDATE records SET payload = replace(payload, 'e2e', 'e2f') WHERE seq = 1")
+  db.commit()
+  db.close()
+  bad = agent(repo, 'verify', '--run_id=e2e')
+  assert bad.returncode == 1 and 'record 1' in bad.stdout
+
+
+def test_a_run_killed_during_a_trial_resumes_without_losing_or_repeating_one(tmp_path):
+  repo = make_workspace(tmp_path, steps=400)
+  env = {**os.environ, 'PYTHONPATH': str(repo)}
+  proc = subprocess.Popen([sys.executable, '-m', 'agent.main', 'run',
+                           f'--experiment={TINY_EXPERIMENT}', '--budget_trials=2', '--seeds=2',
+                           '--run_id=k', '--nofinal_eval', f'--workspace={repo}'],
+                          cwd=repo, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, start_new_session=True)
+  journal_path = repo / 'runs/k/journal.sqlite'
+  deadline = time.time() + 300
+  started = False
+  while time.time() < deadline and proc.poll() is None and not started:
+    time.sleep(0.2)
+    if journal_path.exists():
+      with sqlite3.connect(journal_path) as db:
+        started = db.execute("SELECT count(*) FROM records WHERE kind='trial_started'"
+                             ).fetchone()[0] > 0
+      started = started and (repo / 'runs/k/trials/1/screen/trial.log').exists()
+  assert started, 'no trial started before the deadline'
+  os.killpg(proc.pid, signal.SIGKILL)  # the agent and its running trial, at once
+  proc.wait()
+  assert verdict_trials(journal_path) == []
+
+  resumed = agent(repo, 'resume', '--run_id=k', '--nofinal_eval')
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert 'resuming the interrupted trial' in resumed.stdout
+  assert verdict_trials(journal_path) == [1, 2]
+  journal = Journal.open(journal_path)
+  accepted = [r.payload['commit'] for r in journal.records('verdict') if r.payload['accepted']]
+  baseline = journal.last('baseline').payload['arm']['commit']
+  assert journal.verify() is None
+  journal.close()
+  worktree_head = git(repo / 'runs/k/worktree', 'rev-parse', 'HEAD')
+  assert worktree_head == (accepted[-1] if accepted else baseline)
+  assert git(repo / 'runs/k/worktree', 'status', '--porcelain') == ''
+  assert list((repo / 'runs/k/trials').glob('1/screen.interrupted-*'))
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path):
+  repo = make_workspace(tmp_path)
+  missing = agent(repo, 'run', '--experiment=experiments/nope.py')
+  assert missing.returncode == 2 and missing.stderr.strip().startswith('error: experiment')
+  protected = agent(repo, 'run', '--experiment=harness/train.py')
+  assert protected.returncode == 2 and 'editable scope' in protected.stderr
+  unknown = agent(repo, 'resume', '--run_id=none')
+  assert unknown.returncode == 2 and "no run 'none'" in unknown.stderr
+  bad_command = agent(repo, 'fly')
+  assert bad_command.returncode == 2 and 'expected one command' in bad_command.stderr
+  charter = repo / 'WORKSPACE.md'
+  charter.write_text(charter.read_text().replace('seeds = 3', 'seeds = "three"'))
+  broken = agent(repo, 'run', f'--experiment={TINY_EXPERIMENT}')
+  assert broken.returncode == 2 and 'WORKSPACE.md:' in broken.stderr
+  assert len(broken.stderr.strip().splitlines()) == 1
