@@ -259,7 +259,8 @@ def _tie_win(ev: _Evidence, words: _Words, policy: AcceptancePolicy) -> tuple[st
 
 
 def _cost_failure(ev: _Evidence, words: _Words, policy: AcceptancePolicy) -> tuple[str, str] | None:
-  """The charter's trade-offs: time unless the gain pays for it, memory cap, latency."""
+  """The charter's trade-offs: a large enough gain pays for slower training and steps;
+  nothing pays for exceeding the memory cap."""
   gain = ev.test.mean_gain
   if (ev.time_ratio is not None and ev.time_ratio > policy.max_time_ratio
       and gain < policy.time_ratio_min_gain):
@@ -270,9 +271,12 @@ def _cost_failure(ev: _Evidence, words: _Words, policy: AcceptancePolicy) -> tup
   if policy.max_memory_mb > 0 and ev.peak_memory_mb > policy.max_memory_mb:
     return 'memory', (f'Rejected for memory: peak memory {ev.peak_memory_mb:.0f} MB exceeds the '
                       f'cap {policy.max_memory_mb:.0f} MB.')
-  if ev.latency_ratio is not None and ev.latency_ratio > policy.max_latency_ratio:
+  if (ev.latency_ratio is not None and ev.latency_ratio > policy.max_latency_ratio
+      and gain < policy.time_ratio_min_gain):
     return 'latency', (f'Rejected for latency: step latency p50 is {ev.latency_ratio:.2f}x the '
-                       f'incumbent\'s (limit {policy.max_latency_ratio}x).')
+                       f'incumbent\'s (limit {policy.max_latency_ratio}x unless the mean gain is '
+                       f'at least {policy.time_ratio_min_gain:.3g}, and it is {gain:+.3g} '
+                       f'{words.results.metric}).')
   return None
 
 

@@ -99,8 +99,10 @@ def test_memory_cap_and_latency_ratio():
   capped = AcceptancePolicy(max_memory_mb=1000)
   assert decide(results(win, memory=(800, 1500)), 'max', capped).reason_code == 'memory'
   assert decide(results(win, memory=(800, 900)), 'max', capped).accepted
-  slow = decide(results(win, latency=(10.0, 30.0)), 'max', POLICY)
+  small = shifted([0.009, 0.0095, 0.0085])
+  slow = decide(results(small, latency=(10.0, 30.0)), 'max', POLICY)
   assert slow.reason_code == 'latency' and '3.00x' in slow.rationale
+  assert decide(results(win, latency=(10.0, 30.0)), 'max', POLICY).accepted
 
 
 def test_non_finite_rejects():
