@@ -57,28 +57,47 @@ def test_run_prints_the_summary_and_leaves_a_verifiable_record(tmp_path):
   assert bad.returncode == 1 and 'record 1' in bad.stdout
 
 
-def test_a_run_killed_during_a_trial_resumes_without_losing_or_repeating_one(tmp_path):
-  repo = make_workspace(tmp_path, steps=400)
+def _start(repo: Path, *args: str) -> subprocess.Popen:
   env = {**os.environ, 'PYTHONPATH': str(repo)}
-  proc = subprocess.Popen([sys.executable, '-m', 'agent.main', 'run',
-                           f'--experiment={TINY_EXPERIMENT}', '--budget_trials=2', '--seeds=2',
-                           '--run_id=k', '--nofinal_eval', f'--workspace={repo}'],
-                          cwd=repo, env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL, start_new_session=True)
+  return subprocess.Popen([sys.executable, '-m', 'agent.main', *args, '--run_id=k',
+                           '--nofinal_eval', f'--workspace={repo}'],
+                          cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, start_new_session=True)
+
+
+def _wait_for_trial(repo: Path, proc: subprocess.Popen, trial: int) -> None:
+  """Until trial `trial` has started and its trial process is writing its log."""
   journal_path = repo / 'runs/k/journal.sqlite'
   deadline = time.time() + 300
-  started = False
-  while time.time() < deadline and proc.poll() is None and not started:
+  while time.time() < deadline and proc.poll() is None:
     time.sleep(0.2)
-    if journal_path.exists():
+    if journal_path.exists() and (repo / f'runs/k/trials/{trial}/screen/trial.log').exists():
       with sqlite3.connect(journal_path) as db:
-        started = db.execute("SELECT count(*) FROM records WHERE kind='trial_started'"
-                             ).fetchone()[0] > 0
-      started = started and (repo / 'runs/k/trials/1/screen/trial.log').exists()
-  assert started, 'no trial started before the deadline'
-  os.killpg(proc.pid, signal.SIGKILL)  # the agent and its running trial, at once
-  proc.wait()
+        if db.execute("SELECT count(*) FROM records WHERE kind='trial_started' AND trial=?",
+                      (trial,)).fetchone()[0]:
+          return
+  raise AssertionError(f'trial {trial} did not start')
+
+
+def test_ctrl_c_and_kill_9_during_trials_resume_without_losing_or_repeating_one(tmp_path):
+  repo = make_workspace(tmp_path, steps=400)
+  journal_path = repo / 'runs/k/journal.sqlite'
+  proc = _start(repo, 'run', f'--experiment={TINY_EXPERIMENT}', '--budget_trials=2',
+                '--seeds=2')
+  _wait_for_trial(repo, proc, 1)
+  proc.send_signal(signal.SIGINT)  # Ctrl-C: a clean stop that records itself
+  _, stderr = proc.communicate(timeout=60)
+  assert proc.returncode == 130 and 'resume --run_id=k' in stderr
+  journal = Journal.open(journal_path)
+  assert journal.last('session_ended').payload['reason'] == 'interrupted'
+  journal.close()
   assert verdict_trials(journal_path) == []
+
+  proc = _start(repo, 'resume')
+  _wait_for_trial(repo, proc, 2)
+  os.killpg(proc.pid, signal.SIGKILL)  # kill -9 of the agent and its running trial at once
+  proc.wait()
+  assert verdict_trials(journal_path) == [1]
 
   resumed = agent(repo, 'resume', '--run_id=k', '--nofinal_eval')
   assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -93,6 +112,7 @@ def test_a_run_killed_during_a_trial_resumes_without_losing_or_repeating_one(tmp
   assert worktree_head == (accepted[-1] if accepted else baseline)
   assert git(repo / 'runs/k/worktree', 'status', '--porcelain') == ''
   assert list((repo / 'runs/k/trials').glob('1/screen.interrupted-*'))
+  assert list((repo / 'runs/k/trials').glob('2/screen.interrupted-*'))
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path):
