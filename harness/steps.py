@@ -120,10 +120,12 @@ def build_program(task: Task, graphdef: nnx.GraphDef, make_params: Callable[[jax
 
   def seed_step(params, opt_state, keys: SeedKeys, epoch_state: jax.Array, step: jax.Array):
     x, y = sampler.batch(keys.data, epoch_state, step)
-    dropout_rngs = nnx.Rngs(dropout=jax.random.fold_in(keys.dropout, step))
+    dropout_key = jax.random.fold_in(keys.dropout, step)
 
     def loss_fn(p):
-      logits = nnx.merge(graphdef, p)(x, train=True, rngs=dropout_rngs)
+      # Rngs are made inside the differentiated function: NNX forbids mutating their
+      # counters from another trace level.
+      logits = nnx.merge(graphdef, p)(x, train=True, rngs=nnx.Rngs(dropout=dropout_key))
       return loss_and_metric(logits, y, task.kind, jnp.ones(y.shape[0]))[0]
 
     loss, grads = jax.value_and_grad(loss_fn)(params)

@@ -55,6 +55,16 @@ def test_a_seed_trained_alone_matches_the_same_seed_in_a_vmapped_group(tmp_path,
                              rtol=1e-4)
 
 
+@pytest.mark.parametrize('name', ['mnist1d_mlp', 'charlm_transformer'])
+def test_dropout_trains_and_changes_the_result(tmp_path, name):
+  config = tiny(load_experiment(name), steps=20, every=20, checkpoint_every=20)
+  plain = train_and_evaluate(config, tmp_path / 'plain', num_seeds=2)
+  config.model.dropout = 0.3
+  dropped = train_and_evaluate(config, tmp_path / 'dropout', num_seeds=2)
+  assert dropped['status'] == 'ok'
+  assert dropped['train_loss']['per_seed'] != plain['train_loss']['per_seed']
+
+
 def test_divergence_ends_with_a_readable_diverged_scorecard(tmp_path, mnist1d_tiny):
   mnist1d_tiny.optimizer.name = 'sgd'
   mnist1d_tiny.optimizer.learning_rate = 1e4
