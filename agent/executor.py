@@ -131,6 +131,36 @@ def trial_env(spec: TrialSpec, parent: Mapping[str, str] = os.environ) -> dict[s
   return {**env, **FIXED_ENV, 'PYTHONPATH': str(spec.worktree)}
 
 
+IMPORT_CHECK = """
+import importlib, runpy, sys
+for path in sys.argv[1:]:
+  if path.startswith('experiments/'):
+    runpy.run_path(path)['get_config']()
+  else:
+    importlib.import_module(path[:-3].replace('/', '.'))
+"""
+
+
+def import_check(worktree: Path, paths: list[str], timeout_s: float = 120) -> str | None:
+  """Imports the edited modules (and builds each edited config) in a scrubbed subprocess.
+
+  Returns None when they load, else the error's last line: an edit must parse AND import
+  before a trial is spent on it.
+  """
+  modules = [p for p in paths if p.endswith('.py') and (worktree / p).exists()]
+  if not modules:
+    return None
+  spec = TrialSpec(worktree=worktree, experiment=modules[0], workdir=worktree.parent / '_',
+                   seeds=1, first_seed=0, timeout_s=timeout_s)
+  try:
+    result = subprocess.run([sys.executable, '-c', IMPORT_CHECK, *modules], cwd=worktree,
+                            env=trial_env(spec), capture_output=True, text=True,
+                            timeout=timeout_s)
+  except subprocess.TimeoutExpired:
+    return f'importing the edited modules took more than {timeout_s:.0f} s'
+  return None if result.returncode == 0 else _last_line(result.stderr)
+
+
 def _set_limit(kind: int, soft: int, hard: int) -> None:
   """Never asks for more than the current hard limit (only root could raise it)."""
   current_hard = resource.getrlimit(kind)[1]

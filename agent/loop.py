@@ -16,7 +16,7 @@ from typing import Any, Callable
 from agent import decide as decide_lib
 from agent import diffs, guard, knobs, vcs
 from agent.charter import Charter
-from agent.executor import TrialOutcome, TrialSpec, run_trial
+from agent.executor import TrialOutcome, TrialSpec, import_check, run_trial
 from agent.journal import Journal
 from agent.proposal import NoProposal, Observation, Proposal, Proposer, TrialSummary
 
@@ -244,6 +244,12 @@ class Loop:
       self._record_guard_rejection(trial, proposal, checked.reason)
       return
     self.worktree.write_files(dict(proposal.changes))
+    import_error = import_check(self.worktree.path, sorted(proposal.changes))
+    if import_error:
+      self.worktree.reset_to(incumbent.commit)
+      self._record_guard_rejection(trial, proposal, f'the edited code does not import: '
+                                   f'{import_error}')
+      return
     message = _commit_message(trial, proposal, 'pending')
     candidate_commit = self.worktree.commit(message)
     self.journal.append('trial_started', {'commit': candidate_commit, 'diff': checked.diff},

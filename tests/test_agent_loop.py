@@ -157,6 +157,22 @@ def test_out_of_scope_edits_are_rejected_before_running_and_the_loop_goes_on(tmp
   assert runner.calls == 1 + 1 + 2  # baseline, trial 2, its confirmation pair
 
 
+def broken_import(obs: Observation):
+  text = obs.files[obs.experiment].replace('import ml_collections', 'import ml_collectionz')
+  return obs.experiment, text
+
+
+def test_an_edit_that_parses_but_does_not_import_is_rejected_before_running(tmp_path):
+  runner = SimulatedRunner()
+  _, loop, journal = make_loop(tmp_path, ScriptedProposer([('typo', broken_import)]), runner,
+                               trials=1)
+  loop.run()
+  rejected = journal.last('guard_rejected', trial=1).payload
+  assert 'does not import' in rejected['rationale'] and 'ml_collectionz' in rejected['rationale']
+  assert runner.calls == 1  # the baseline only
+  assert loop.worktree.is_clean() and loop.worktree.head() == loop.state.incumbent.commit
+
+
 def test_replay_rebuilds_the_state_and_finds_an_interrupted_trial(tmp_path):
   runner = SimulatedRunner(effect_per_lr={1e-2: 0.05})
   _, loop, journal = make_loop(tmp_path, ScriptedProposer([('lr_up', set_lr(1e-2))]), runner,
