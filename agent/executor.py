@@ -414,12 +414,15 @@ def run_trial(spec: TrialSpec, on_curve: OnCurve | None = None,
     wall_seconds = time.monotonic() - start
     reader.join(_READER_JOIN_S)
     log.close()
+  judged_step = curves.points[-1]['step'] if curves.points else None  # what on_curve saw
   curves.poll()
   card = _read_scorecard(spec.workdir)
   tail = log.tail()
   if stopped is not None:
     status, reason = stopped
     last_step = curves.points[-1]['step'] if curves.points else None
+    if status == 'pruned':
+      last_step = judged_step  # points written while the group was being killed don't count
     if status == 'timeout':
       reason += f' at step {last_step}' if last_step is not None else ' before the first eval'
     return TrialOutcome(status, card, curves.points, wall_seconds, returncode, log_path, tail,
