@@ -19,6 +19,7 @@ from agent.charter import Charter
 from agent.executor import TrialOutcome, TrialSpec, import_check, run_trial
 from agent.journal import Journal
 from agent.proposal import NoProposal, Observation, Proposal, Proposer, TrialSummary
+from harness.scorecard import SCORECARD, TEST_SCORECARD, read_json
 
 SCREEN_FIRST_SEED = 0
 CONFIRM_FIRST_SEED = 1000  # + 100 * trial: fresh seeds for each confirmation
@@ -105,7 +106,7 @@ class RunState:
       elif record.kind == 'session_ended':
         state.elapsed_before += payload['elapsed_seconds']
       elif record.kind in ('verdict', 'guard_rejected'):
-        state._count(record.trial, payload, proposals.pop(record.trial, {}))
+        state.count(record.trial, payload, proposals.pop(record.trial, {}))
       elif record.kind == 'run_finished':
         state.finished = True
     state.pending = next(iter(proposals.values()), None)
@@ -113,7 +114,8 @@ class RunState:
       state.pending = {**state.pending, 'trial': min(proposals)}
     return state
 
-  def _count(self, trial: int, payload: dict[str, Any], proposal: dict[str, Any]) -> None:
+  def count(self, trial: int, payload: dict[str, Any], proposal: dict[str, Any]) -> None:
+    """Folds one finished trial (verdict or guard rejection) into the state."""
     accepted = payload.get('accepted', False)
     self.trials_done += 1
     self.since_accept = 0 if accepted else self.since_accept + 1
@@ -185,16 +187,14 @@ class Loop:
       pending = self.state.pending
       if pending is not None:
         self.say(f'[trial {trial}] resuming the interrupted trial: {pending["hypothesis"]}')
-        proposal = Proposal(pending['operator'], pending['diagnosis'], pending['hypothesis'],
-                            pending['expected_effect'], pending['changes'])
+        proposal = Proposal.from_record(pending)
         self.state.pending = None
       else:
         try:
           proposal = self.proposer.propose(self._observe(trial))
         except NoProposal as e:
           return f'the proposer has nothing left to try ({e})'
-        self.journal.append('proposal', {**proposal.to_record(),
-                                         'changes': dict(proposal.changes)}, trial=trial)
+        self.journal.append('proposal', proposal.to_record(), trial=trial)
       self._trial(trial, proposal)
 
   def _baseline(self) -> None:
@@ -213,7 +213,6 @@ class Loop:
     self.say(f'[baseline] {self._metric_name()} {_fmt(arm.per_seed)}')
 
   def _scorecard(self, arm: ArmRecord) -> dict[str, Any]:
-    from harness.scorecard import SCORECARD, read_json
     return read_json(Path(arm.workdir) / SCORECARD)
 
   def _direction(self) -> str:
@@ -267,7 +266,7 @@ class Loop:
       self.worktree.keep_ref(f'refs/agent/{self.config.run_id}/rejected/{trial}', final_commit)
       self.worktree.reset_to(incumbent.commit)
     self.journal.append('verdict', payload, trial=trial)
-    self.state._count(trial, payload, {**proposal.to_record(), 'changes': dict(proposal.changes)})
+    self.state.count(trial, payload, proposal.to_record())
     self.proposer.learn(proposal, verdict.accepted, verdict.gain)
     self.say(f'[trial {trial}] {"ACCEPTED" if verdict.accepted else "rejected"}: '
              f'{verdict.rationale}')
@@ -275,7 +274,7 @@ class Loop:
   def _record_guard_rejection(self, trial: int, proposal: Proposal, reason: str) -> None:
     payload = {'accepted': False, 'reason_code': 'guard', 'rationale': reason, 'gain': None}
     self.journal.append('guard_rejected', payload, trial=trial)
-    self.state._count(trial, payload, {**proposal.to_record(), 'changes': dict(proposal.changes)})
+    self.state.count(trial, payload, proposal.to_record())
     self.proposer.learn(proposal, False, None)
     self.say(f'[trial {trial}] rejected by the guard: {reason}')
 
@@ -374,7 +373,6 @@ class Loop:
 
 
 def _final_numbers(outcome: TrialOutcome) -> dict[str, Any]:
-  from harness.scorecard import TEST_SCORECARD, read_json
   if outcome.status != 'ok' or outcome.scorecard is None:
     return {'status': outcome.status, 'reason': outcome.reason}
   test = read_json(outcome.log_path.parent / TEST_SCORECARD)

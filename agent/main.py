@@ -136,18 +136,22 @@ def _drive(repo: Path, run_dir: Path, journal: Journal) -> int:
   return 0
 
 
+def _journal() -> Journal:
+  return Journal.open(_run_dir(_repo(), must_exist=True) / 'journal.sqlite')
+
+
 def cmd_status() -> int:
-  print(report.status(Journal.open(_run_dir(_repo(), must_exist=True) / 'journal.sqlite')))
+  print(report.status(_journal()))
   return 0
 
 
 def cmd_log() -> int:
-  print(report.log(Journal.open(_run_dir(_repo(), must_exist=True) / 'journal.sqlite')))
+  print(report.log(_journal()))
   return 0
 
 
 def cmd_verify() -> int:
-  problem = Journal.open(_run_dir(_repo(), must_exist=True) / 'journal.sqlite').verify()
+  problem = _journal().verify()
   print(problem or 'journal verified: the hash chain holds')
   return 1 if problem else 0
 

@@ -54,8 +54,15 @@ class Proposal:
   changes: Mapping[str, str | None]
 
   def to_record(self) -> dict[str, Any]:
+    """The journal's form of the proposal; `from_record` reads it back on resume."""
     return {'operator': self.operator, 'diagnosis': self.diagnosis,
-            'hypothesis': self.hypothesis, 'expected_effect': self.expected_effect}
+            'hypothesis': self.hypothesis, 'expected_effect': self.expected_effect,
+            'changes': dict(self.changes)}
+
+  @classmethod
+  def from_record(cls, record: Mapping[str, Any]) -> 'Proposal':
+    return cls(record['operator'], record['diagnosis'], record['hypothesis'],
+               record['expected_effect'], dict(record['changes']))
 
 
 class NoProposal(Exception):

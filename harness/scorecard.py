@@ -27,7 +27,8 @@ CURVES = 'curves.jsonl'
 def summarize(values: list[float] | np.ndarray) -> dict[str, Any]:
   """Per-seed values with mean and sample standard deviation (ddof=1; 0 for one seed)."""
   arr = np.asarray(values, np.float64)
-  std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+  with np.errstate(invalid='ignore'):  # a diverged run's inf/nan summarise to null, quietly
+    std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
   return {'per_seed': arr.tolist(), 'mean': float(arr.mean()), 'std': std}
 
 

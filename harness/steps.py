@@ -167,7 +167,7 @@ def build_program(task: Task, graphdef: nnx.GraphDef, make_params: Callable[[jax
 
   return Program(init=jax.vmap(init), steps_per_epoch=sampler.steps_per_epoch,
                  epoch_states=epoch_states, step=step, chunk=chunk,
-                 evaluate=evaluate)
+                 evaluate=jax.jit(evaluate))
 
 
 def eval_batches(task: Task, split_name: str, batch_size: int = 512) -> tuple[jax.Array, ...]:

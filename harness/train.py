@@ -64,7 +64,7 @@ def _setup(config: ml_collections.ConfigDict, seeds: list[int]):
 
 
 def _evaluate(program: Program, params, batches) -> tuple[np.ndarray, np.ndarray]:
-  loss, metric = jax.jit(program.evaluate)(params, *batches)
+  loss, metric = program.evaluate(params, *batches)
   return np.asarray(loss), np.asarray(metric)
 
 
