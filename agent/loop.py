@@ -27,6 +27,10 @@ FINAL_FIRST_SEED = 1_000_000  # never used during the search
 Executor = Callable[..., TrialOutcome]
 
 
+class BaselineError(RuntimeError):
+  """The starting point itself does not train: nothing can be compared against it."""
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
   """What `agent.main run` was asked to do; recorded in the journal's first record."""
@@ -203,7 +207,8 @@ class Loop:
     outcome = self._run(self.run_dir / 'baseline', SCREEN_FIRST_SEED)
     if outcome.status != 'ok':
       self.journal.append('baseline_failed', {'status': outcome.status, 'reason': outcome.reason})
-      raise RuntimeError(f'the baseline did not run: {outcome.status}: {outcome.reason}')
+      raise BaselineError(f'the baseline did not run: {outcome.status}: {outcome.reason} '
+                          f'(log: {outcome.log_path})')
     arm = ArmRecord.from_scorecard(self.config.start_commit, outcome.log_path.parent,
                                    outcome.scorecard)
     self.journal.append('baseline', {'arm': dataclasses.asdict(arm),

@@ -21,7 +21,7 @@ from absl import app, flags
 from agent import report, vcs
 from agent.charter import CharterError, load_charter
 from agent.journal import Journal
-from agent.loop import Loop, RunConfig, RunState
+from agent.loop import BaselineError, Loop, RunConfig, RunState
 from agent.proposal import Proposer
 
 COMMANDS = ('run', 'resume', 'status', 'log', 'verify')
@@ -126,6 +126,10 @@ def _drive(repo: Path, run_dir: Path, journal: Journal) -> int:
       loop.final_evaluation()
     journal.append('run_finished', {'reason': reason})
     loop.end_session(reason)
+  except BaselineError as e:
+    loop.end_session('baseline failed')
+    print(f'error: {e}', file=sys.stderr)
+    return 1
   except KeyboardInterrupt:
     loop.end_session('interrupted')
     print(f'\ninterrupted: recorded; continue with `python -m agent.main resume '

@@ -125,6 +125,12 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
   assert unknown.returncode == 2 and "no run 'none'" in unknown.stderr
   bad_command = agent(repo, 'fly')
   assert bad_command.returncode == 2 and 'expected one command' in bad_command.stderr
+  experiment = repo / TINY_EXPERIMENT
+  experiment.write_text(experiment.read_text().replace("'adam'", "'adamm'"))
+  git(repo, 'commit', '-qam', 'a committed experiment that cannot train')
+  baseline = agent(repo, 'run', f'--experiment={TINY_EXPERIMENT}', '--run_id=b')
+  assert baseline.returncode == 1 and 'Traceback' not in baseline.stderr
+  assert baseline.stderr.strip().splitlines()[-1].startswith('error: the baseline did not run')
   charter = repo / 'WORKSPACE.md'
   charter.write_text(charter.read_text().replace('seeds = 3', 'seeds = "three"'))
   broken = agent(repo, 'run', f'--experiment={TINY_EXPERIMENT}')
