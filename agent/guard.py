@@ -6,6 +6,7 @@ A rejection names its reason in one line; the loop records it and goes on.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Mapping
 
 from agent import diffs
@@ -22,7 +23,7 @@ class GuardResult:
 
 
 def check(charter: Charter, current: Mapping[str, str | None],
-          changes: Mapping[str, str | None]) -> GuardResult:
+          changes: Mapping[str, str | None], worktree: Path | None = None) -> GuardResult:
   """`current` holds the incumbent's text of each changed path (None: it does not exist)."""
   diff = ''.join(diffs.unified_diff(path, current.get(path), new)
                  for path, new in sorted(changes.items()))

@@ -243,7 +243,8 @@ class Loop:
              f'{self._metric_name()} {_fmt(incumbent.per_seed)} | {proposal.operator}: '
              f'{proposal.hypothesis}')
     current = {p: _read(self.worktree.path / p) for p in proposal.changes}
-    checked = guard.check(self.charter, current, proposal.changes)
+    checked = guard.check(self.charter, current, proposal.changes,
+                          worktree=self.worktree.path)
     if not checked.ok:
       self._record_guard_rejection(trial, proposal, checked.reason)
       return

@@ -24,6 +24,8 @@ class TrialSummary:
   reason_code: str
   gain: float | None  # mean paired gain, oriented so positive is better; None if not run
   changes: Mapping[str, str | None] = dataclasses.field(default_factory=dict)
+  rationale: str = ''  # the verdict's or the guard's reason, in words
+  log_excerpt: str = ''  # bounded tail of what the trial printed (failed trials only)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +69,12 @@ class Proposal:
 
 class NoProposal(Exception):
   """The proposer has nothing left to try (its search space is exhausted)."""
+
+
+class ProposalFailed(Exception):
+  """The proposer tried and produced no usable proposal (say, an LLM's answers stayed
+  malformed after every retry, or its endpoint kept failing). The loop records the attempt
+  as a failed trial, which counts against the trial budget, and goes on."""
 
 
 class Proposer(Protocol):
