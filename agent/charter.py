@@ -54,6 +54,10 @@ class Trial:
   """How one candidate is run."""
   seeds: int = 3
   timeout_minutes: float = 10.0
+  memory_mb: int = 8192  # cap on the trial's private memory (RLIMIT_DATA); 0 = none
+  cpu_minutes: float = 0.0  # CPU time of the trial, all threads summed; 0 = none
+  max_processes: int = 0  # RLIMIT_NPROC for the trial's user; 0 = none (root ignores it)
+  network: bool = False  # False: the trial runs without network where the OS allows it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +173,9 @@ _RULES: dict[str, _Rule] = {
     'scope.protected': _GLOBS,
     'trial.seeds': (lambda v: v >= 2, '>= 2 (a paired test needs two seeds)'),
     'trial.timeout_minutes': _POSITIVE,
+    'trial.memory_mb': _NONNEG,
+    'trial.cpu_minutes': _NONNEG,
+    'trial.max_processes': _NONNEG,
     'budget.trials': (lambda v: v >= 1, '>= 1'),
     'budget.minutes': _POSITIVE,
     'budget.compute_seconds': _NONNEG,

@@ -86,6 +86,7 @@ class TrialSpec:
   cpu_seconds: int = 0
   max_output_bytes: int = 1_000_000
   max_processes: int = 0
+  isolate_network: bool = False  # run without network where the OS allows it
 
   def __post_init__(self) -> None:
     worktree, workdir = Path(self.worktree).absolute(), Path(self.workdir).absolute()

@@ -172,9 +172,12 @@ class Loop:
            worktree: Path | None = None) -> TrialOutcome:
     if workdir.exists():  # an interrupted attempt: keep it beside, never overwrite it
       workdir.rename(workdir.with_name(f'{workdir.name}.interrupted-{int(time.time())}'))
+    limits = self.charter.trial
     spec = TrialSpec(worktree=worktree or self.worktree.path, experiment=self.config.experiment,
                      workdir=workdir, seeds=self.config.seeds, first_seed=first_seed,
-                     timeout_s=self._timeout(), eval_test=eval_test)
+                     timeout_s=self._timeout(), eval_test=eval_test,
+                     memory_mb=limits.memory_mb, cpu_seconds=round(limits.cpu_minutes * 60),
+                     max_processes=limits.max_processes, isolate_network=not limits.network)
     return self.execute(spec, on_curve=on_curve)
 
   def run(self) -> str:
