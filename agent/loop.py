@@ -164,8 +164,9 @@ class Loop:
     return None
 
   def _timeout(self) -> float:
+    """The charter's per-trial cap, cut to the time left (but never below 30 s of it)."""
     left = self.config.budget_minutes * 60 - self.elapsed()
-    return max(30.0, min(self.charter.trial.timeout_minutes * 60, left))
+    return min(self.charter.trial.timeout_minutes * 60, max(30.0, left))
 
   # ---- running --------------------------------------------------------------------------
   def _run(self, workdir: Path, first_seed: int, *, on_curve=None, eval_test: bool = False,
@@ -252,7 +253,8 @@ class Loop:
       self._record_guard_rejection(trial, proposal, checked.reason)
       return
     self.worktree.write_files(dict(proposal.changes))
-    import_error = import_check(self.worktree.path, sorted(proposal.changes))
+    import_error = import_check(self.worktree.path, sorted(proposal.changes),
+                                timeout_s=min(120.0, self._timeout()))
     if import_error:
       self.worktree.reset_to(incumbent.commit)
       self._record_guard_rejection(trial, proposal, f'the edited code does not import: '
