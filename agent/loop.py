@@ -9,6 +9,7 @@ double-counting a trial, and the worktree is reset to the incumbent the journal 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -18,12 +19,15 @@ from agent import diffs, guard, knobs, vcs
 from agent.charter import Charter
 from agent.executor import TrialOutcome, TrialSpec, import_check, run_trial
 from agent.journal import Journal
-from agent.proposal import NoProposal, Observation, Proposal, Proposer, TrialSummary
+from agent.proposal import (NoProposal, Observation, Proposal, ProposalFailed, Proposer,
+                            TrialSummary)
 from harness.scorecard import SCORECARD, TEST_SCORECARD, read_json
 
 SCREEN_FIRST_SEED = 0
 CONFIRM_FIRST_SEED = 1000  # + 100 * trial: fresh seeds for each confirmation
 FINAL_FIRST_SEED = 1_000_000  # never used during the search
+LOG_EXCERPT_CHARS = 1500  # of a failed trial's output, kept for the proposer's next prompt
+FAILED_STATUSES = ('failed', 'bad_input', 'timeout', 'killed')
 Executor = Callable[..., TrialOutcome]
 
 
@@ -42,6 +46,9 @@ class RunConfig:
   budget_minutes: float
   budget_compute_seconds: float
   start_commit: str = ''
+  budget_tokens: int = 0  # proposer (LLM) tokens, input + output; 0 = unlimited
+  review: str = 'none'  # 'required': a winner waits for a person's approve/reject
+  llm: dict[str, Any] | None = None  # the LLM proposer's settings (never its key)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,17 +64,19 @@ class ArmRecord:
   curve: list[list[float]]  # [step, mean val metric]
   steps: int
   fingerprints: dict[str, str]
+  scorecard_sha256: str = ''  # of the scorecard file, so `verify` notices a later edit
 
   @classmethod
   def from_scorecard(cls, commit: str, workdir: Path, card: dict[str, Any]) -> 'ArmRecord':
     per_seed = [float('nan') if v is None else v for v in card['val_metric']['per_seed']]
+    digest = hashlib.sha256((workdir / SCORECARD).read_bytes()).hexdigest()
     curve = [[p['step'], _mean(p['val_metric'])] for p in card.get('curve', [])]
     return cls(commit=commit, workdir=str(workdir), per_seed=per_seed,
                train_seconds=card['train_seconds'],
                peak_memory_mb=card['memory']['max_rss_mb'],
                step_latency_ms=card['step_latency_ms']['p50'] or 0.0,
                nonfinite=card['stability']['nonfinite'], curve=curve, steps=card['steps'],
-               fingerprints=card['data']['fingerprints'])
+               fingerprints=card['data']['fingerprints'], scorecard_sha256=digest)
 
   def arm(self) -> decide_lib.ArmResult:
     return decide_lib.ArmResult(tuple(self.per_seed), self.train_seconds, self.peak_memory_mb,
@@ -90,6 +99,9 @@ class RunState:
   elapsed_before: float = 0.0  # wall seconds spent in earlier sessions of this run
   history: list[TrialSummary] = dataclasses.field(default_factory=list)
   pending: dict[str, Any] | None = None  # a proposal whose trial never got a verdict
+  awaiting_review: dict[str, Any] | None = None  # a winner's verdict, until a person decides
+  tokens: int = 0
+  cost_usd: float = 0.0
   finished: bool = False
 
   @classmethod
@@ -109,8 +121,12 @@ class RunState:
         proposals[record.trial] = payload
       elif record.kind == 'session_ended':
         state.elapsed_before += payload['elapsed_seconds']
-      elif record.kind in ('verdict', 'guard_rejected'):
+      elif record.kind in ('verdict', 'guard_rejected', 'proposal_failed'):
         state.count(record.trial, payload, proposals.pop(record.trial, {}))
+      elif record.kind == 'review':
+        state.reviewed(payload)
+      elif record.kind == 'llm_usage':
+        state.book(payload)
       elif record.kind == 'run_finished':
         state.finished = True
     state.pending = next(iter(proposals.values()), None)
@@ -122,14 +138,39 @@ class RunState:
     """Folds one finished trial (verdict or guard rejection) into the state."""
     accepted = payload.get('accepted', False)
     self.trials_done += 1
-    self.since_accept = 0 if accepted else self.since_accept + 1
+    if payload.get('awaiting_review'):
+      self.awaiting_review = {**payload, 'trial': trial}
+    else:
+      self.since_accept = 0 if accepted else self.since_accept + 1
     if accepted:
       self.incumbent = ArmRecord(**payload['candidate'])
     self.history.append(TrialSummary(
         trial=trial, operator=proposal.get('operator', '?'),
         hypothesis=proposal.get('hypothesis', ''), accepted=accepted,
         reason_code=payload.get('reason_code', 'guard'), gain=payload.get('gain'),
-        changes=proposal.get('changes', {})))
+        changes=proposal.get('changes', {}), rationale=payload.get('rationale', ''),
+        log_excerpt=payload.get('log_excerpt', '')))
+
+  def reviewed(self, review: dict[str, Any]) -> None:
+    """Folds a person's decision on the winner that waits for review into the state."""
+    waiting = self.awaiting_review
+    if waiting is None or waiting['trial'] != review['trial']:
+      raise ValueError(f'review of trial {review["trial"]}, which does not await review')
+    self.awaiting_review = None
+    approved = review['approved']
+    self.since_accept = 0 if approved else self.since_accept + 1
+    if approved:
+      self.incumbent = ArmRecord(**waiting['candidate'])
+    words = 'approved by' if approved else 'rejected by'
+    self.history = [dataclasses.replace(
+        h, accepted=approved, reason_code=h.reason_code if approved else 'rejected_in_review',
+        rationale=f'{h.rationale} {words} {review["reviewer"]}: {review["why"]}'.strip())
+        if h.trial == review['trial'] else h for h in self.history]
+
+  def book(self, usage: dict[str, Any]) -> None:
+    """Adds one LLM call's tokens and cost to the run's totals."""
+    self.tokens += int(usage.get('input_tokens', 0)) + int(usage.get('output_tokens', 0))
+    self.cost_usd += float(usage.get('cost_usd') or 0.0)
 
 
 class Loop:
@@ -159,6 +200,11 @@ class Loop:
       return f'time budget spent ({self.elapsed() / 60:.1f}/{c.budget_minutes} min)'
     if c.budget_compute_seconds and s.compute_seconds >= c.budget_compute_seconds:
       return f'compute budget spent ({s.compute_seconds:.0f}/{c.budget_compute_seconds:.0f} s)'
+    if c.budget_tokens and s.tokens >= c.budget_tokens:
+      return f'token budget spent ({s.tokens}/{c.budget_tokens})'
+    if s.awaiting_review is not None:
+      return (f'trial {s.awaiting_review["trial"]} won and awaits review: python -m agent.main '
+              f'review --run_id={c.run_id}')
     if s.since_accept >= self.charter.stop.patience:
       return f'{s.since_accept} trials in a row without an accepted change'
     return None
@@ -202,8 +248,16 @@ class Loop:
           proposal = self.proposer.propose(self._observe(trial))
         except NoProposal as e:
           return f'the proposer has nothing left to try ({e})'
+        except ProposalFailed as e:
+          self._record_failed_proposal(trial, str(e))
+          continue
         self.journal.append('proposal', proposal.to_record(), trial=trial)
       self._trial(trial, proposal)
+
+  def record_usage(self, usage: dict[str, Any]) -> None:
+    """The budget ledger: one record per LLM call, booked to the trial it was made for."""
+    self.journal.append('llm_usage', usage, trial=self.state.trials_done + 1)
+    self.state.book(usage)
 
   def _baseline(self) -> None:
     self.say(f'[baseline] {self.config.experiment} at {self.config.start_commit[:10]} '
@@ -273,14 +327,26 @@ class Loop:
                'checks': verdict.checks, 'commit': final_commit, 'ran_commit': candidate_commit,
                'candidate': dataclasses.asdict(dataclasses.replace(candidate, commit=final_commit))
                if candidate else None, **extra}
-    if not verdict.accepted:
+    review = verdict.accepted and self.config.review == 'required'
+    if review:  # the winner waits on its own ref; the branch stays at the incumbent
+      payload.update(accepted=False, awaiting_review=True)
+      self.worktree.keep_ref(f'refs/agent/{self.config.run_id}/pending/{trial}', final_commit)
+      self.worktree.reset_to(incumbent.commit)
+    elif not verdict.accepted:
       self.worktree.keep_ref(f'refs/agent/{self.config.run_id}/rejected/{trial}', final_commit)
       self.worktree.reset_to(incumbent.commit)
     self.journal.append('verdict', payload, trial=trial)
     self.state.count(trial, payload, proposal.to_record())
     self.proposer.learn(proposal, verdict.accepted, verdict.gain)
-    self.say(f'[trial {trial}] {"ACCEPTED" if verdict.accepted else "rejected"}: '
-             f'{verdict.rationale}')
+    word = 'WON, awaiting review' if review else 'ACCEPTED' if verdict.accepted else 'rejected'
+    self.say(f'[trial {trial}] {word}: {verdict.rationale}')
+
+  def _record_failed_proposal(self, trial: int, reason: str) -> None:
+    payload = {'accepted': False, 'reason_code': 'proposal_failed', 'rationale': reason,
+               'gain': None}
+    self.journal.append('proposal_failed', payload, trial=trial)
+    self.state.count(trial, payload, {})
+    self.say(f'[trial {trial}] the proposer produced no usable proposal: {reason}')
 
   def _record_guard_rejection(self, trial: int, proposal: Proposal, reason: str) -> None:
     payload = {'accepted': False, 'reason_code': 'guard', 'rationale': reason, 'gain': None}
@@ -322,6 +388,8 @@ class Loop:
                 'wall_seconds': outcome.wall_seconds, 'workdir': str(trial_dir / 'screen')}
     self.journal.append('trial_finished', finished, trial=trial)
     extra: dict[str, Any] = {'status': outcome.status}
+    if outcome.status in FAILED_STATUSES:
+      extra['log_excerpt'] = outcome.log_tail[-LOG_EXCERPT_CHARS:]
     _, added, removed = diffs.diff_stats(diff)
     if outcome.status == 'pruned':
       saved = incumbent.train_seconds * max(0.0, 1 - (outcome.pruned_at_step or 0) / steps)

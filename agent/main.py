@@ -1,8 +1,12 @@
 r"""The research agent's command line.
 
   python -m agent.main run --experiment=experiments/mnist1d_mlp.py \
-      [--budget_trials=N] [--budget_minutes=M] [--seeds=K] [--proposer=heuristic] [--run_id=ID]
-  python -m agent.main resume|status|log|verify --run_id=ID
+      [--budget_trials=N] [--budget_minutes=M] [--seeds=K] [--run_id=ID] [--review=required] \
+      [--proposer=heuristic | --proposer=llm --llm_base_url=URL --llm_model=NAME \
+       [--llm_api=openai|anthropic] [--budget_tokens=N]]
+  python -m agent.main resume|status|log|verify|review --run_id=ID
+  python -m agent.main approve N --run_id=ID
+  python -m agent.main reject N --why="..." --run_id=ID
 
 Runs live in <workspace>/runs/<run-id>/: the journal, the git worktree of branch
 agent/<run-id>, and one folder per trial (scorecards, TensorBoard events, checkpoints).
@@ -18,19 +22,35 @@ from pathlib import Path
 
 from absl import app, flags
 
-from agent import report, vcs
+from agent import audit, report, review, vcs
 from agent.charter import CharterError, load_charter
 from agent.journal import Journal
 from agent.loop import BaselineError, Loop, RunConfig, RunState
 from agent.proposal import Proposer
 
-COMMANDS = ('run', 'resume', 'status', 'log', 'verify')
+COMMANDS = ('run', 'resume', 'status', 'log', 'verify', 'review', 'approve', 'reject')
 
 _EXPERIMENT = flags.DEFINE_string('experiment', None, 'Experiment config, relative to the '
                                   'workspace (run only).')
 _RUN_ID = flags.DEFINE_string('run_id', None, 'Run name; default: the start time.')
 _WORKSPACE = flags.DEFINE_string('workspace', '.', 'The git repository the agent works on.')
-_PROPOSER = flags.DEFINE_enum('proposer', 'heuristic', ['heuristic'], 'Who proposes edits.')
+_PROPOSER = flags.DEFINE_enum('proposer', 'heuristic', ['heuristic', 'llm'],
+                              'Who proposes edits.')
+_REVIEW = flags.DEFINE_enum('review', 'none', ['none', 'required'], 'required: a winning '
+                            'candidate waits for `approve N` / `reject N` before it is kept.')
+_WHY = flags.DEFINE_string('why', '', 'The reason for `reject N` (or a note on `approve N`).')
+_BUDGET_TOKENS = flags.DEFINE_integer('budget_tokens', None, 'LLM tokens (input + output) for '
+                                      'the whole run; default: the charter\'s.', lower_bound=0)
+_LLM_API = flags.DEFINE_enum('llm_api', 'openai', ['openai', 'anthropic'], 'openai: any '
+                             'OpenAI-compatible chat endpoint; anthropic: the Messages API.')
+_LLM_BASE_URL = flags.DEFINE_string('llm_base_url', None, 'The LLM endpoint, e.g. '
+                                    'http://127.0.0.1:8000/v1.')
+_LLM_MODEL = flags.DEFINE_string('llm_model', None, 'The model name the endpoint expects.')
+_LLM_KEY_ENV = flags.DEFINE_string('llm_api_key_env', None, 'The environment variable that '
+                                   'holds the key; default OPENAI_API_KEY / ANTHROPIC_API_KEY.')
+_LLM_PRICE_IN = flags.DEFINE_float('llm_price_input', None, 'USD per million input tokens.')
+_LLM_PRICE_OUT = flags.DEFINE_float('llm_price_output', None, 'USD per million output tokens.')
+_LLM_TIMEOUT = flags.DEFINE_float('llm_timeout_s', 120.0, 'Seconds per LLM request.')
 _SEEDS = flags.DEFINE_integer('seeds', None, 'Seeds per trial; default: the charter\'s.',
                               lower_bound=2)
 _BUDGET_TRIALS = flags.DEFINE_integer('budget_trials', None, 'Default: the charter\'s.',
@@ -96,11 +116,25 @@ def cmd_run() -> int:
                      budget_minutes=_BUDGET_MINUTES.value or b.minutes,
                      budget_compute_seconds=(b.compute_seconds if _BUDGET_COMPUTE.value is None
                                              else _BUDGET_COMPUTE.value),
-                     start_commit=start)
+                     start_commit=start,
+                     budget_tokens=(b.tokens if _BUDGET_TOKENS.value is None
+                                    else _BUDGET_TOKENS.value),
+                     review=_REVIEW.value, llm=_llm_settings())
   journal = Journal.open(run_dir / 'journal.sqlite')
   settings = {k: v for k, v in dataclasses.asdict(charter).items() if k != 'prose'}
   journal.append('run_started', {'config': dataclasses.asdict(config), 'charter': settings})
   return _drive(repo, run_dir, journal)
+
+
+def _llm_settings() -> dict | None:
+  """The LLM proposer's settings as the journal keeps them: everything but the key."""
+  if _PROPOSER.value != 'llm':
+    return None
+  if not _LLM_BASE_URL.value or not _LLM_MODEL.value:
+    raise UsageError('--proposer=llm needs --llm_base_url and --llm_model')
+  return {'api': _LLM_API.value, 'base_url': _LLM_BASE_URL.value, 'model': _LLM_MODEL.value,
+          'key_env': _LLM_KEY_ENV.value, 'price_input': _LLM_PRICE_IN.value,
+          'price_output': _LLM_PRICE_OUT.value, 'timeout_s': _LLM_TIMEOUT.value}
 
 
 def cmd_resume() -> int:
@@ -122,6 +156,10 @@ def _drive(repo: Path, run_dir: Path, journal: Journal) -> int:
   try:
     reason = loop.run()
     print(f'[stop] {reason}', flush=True)
+    if state.awaiting_review is not None:  # no final evaluation until a person decides
+      loop.end_session(reason)
+      print(review.describe(journal))
+      return 0
     if _FINAL_EVAL.value:
       loop.final_evaluation()
     journal.append('run_finished', {'reason': reason})
@@ -155,17 +193,36 @@ def cmd_log() -> int:
 
 
 def cmd_verify() -> int:
-  problem = _journal().verify()
-  print(problem or 'journal verified: the hash chain holds')
+  problem = audit.verify_run(_repo(), _journal())
+  print(problem or 'run verified: the hash chain holds, every kept commit carries its recorded '
+        'diff, every recorded metric matches its scorecard')
   return 1 if problem else 0
+
+
+def cmd_review() -> int:
+  print(review.describe(_journal()))
+  return 0
+
+
+def _decide(argv: list[str], approved: bool) -> int:
+  if len(argv) != 3 or not argv[2].isdigit():
+    raise UsageError(f'usage: {argv[1]} N --run_id=ID (N: the trial number `review` shows)')
+  repo = _repo()
+  run_dir = _run_dir(repo, must_exist=True)
+  print(review.decide(_journal(), repo, run_dir, int(argv[2]), approved, _WHY.value))
+  return 0
 
 
 def main(argv: list[str]) -> None:
   try:
-    if len(argv) != 2 or argv[1] not in COMMANDS:
+    if len(argv) < 2 or argv[1] not in COMMANDS:
       raise UsageError(f'expected one command of {", ".join(COMMANDS)}, got {argv[1:]}')
+    if argv[1] in ('approve', 'reject'):
+      sys.exit(_decide(argv, approved=argv[1] == 'approve'))
+    if len(argv) != 2:
+      raise UsageError(f'{argv[1]} takes no arguments besides flags, got {argv[2:]}')
     sys.exit(globals()[f'cmd_{argv[1]}']())
-  except (UsageError, CharterError, vcs.VcsError) as e:
+  except (UsageError, CharterError, vcs.VcsError, review.ReviewError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.journal import Journal
+from agent.journal import Journal, Record
+from agent.loop import RunState
 
 
 def _mean(summary: dict[str, Any] | None) -> str:
@@ -20,21 +21,41 @@ def _arm_mean(arm: dict[str, Any] | None) -> str:
   return f'{sum(values) / len(values):.4f}' if values else 'n/a'
 
 
+TRIAL_ENDS = ('verdict', 'guard_rejected', 'proposal_failed')
+
+
+def kept(journal: Journal) -> list[Record]:
+  """Verdicts whose candidate became the incumbent: accepted, or approved in review."""
+  approved = {r.trial for r in journal.records('review') if r.payload['approved']}
+  return [r for r in journal.records('verdict')
+          if r.payload.get('accepted') or r.trial in approved]
+
+
 def status(journal: Journal) -> str:
   """Where the run stands: trials, incumbent, budget spent."""
   started = journal.records('run_started')[0].payload['config']
-  verdicts = journal.records('verdict') + journal.records('guard_rejected')
-  accepted = [r for r in verdicts if r.payload.get('accepted')]
+  ended = [r for r in journal.records() if r.kind in TRIAL_ENDS]
+  accepted = kept(journal)
   baseline = journal.last('baseline')
   incumbent = accepted[-1].payload['candidate'] if accepted else (
       baseline.payload['arm'] if baseline else None)
   finished = journal.last('run_finished')
+  waiting = RunState.replay(journal).awaiting_review
+  state = ('finished: ' + finished.payload['reason'] if finished else
+           f"trial {waiting['trial']} awaits review" if waiting else 'not finished')
   lines = [f"run {started['run_id']}: {started['experiment']} with the {started['proposer']} "
            f"proposer, {started['seeds']} seeds per trial",
-           f"trials: {len(verdicts)}/{started['budget_trials']} ({len(accepted)} accepted)",
+           f"trials: {len(ended)}/{started['budget_trials']} ({len(accepted)} accepted)",
            f"baseline {_arm_mean(baseline.payload['arm'] if baseline else None)}, "
            f"incumbent {_arm_mean(incumbent)} at {incumbent['commit'][:10] if incumbent else '-'}",
-           f"state: {'finished: ' + finished.payload['reason'] if finished else 'not finished'}"]
+           f"state: {state}"]
+  usage = journal.records('llm_usage')
+  if usage:
+    tokens = sum(r.payload['input_tokens'] + r.payload['output_tokens'] for r in usage)
+    cost = sum(r.payload.get('cost_usd') or 0.0 for r in usage)
+    budget = started.get('budget_tokens') or 'unlimited'
+    lines.append(f'LLM: {len(usage)} calls, {tokens} tokens (budget {budget}), '
+                 f'${cost:.4f}')
   return '\n'.join(lines)
 
 
@@ -43,10 +64,15 @@ def log(journal: Journal) -> str:
   proposals = {r.trial: r.payload for r in journal.records('proposal')}
   lines = []
   for record in journal.records():
-    if record.kind not in ('verdict', 'guard_rejected'):
+    if record.kind == 'review':
+      word = 'approved' if record.payload['approved'] else 'rejected'
+      lines.append(f"    review: {word} by {record.payload['reviewer']}: "
+                   f"{record.payload['why']}")
+    if record.kind not in TRIAL_ENDS:
       continue
     p = proposals.get(record.trial, {})
-    word = 'ACCEPTED' if record.payload.get('accepted') else 'rejected'
+    word = ('WON, awaiting review' if record.payload.get('awaiting_review') else
+            'ACCEPTED' if record.payload.get('accepted') else 'rejected')
     lines.append(f"trial {record.trial} [{p.get('operator', '?')}] {word} "
                  f"({record.payload.get('reason_code')}): {p.get('hypothesis', '')}\n"
                  f"    {record.payload.get('rationale', '')}")
@@ -68,7 +94,7 @@ def summary(journal: Journal, branch: str, run_dir: str) -> str:
       else:
         lines.append(f"  {name:8s} did not run: {r.get('status')}: {r.get('reason')}")
   proposals = {r.trial: r.payload for r in journal.records('proposal')}
-  chain = [r for r in journal.records('verdict') if r.payload.get('accepted')]
+  chain = kept(journal)
   lines.append('')
   lines.append('Accepted changes, in order:' if chain else 'No change was accepted.')
   for r in chain:

@@ -73,6 +73,24 @@ def show_file(repo: Path, sha: str, path: str) -> str:
   return _git(Path(repo), 'show', f'{sha}:{PurePosixPath(path)}')
 
 
+def parent(repo: Path, sha: str) -> str:
+  """The first parent of a commit."""
+  return resolve(repo, f'{sha}^')
+
+
+def changed_files(repo: Path, a: str, b: str) -> list[str]:
+  """Paths that differ between two commits (renames shown as delete + add)."""
+  out = _git(Path(repo), 'diff', '--no-renames', '--name-only', '-z', a, b)
+  return sorted(p for p in out.split('\0') if p)
+
+
+def file_at(repo: Path, sha: str, path: str) -> str | None:
+  """A file's content at a commit, or None where the commit does not have it."""
+  if not _git_ok(Path(repo), 'cat-file', '-e', f'{sha}:{PurePosixPath(path)}'):
+    return None
+  return show_file(repo, sha, path)
+
+
 @dataclasses.dataclass(frozen=True)
 class Worktree:
   """The run's private checkout of its branch; every command here runs inside it."""

@@ -7,6 +7,7 @@ noise, so accept/reject behaviour is checked against ground truth in seconds.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from agent.charter import load_charter
 from agent.executor import TrialOutcome
 from agent.journal import Journal
 from agent.loop import Loop, RunConfig, RunState
-from agent.proposal import NoProposal, Observation, Proposal
+from agent.proposal import NoProposal, Observation, Proposal, ProposalFailed
 from tests.agent_workspace import (TINY_EXPERIMENT, fake_scorecard, git, make_workspace,
                                    write_scorecard)
 
@@ -84,7 +85,7 @@ def touch(path):
   return lambda obs: (path, '# not allowed\n')
 
 
-def make_loop(tmp_path, proposer, runner, trials, charter_text=None):
+def make_loop(tmp_path, proposer, runner, trials, charter_text=None, **config):
   repo = make_workspace(tmp_path)
   if charter_text:
     charter_path = repo / 'WORKSPACE.md'
@@ -94,7 +95,7 @@ def make_loop(tmp_path, proposer, runner, trials, charter_text=None):
   journal = Journal.open(run_dir / 'journal.sqlite')
   config = RunConfig(run_id='r1', experiment=TINY_EXPERIMENT, proposer=proposer.name, seeds=3,
                      budget_trials=trials, budget_minutes=60, budget_compute_seconds=0,
-                     start_commit=git(repo, 'rev-parse', 'HEAD'))
+                     start_commit=git(repo, 'rev-parse', 'HEAD'), **config)
   journal.append('run_started', {'config': dataclasses.asdict(config)})
   loop = Loop(repo, run_dir, load_charter(repo / 'WORKSPACE.md'), proposer, journal,
               RunState.replay(journal), execute=runner, print_fn=lambda _: None)
@@ -184,3 +185,53 @@ def test_replay_rebuilds_the_state_and_finds_an_interrupted_trial(tmp_path):
   journal.append('proposal', {'operator': 'x', 'diagnosis': 'd', 'hypothesis': 'h',
                               'expected_effect': 'e', 'changes': {}}, trial=2)
   assert RunState.replay(journal).pending['trial'] == 2
+
+
+class FailingThenScripted(ScriptedProposer):
+  """Fails to produce a proposal on its first call (say, an LLM answered nonsense)."""
+
+  def __init__(self, steps, tokens_per_call=0):
+    super().__init__(steps)
+    self.calls = 0
+    self.tokens_per_call = tokens_per_call
+    self.on_usage = None
+    self.observations: list[Observation] = []
+
+  def propose(self, observation):
+    self.calls += 1
+    self.observations.append(observation)
+    if self.on_usage:
+      self.on_usage({'api': 'openai', 'model': 'm', 'attempt': 1, 'outcome': 'ok',
+                     'input_tokens': self.tokens_per_call, 'output_tokens': 0,
+                     'cost_usd': 0.001})
+    if self.calls == 1:
+      raise ProposalFailed('three malformed answers in a row')
+    return super().propose(observation)
+
+
+def test_a_failed_proposal_is_a_recorded_trial_and_the_loop_goes_on(tmp_path):
+  runner = SimulatedRunner(effect_per_lr={1e-2: 0.05})
+  proposer = FailingThenScripted([('lr_up', set_lr(1e-2))])
+  _, loop, journal = make_loop(tmp_path, proposer, runner, trials=2)
+  loop.run()
+  failed = journal.last('proposal_failed', trial=1).payload
+  assert failed['rationale'] == 'three malformed answers in a row' and not failed['accepted']
+  assert journal.last('verdict', trial=2).payload['accepted']
+  state = RunState.replay(journal)
+  assert state.trials_done == 2 and state.history[0].reason_code == 'proposal_failed'
+  # What the proposer saw during the search holds no test-split number.
+  for observation in proposer.observations:
+    assert '"test_' not in json.dumps(observation.scorecard)
+
+
+def test_the_token_budget_stops_the_run_and_survives_a_resume(tmp_path):
+  runner = SimulatedRunner()
+  proposer = FailingThenScripted([(f'note_{n}', comment_only(n)) for n in range(5)],
+                                 tokens_per_call=400)
+  _, loop, journal = make_loop(tmp_path, proposer, runner, trials=5, budget_tokens=1000)
+  proposer.on_usage = loop.record_usage
+  reason = loop.run()
+  assert reason == 'token budget spent (1200/1000)'
+  assert len(journal.records('llm_usage')) == 3
+  state = RunState.replay(journal)
+  assert state.tokens == 1200 and abs(state.cost_usd - 0.003) < 1e-12

@@ -1,0 +1,80 @@
+"""Human sign-off: what a reviewer sees of a waiting winner, and the record of the decision.
+
+With `--review=required` the loop stops at a winner instead of advancing the branch (see
+loop.RunState.awaiting_review). A person reads `review`, then `approve N` or `reject N
+--why ...`; the decision is a journal record, so it is hash-chained with everything else,
+and `resume` goes on from whichever incumbent the decision leaves.
+"""
+
+from __future__ import annotations
+
+import getpass
+from pathlib import Path
+from typing import Any
+
+from agent import vcs
+from agent.journal import Journal
+from agent.loop import RunState
+
+
+class ReviewError(ValueError):
+  """A decision that does not fit the run's state (no such waiting trial, say)."""
+
+
+def waiting(journal: Journal) -> dict[str, Any] | None:
+  """The verdict that awaits a person's decision, with its trial number, or None."""
+  return RunState.replay(journal).awaiting_review
+
+
+def describe(journal: Journal) -> str:
+  """The waiting change: hypothesis, evidence and diff, in the words the journal holds."""
+  verdict = waiting(journal)
+  if verdict is None:
+    return 'no change awaits review'
+  trial = verdict['trial']
+  proposal = journal.last('proposal', trial).payload
+  started = journal.last('trial_started', trial).payload
+  state = RunState.replay(journal)
+  incumbent = state.incumbent
+  candidate = verdict['candidate']
+  lines = [f'trial {trial} awaits review (commit {verdict["commit"][:10]}, '
+           f'on top of the incumbent {incumbent.commit[:10]})',
+           f'  operator:        {proposal["operator"]}',
+           f'  diagnosis:       {proposal["diagnosis"]}',
+           f'  hypothesis:      {proposal["hypothesis"]}',
+           f'  expected effect: {proposal["expected_effect"]}',
+           f'  evidence:        {verdict["rationale"]}',
+           f'  incumbent seeds: {_values(incumbent.per_seed)}',
+           f'  candidate seeds: {_values(candidate["per_seed"])}',
+           f'  train seconds:   {incumbent.train_seconds:.1f} -> {candidate["train_seconds"]:.1f}',
+           '', started['diff'].rstrip(), '',
+           f'decide with: approve {trial}   or   reject {trial} --why "..."']
+  return '\n'.join(lines)
+
+
+def decide(journal: Journal, repo: Path, run_dir: Path, trial: int, approved: bool,
+           why: str, reviewer: str | None = None) -> str:
+  """Records the decision and moves the run's branch to match it; returns one line."""
+  verdict = waiting(journal)
+  if verdict is None:
+    raise ReviewError('no change awaits review in this run')
+  if verdict['trial'] != trial:
+    raise ReviewError(f'trial {trial} does not await review (trial {verdict["trial"]} does)')
+  if not approved and not why.strip():
+    raise ReviewError('a rejection needs its reason: --why "..."')
+  reviewer = reviewer or getpass.getuser()
+  run_id = RunState.replay(journal).config.run_id
+  worktree = vcs.Worktree(repo, run_dir / 'worktree', f'agent/{run_id}')
+  if approved:
+    worktree.reset_to(verdict['commit'])
+  else:
+    worktree.keep_ref(f'refs/agent/{run_id}/rejected/{trial}', verdict['commit'])
+  journal.append('review', {'trial': trial, 'approved': approved, 'why': why,
+                            'reviewer': reviewer, 'commit': verdict['commit']}, trial=trial)
+  word = 'approved' if approved else 'rejected'
+  return (f'trial {trial} {word}; continue the run with `python -m agent.main resume '
+          f'--run_id={run_id}`')
+
+
+def _values(values: list[Any]) -> str:
+  return ', '.join(f'{v:.4f}' if isinstance(v, float) else str(v) for v in values)
