@@ -235,3 +235,25 @@ def test_the_token_budget_stops_the_run_and_survives_a_resume(tmp_path):
   assert len(journal.records('llm_usage')) == 3
   state = RunState.replay(journal)
   assert state.tokens == 1200 and abs(state.cost_usd - 0.003) < 1e-12
+
+
+class DataChangingRunner(SimulatedRunner):
+  """A candidate whose run saw other data (say, an edit that reshuffled the splits)."""
+
+  def __call__(self, spec, on_curve=None) -> TrialOutcome:
+    outcome = super().__call__(spec, on_curve)
+    if self.calls > 1:
+      outcome.scorecard['data']['fingerprints'] = {'train': 'a', 'val': 'other', 'test': 'c'}
+      write_scorecard(spec.workdir, outcome.scorecard)
+    return outcome
+
+
+def test_a_trial_that_saw_other_data_is_rejected_however_good_it_looks(tmp_path):
+  runner = DataChangingRunner(effect_per_lr={1e-2: 0.2})
+  _, loop, journal = make_loop(tmp_path, ScriptedProposer([('lr_up', set_lr(1e-2))]), runner,
+                               trials=1)
+  loop.run()
+  verdict = journal.last('verdict', trial=1).payload
+  assert not verdict['accepted'] and verdict['reason_code'] == 'data_changed'
+  assert 'fingerprints differ' in verdict['rationale']
+  assert loop.worktree.head() == loop.config.start_commit
