@@ -101,7 +101,8 @@ class LLMClient:
       except (openai.APIStatusError, anthropic.APIStatusError) as e:
         if not _retryable(e.status_code):
           raise LLMFatalError(self._fatal_message(e)) from None
-        failure = FailedAttempt('http_error', f'HTTP {e.status_code}: {self._clean(e.message)}')
+        failure = FailedAttempt('http_error',
+                                f'HTTP {e.status_code}: {self._clean(_server_message(e))}')
       except (openai.APIConnectionError, anthropic.APIConnectionError) as e:
         failure = FailedAttempt('http_error', f'connection failed: {self._clean(str(e))}')
       if on_failure:
@@ -115,14 +116,26 @@ class LLMClient:
   def _fatal_message(self, e: openai.APIStatusError | anthropic.APIStatusError) -> str:
     hint = {401: f'check the key in ${self.key_env}', 403: f'check the key in ${self.key_env}',
             404: 'check --llm_base_url and --llm_model'}.get(e.status_code, 'check the request')
-    unset = f' (${self.key_env} is unset)' if e.status_code in (401, 403) and not self.key_is_set else ''
+    auth = e.status_code in (401, 403)
+    unset = f' (${self.key_env} is unset)' if auth and not self.key_is_set else ''
     return (f'{self.api} endpoint {self.base_url} refused model {self.model!r} with HTTP '
-            f'{e.status_code}: {self._clean(e.message)}; {hint}{unset}')
+            f'{e.status_code}: {self._clean(_server_message(e))}; {hint}{unset}')
 
   def _clean(self, text: str) -> str:
     """One line, bounded, with the key replaced: servers echo keys in auth errors."""
     line = ' '.join(self._scrub_key(str(text)).split())
     return line if len(line) <= MAX_MESSAGE_CHARS else line[:MAX_MESSAGE_CHARS - 3] + '...'
+
+
+def _server_message(e: openai.APIStatusError | anthropic.APIStatusError) -> str:
+  """What the server said: the `message` of its JSON error body (both APIs nest it under
+  `error`), else the SDK's summary."""
+  body = e.body
+  if isinstance(body, dict):
+    inner = body.get('error') if isinstance(body.get('error'), dict) else body
+    if isinstance(inner.get('message'), str):
+      return inner['message']
+  return e.message
 
 
 def _retryable(status: int) -> bool:

@@ -1,0 +1,115 @@
+"""The LLM proposer: a language model reads the search's state and answers with a
+diagnosis, a hypothesis and an edit.
+
+Everything the model says is checked before it reaches the loop: an answer that cannot be
+parsed or applied is sent back with the parser's error, up to a retry limit, and then the
+attempt ends as ProposalFailed (the loop records a failed trial and goes on). A path the
+model was not shown and may not edit still becomes a change, so that the guard rejects it
+and the journal names it. Every HTTP attempt is reported through `on_usage`, which the
+loop books into the journal's budget ledger.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, TypedDict
+
+from agent import prompts
+from agent.edit_formats import Answer, EditFormatError, parse_answer
+from agent.llm_client import ChatResult, FailedAttempt, LLMClient, LLMUnavailable
+from agent.proposal import Observation, Proposal, ProposalFailed
+
+
+class Usage(TypedDict):
+  """One HTTP attempt, as the budget ledger books it (a plain dict at run time)."""
+  api: str  # 'openai' | 'anthropic'
+  model: str
+  attempt: int  # 1, 2, ... within one propose() call
+  outcome: str  # 'ok' | 'malformed' | 'http_error' | 'timeout'
+  input_tokens: int  # 0 when no answer came back
+  output_tokens: int
+  cost_usd: float | None  # None when no token price is configured
+
+
+class LLMProposer:
+  """Proposes through `client`; `on_usage` (set by the CLI) hears of every HTTP attempt."""
+  name = 'llm'
+
+  def __init__(self, client: LLMClient, on_usage: Callable[[Usage], None] | None = None, *,
+               max_format_retries: int = 2, input_price_per_mtok: float | None = None,
+               output_price_per_mtok: float | None = None):
+    if max_format_retries < 0:
+      raise ValueError('max_format_retries must be >= 0')
+    for price in (input_price_per_mtok, output_price_per_mtok):
+      if price is not None and price < 0:
+        raise ValueError(f'a token price must be >= 0, got {price}')
+    self.client = client
+    self.on_usage = on_usage
+    self.max_format_retries = max_format_retries
+    self.prices = (input_price_per_mtok, output_price_per_mtok)
+
+  def propose(self, observation: Observation) -> Proposal:
+    """One proposal, after at most 1 + max_format_retries answers.
+
+    Raises ProposalFailed when every answer was malformed or the endpoint stayed
+    unavailable; LLMFatalError (a wrong key, model or URL) is left to stop the run.
+    """
+    attempts = 0
+
+    def report(outcome: str, input_tokens: int = 0, output_tokens: int = 0) -> None:
+      nonlocal attempts
+      attempts += 1
+      if self.on_usage:
+        self.on_usage(Usage(api=self.client.api, model=self.client.model, attempt=attempts,
+                            outcome=outcome, input_tokens=input_tokens,
+                            output_tokens=output_tokens,
+                            cost_usd=self._cost(input_tokens, output_tokens)))
+
+    def failed(attempt: FailedAttempt) -> None:
+      report(attempt.outcome)
+
+    prompt = prompts.user_prompt(observation)
+    messages = [{'role': 'user', 'content': prompt}]
+    error = ''
+    for _ in range(1 + self.max_format_retries):
+      try:
+        result = self.client.chat(prompts.SYSTEM_PROMPT, messages, on_failure=failed)
+      except LLMUnavailable as e:
+        raise ProposalFailed(f'the LLM endpoint stayed unavailable: {e}') from None
+      try:
+        answer = self._parse(result, observation)
+      except EditFormatError as e:
+        report('malformed', result.input_tokens, result.output_tokens)
+        error = str(e)
+        # Only the last exchange is sent back: the prompt does not grow with each retry.
+        messages = [messages[0], {'role': 'assistant', 'content': result.text},
+                    {'role': 'user', 'content': prompts.retry_prompt(error)}]
+        continue
+      report('ok', result.input_tokens, result.output_tokens)
+      return Proposal(operator=f'llm:{answer.operator}', diagnosis=answer.diagnosis,
+                      hypothesis=answer.hypothesis, expected_effect=answer.expected_effect,
+                      changes=answer.changes)
+    raise ProposalFailed(f'{1 + self.max_format_retries} answer(s) in a row could not be '
+                         f'used; the last: {error}')
+
+  def learn(self, proposal: Proposal, accepted: bool, gain: float | None) -> None:
+    """Nothing to keep: the next observation's history already tells the model every
+    verdict, with its reason."""
+
+  def _parse(self, result: ChatResult, observation: Observation) -> Answer:
+    """The answer, checked for what the guard would pass but the trial would waste."""
+    answer = parse_answer(result.text, observation.files)
+    for path in answer.unseen:
+      if observation.charter.is_editable(path):  # else the guard rejects it, by name
+        raise EditFormatError(f'{path} was not shown to you, so your edit cannot be applied '
+                              'to it; edit only the files shown')
+    if all(observation.files.get(p) == text for p, text in answer.changes.items()):
+      raise EditFormatError('the edit changes nothing')
+    return answer
+
+  def _cost(self, input_tokens: int, output_tokens: int) -> float | None:
+    """USD at the configured prices per million tokens; None when no price is set (an
+    unset price of the two counts as free)."""
+    price_in, price_out = self.prices
+    if price_in is None and price_out is None:
+      return None
+    return (input_tokens * (price_in or 0.0) + output_tokens * (price_out or 0.0)) / 1e6
