@@ -3,6 +3,7 @@ and errors precise enough to send back to the model."""
 
 import pytest
 
+from agent import diffs
 from agent.edit_formats import EditFormatError, parse_answer
 
 CONFIG = """\
@@ -228,3 +229,15 @@ def test_malformed_answers_get_one_line_errors(text, message):
   with pytest.raises(EditFormatError, match=message) as raised:
     parse_answer(text, FILES)
   assert '\n' not in str(raised.value)
+
+
+@pytest.mark.parametrize('path, old, new', [
+    ('models/mlp.py', MODEL, MODEL.replace('    x = self.hidden(x)\n    return x\n\n', '')),
+    ('experiments/x.py', CONFIG, CONFIG.replace('3000', '6000') + '# more steps\n'),
+    ('models/new.py', None, 'class New:\n  pass\n'),
+    ('models/mlp.py', MODEL, None),
+])
+def test_git_style_diffs_round_trip(path, old, new):
+  diff = diffs.unified_diff(path, old, new)
+  assert diff.startswith('diff --git ')
+  assert parse_answer(answer(f'```diff\n{diff}```\n'), FILES).changes == {path: new}

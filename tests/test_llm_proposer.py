@@ -261,11 +261,13 @@ def test_timeout_then_success(server, tmp_path):
 
 
 def test_endpoint_down_fails_the_proposal(server, tmp_path):
-  server.queue(*[Reply(status=502)] * 3)
+  server.queue(*[Reply(f'bad gateway for key {KEY}', status=502)] * 3)
   usage: list[dict] = []
-  with pytest.raises(ProposalFailed, match='endpoint stayed unavailable: .* failed 3 time'):
+  with pytest.raises(ProposalFailed, match='endpoint stayed unavailable: .* failed 3 time') \
+      as raised:
     proposer(server, usage=usage).propose(observation(tmp_path))
   assert outcomes(usage) == [(1, 'http_error'), (2, 'http_error'), (3, 'http_error')]
+  assert 'bad gateway for key ***' in str(raised.value) and KEY not in str(raised.value)
 
 
 def test_a_refused_key_is_fatal_and_not_repeated(server, tmp_path):
