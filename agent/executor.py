@@ -27,6 +27,18 @@ summed, so a multi-threaded XLA run spends it faster than wall time; SIGXCPU at 
 SIGKILL a few seconds later). `max_processes` sets RLIMIT_NPROC, which counts threads too
 and every process of the same real user, not only the trial's; root ignores it. There is no
 RLIMIT_FSIZE: checkpoints are legitimately large, and the log's cap is kept by its reader.
+
+Namespaces (Linux): each trial (and each import check) runs under `unshare --pid --fork
+--kill-child --mount-proc`, plus `--net` when the charter denies network, and plus `--user
+--map-root-user` when not root (unprivileged user namespaces). The network namespace has only
+a loopback device that is down, so no connection of any kind leaves it. In the PID namespace a
+small trusted init (`_INIT`) is PID 1 and the trial its child: when the trial ends, or the
+group is killed, the kernel kills everything left in the namespace, including children that
+called setsid() to leave the process group; the private /proc hides the agent's own
+environment. PID 1 cannot die of a signal it has no handler for, so the init exits with 128 + N
+when the trial died of signal N and `_exit_code` turns that back into -N. What works is probed
+once per process (`isolation`); where nothing does (macOS, containers without unshare) trials
+still run, in their own process group, and the outcome's `sandbox` says so.
 """
 
 from __future__ import annotations
@@ -34,12 +46,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import os
 import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -69,6 +84,15 @@ _CPU_KILL_AFTER_S = 5  # RLIMIT_CPU hard limit above the soft one, so SIGXCPU co
 _MEMORY_SIGNS = re.compile(r"MemoryError|bad_alloc|Cannot allocate memory|can't start new "
                            r"thread|RESOURCE_EXHAUSTED|[Oo]ut of memory")
 _MEMORY_SIGNALS = (signal.SIGKILL, signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sandbox:
+  """The bounds every run of agent-written code gets (trials and import checks); 0 = none."""
+  memory_mb: int = 0
+  cpu_seconds: int = 0
+  max_processes: int = 0
+  isolate_network: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +129,10 @@ class TrialSpec:
     if bad:
       raise ValueError(f'overrides must look like --config.a.b=v: {bad}')
 
+  @property
+  def sandbox(self) -> 'Sandbox':
+    return Sandbox(self.memory_mb, self.cpu_seconds, self.max_processes, self.isolate_network)
+
   def command(self) -> list[str]:
     return [sys.executable, '-m', 'harness.main', f'--config={self.experiment}',
             f'--workdir={self.workdir}', f'--seeds={self.seeds}',
@@ -124,12 +152,12 @@ class TrialOutcome:
   log_tail: str
   reason: str
   pruned_at_step: int | None = None
+  sandbox: str = ''  # the isolation the trial ran under, in words (see `isolation`)
 
 
 def trial_env(spec: TrialSpec, parent: Mapping[str, str] = os.environ) -> dict[str, str]:
   """The trial's whole environment: an allow-list, never the parent's environment minus a few."""
-  env = {**DEFAULT_ENV, **{k: parent[k] for k in PASSTHROUGH_ENV if k in parent}}
-  return {**env, **FIXED_ENV, 'PYTHONPATH': str(spec.worktree)}
+  return trial_env_for(spec.worktree, parent)
 
 
 IMPORT_CHECK = """
@@ -140,26 +168,55 @@ for path in sys.argv[1:]:
   else:
     importlib.import_module(path[:-3].replace('/', '.'))
 """
+IMPORT_MEMORY_MB = 4096  # importing jax and flax commits a few hundred MB
+IMPORT_OUTPUT_BYTES = 64_000
 
 
-def import_check(worktree: Path, paths: list[str], timeout_s: float = 120) -> str | None:
-  """Imports the edited modules (and builds each edited config) in a scrubbed subprocess.
+def import_check(worktree: Path, paths: list[str], timeout_s: float = 120,
+                 sandbox: Sandbox = Sandbox(memory_mb=IMPORT_MEMORY_MB)) -> str | None:
+  """Imports the edited modules (and builds each edited config) in a sandboxed subprocess.
 
-  Returns None when they load, else the error's last line: an edit must parse AND import
-  before a trial is spent on it.
+  Returns None when they load, else one line saying why not: an edit must parse AND import
+  before a trial is spent on it. Importing runs the agent's code, so it gets a trial's
+  sandbox: scrubbed environment, limits, namespaces, a capped log, the whole group killed.
   """
+  worktree = Path(worktree).absolute()
   modules = [p for p in paths if p.endswith('.py') and (worktree / p).exists()]
   if not modules:
     return None
-  spec = TrialSpec(worktree=worktree, experiment=modules[0], workdir=worktree.parent / '_',
-                   seeds=1, first_seed=0, timeout_s=timeout_s)
-  try:
-    result = subprocess.run([sys.executable, '-c', IMPORT_CHECK, *modules], cwd=worktree,
-                            env=trial_env(spec), capture_output=True, text=True,
-                            timeout=timeout_s)
-  except subprocess.TimeoutExpired:
-    return f'importing the edited modules took more than {timeout_s:.0f} s'
-  return None if result.returncode == 0 else _last_line(result.stderr)
+  env = {**trial_env_for(worktree), 'PYTHONDONTWRITEBYTECODE': '1'}
+  with tempfile.TemporaryDirectory(prefix='import-check-') as folder:
+    log = _CappedLog(Path(folder) / LOG, IMPORT_OUTPUT_BYTES)
+    try:
+      proc, iso = _start([sys.executable, '-c', IMPORT_CHECK, *modules], worktree, env, sandbox)
+    except BaseException:
+      log.close()
+      raise
+    reader = log.drain(proc.stdout)
+    deadline = time.monotonic() + timeout_s
+    try:
+      while not _exited(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+      timed_out = not _exited(proc.pid)
+    finally:
+      _signal_group(proc.pid, signal.SIGKILL)  # nothing of an import may outlive it
+      returncode = _exit_code(proc.wait(), iso)
+      reader.join(_READER_JOIN_S)
+      log.close()
+  if timed_out:
+    return f'importing the edited modules took more than {timeout_s:g} s'
+  if returncode == 0:
+    return None
+  last = _last_line(log.tail())
+  if returncode < 0:
+    return _one_line(f'killed by {_signal_name(-returncode)}: {last}')
+  return _one_line(last or f'exit code {returncode}')
+
+
+def trial_env_for(worktree: Path, parent: Mapping[str, str] = os.environ) -> dict[str, str]:
+  """The whole environment of agent-written code run from `worktree` (see trial_env)."""
+  env = {**DEFAULT_ENV, **{k: parent[k] for k in PASSTHROUGH_ENV if k in parent}}
+  return {**env, **FIXED_ENV, 'PYTHONPATH': str(worktree)}
 
 
 def _set_limit(kind: int, soft: int, hard: int) -> None:
@@ -170,14 +227,117 @@ def _set_limit(kind: int, soft: int, hard: int) -> None:
   resource.setrlimit(kind, (min(soft, hard), hard))
 
 
-def _apply_limits(spec: TrialSpec) -> None:
-  """Runs in the forked child before exec (preexec_fn): only setrlimit calls, no locks."""
-  if spec.cpu_seconds:
-    _set_limit(resource.RLIMIT_CPU, spec.cpu_seconds, spec.cpu_seconds + _CPU_KILL_AFTER_S)
-  if spec.memory_mb:
-    _set_limit(resource.RLIMIT_DATA, spec.memory_mb << 20, spec.memory_mb << 20)
-  if spec.max_processes:
-    _set_limit(resource.RLIMIT_NPROC, spec.max_processes, spec.max_processes)
+def _apply_limits(sandbox: Sandbox) -> None:
+  """Runs in the forked child before exec (preexec_fn): only setrlimit calls, no locks.
+
+  The limits are inherited by unshare, the init and the trial below it.
+  """
+  if sandbox.cpu_seconds:
+    _set_limit(resource.RLIMIT_CPU, sandbox.cpu_seconds, sandbox.cpu_seconds + _CPU_KILL_AFTER_S)
+  if sandbox.memory_mb:
+    _set_limit(resource.RLIMIT_DATA, sandbox.memory_mb << 20, sandbox.memory_mb << 20)
+  if sandbox.max_processes:
+    _set_limit(resource.RLIMIT_NPROC, sandbox.max_processes, sandbox.max_processes)
+
+
+# PID 1 of the trial's PID namespace: starts the trial as its only child, reaps orphans, and
+# exits with the trial's status, 128 + N for death by signal N (PID 1 itself cannot die of
+# an unhandled signal). Its exit makes the kernel kill whatever is left in the namespace.
+_INIT = """
+import os, sys
+child = os.fork()
+if child == 0:
+  try:
+    os.execv(sys.argv[1], sys.argv[1:])
+  finally:
+    os._exit(127)
+while True:
+  pid, status = os.wait()
+  if pid == child:
+    code = os.waitstatus_to_exitcode(status)
+    sys.exit(code if code >= 0 else 128 - code)
+"""
+_PROBE_S = 20.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Isolation:
+  """How agent-written code is isolated on this machine, beyond its own process group."""
+  prefix: tuple[str, ...]  # prepended to the command: unshare ... python -c _INIT; () = none
+  network_isolated: bool
+  description: str
+
+  @property
+  def pid_namespace(self) -> bool:
+    return bool(self.prefix)
+
+
+@functools.cache
+def isolation(isolate_network: bool) -> Isolation:
+  """The strongest isolation this machine allows, probed once per process and flag.
+
+  Tried in order: the namespaces directly (root), then inside an unprivileged user
+  namespace; without --net if that is all that works. A run that asked for no network and
+  cannot have it is warned once here; each outcome repeats it in `sandbox`.
+  """
+  unshare = shutil.which('unshare')
+  failure = 'unshare is not available on this system'
+  found: Isolation | None = None
+  if sys.platform.startswith('linux') and unshare:
+    users = [(), ('--user', '--map-root-user')] if os.geteuid() == 0 else [
+        ('--user', '--map-root-user')]
+    for net in ((True, False) if isolate_network else (False,)):
+      for user in users:
+        prefix = (unshare, *user, *(('--net',) if net else ()), '--pid', '--fork',
+                  '--kill-child', '--mount-proc', '--', sys.executable, '-I', '-S', '-c', _INIT)
+        error = _probe(prefix)
+        if error is None:
+          how = 'in a user namespace' if user else 'as root'
+          what = 'PID and network namespaces' if net else 'PID namespace'
+          found = Isolation(prefix, net, f'{what} (unshare, {how})')
+          break
+        failure = error
+      if found:
+        break
+  if found is None:
+    found = Isolation((), False, f'process group only ({failure})')
+  if isolate_network and not found.network_isolated:
+    found = dataclasses.replace(
+        found, description=f'{found.description}; network NOT isolated: {failure}')
+    logging.warning('trials run WITH network: %s', found.description)
+  return found
+
+
+def _probe(prefix: tuple[str, ...]) -> str | None:
+  """None when the sandbox starts a Python child here, else why not (one line)."""
+  try:
+    result = subprocess.run([*prefix, sys.executable, '-I', '-S', '-c', 'pass'],
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                            timeout=_PROBE_S)
+  except (OSError, subprocess.TimeoutExpired) as e:
+    return _one_line(f'{prefix[0]}: {e}')
+  if result.returncode == 0:
+    return None
+  return _one_line(_last_line(result.stderr) or f'{prefix[0]} exit code {result.returncode}')
+
+
+def _start(argv: list[str], cwd: Path, env: dict[str, str],
+           sandbox: Sandbox) -> tuple[subprocess.Popen, Isolation]:
+  """Starts argv sandboxed: own session and process group, limits, namespaces where the OS
+  allows them; stdout and stderr merged into one pipe."""
+  iso = isolation(sandbox.isolate_network)
+  proc = subprocess.Popen([*iso.prefix, *argv], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          start_new_session=True,
+                          preexec_fn=functools.partial(_apply_limits, sandbox))
+  return proc, iso
+
+
+def _exit_code(returncode: int, iso: Isolation) -> int:
+  """The trial's own exit status: the init reports death by signal N as 128 + N."""
+  if iso.pid_namespace and 128 < returncode <= 128 + 64:
+    return 128 - returncode
+  return returncode
 
 
 def _one_line(text: str, limit: int = REASON_CHARS) -> str:
@@ -393,10 +553,7 @@ def run_trial(spec: TrialSpec, on_curve: OnCurve | None = None,
   curves = CurveReader(spec.workdir / CURVES)
   start = time.monotonic()
   try:
-    proc = subprocess.Popen(spec.command(), cwd=spec.worktree, env=trial_env(spec),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True,
-                            preexec_fn=functools.partial(_apply_limits, spec))
+    proc, iso = _start(spec.command(), spec.worktree, trial_env(spec), spec.sandbox)
   except BaseException:
     log.close()
     raise
@@ -411,7 +568,7 @@ def run_trial(spec: TrialSpec, on_curve: OnCurve | None = None,
       _signal_group(proc.pid, signal.SIGKILL)  # whatever the finished trial left behind
     else:
       _terminate_group(proc.pid)
-    returncode = proc.wait()
+    returncode = _exit_code(proc.wait(), iso)
     wall_seconds = time.monotonic() - start
     reader.join(_READER_JOIN_S)
     log.close()
@@ -427,7 +584,7 @@ def run_trial(spec: TrialSpec, on_curve: OnCurve | None = None,
     if status == 'timeout':
       reason += f' at step {last_step}' if last_step is not None else ' before the first eval'
     return TrialOutcome(status, card, curves.points, wall_seconds, returncode, log_path, tail,
-                        reason, last_step if status == 'pruned' else None)
+                        reason, last_step if status == 'pruned' else None, iso.description)
   status, reason = _classify(spec, returncode, card, tail)
   return TrialOutcome(status, card, curves.points, wall_seconds, returncode, log_path, tail,
-                      reason)
+                      reason, sandbox=iso.description)

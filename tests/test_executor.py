@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import _thread
 import json
+import os
 import signal
+import socket
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -20,7 +24,7 @@ from typing import Callable
 import pytest
 
 from agent import executor
-from agent.executor import CurveReader, TrialSpec, run_trial, trial_env
+from agent.executor import CurveReader, Sandbox, TrialSpec, import_check, run_trial, trial_env
 from tests.conftest import ROOT
 
 PRELUDE = '''\
@@ -61,12 +65,25 @@ def _alive(pid: int) -> bool:
     return False
 
 
-def _all_gone(pids: list[int], wait_s: float = 2.0) -> bool:
-  """Gives the kernel a moment to tear a killed group down."""
+def _mentioning(marker: str) -> list[int]:
+  """Live processes whose command line contains marker, seen from here: inside its PID
+  namespace a trial has other pid numbers, so the trials mark their processes instead."""
+  pids = []
+  for entry in Path('/proc').iterdir():
+    try:
+      if entry.name.isdigit() and marker.encode() in (entry / 'cmdline').read_bytes():
+        pids.append(int(entry.name))
+    except OSError:
+      continue
+  return [pid for pid in pids if _alive(pid)]
+
+
+def _all_gone(marker: str, wait_s: float = 2.0) -> bool:
+  """Gives the kernel a moment to tear a killed group (or namespace) down."""
   deadline = time.monotonic() + wait_s
-  while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+  while _mentioning(marker) and time.monotonic() < deadline:
     time.sleep(0.05)
-  return not any(_alive(pid) for pid in pids)
+  return not _mentioning(marker)
 
 
 def test_command_is_the_harness_contract(tmp_path):
@@ -139,18 +156,18 @@ def test_a_failed_run_takes_its_reason_from_the_scorecard(fake):
 def test_a_hanging_trial_and_its_grandchild_are_killed_at_the_timeout(fake, monkeypatch):
   monkeypatch.setattr(executor, 'KILL_GRACE_S', 0.5)
   spec = fake('''
-      child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])
-      (WORKDIR / 'pids').write_text(f'{os.getpid()} {child.pid}')
+      subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)', str(WORKDIR)])
       signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only SIGKILL will do
       point(5)
       time.sleep(600)
       ''', timeout_s=1.5)
-  outcome = run_trial(spec, poll_s=0.05)
+  seen = []
+  outcome = run_trial(spec, on_curve=lambda _: seen.extend(_mentioning(str(spec.workdir))),
+                      poll_s=0.05)
   assert outcome.status == 'timeout' and outcome.returncode == -signal.SIGKILL
   assert outcome.reason == 'timed out after 1.5 s at step 5'
   assert outcome.wall_seconds >= 1.5  # never killed before its timeout
-  pids = [int(p) for p in (spec.workdir / 'pids').read_text().split()]
-  assert _all_gone(pids)
+  assert len(seen) >= 2 and _all_gone(str(spec.workdir))  # the trial and its child
 
 
 def test_on_curve_prunes_a_loser_early(fake):
@@ -176,23 +193,23 @@ def test_on_curve_prunes_a_loser_early(fake):
 
 def test_an_exception_in_on_curve_kills_the_trial_and_propagates(fake):
   spec = fake('''
-      (WORKDIR / 'pid').write_text(str(os.getpid()))
       point(1)
       time.sleep(600)
       ''')
 
   def broken(curve):
+    assert _mentioning(str(spec.workdir))
     raise RuntimeError('bug in the caller')
 
   with pytest.raises(RuntimeError, match='bug in the caller'):
     run_trial(spec, on_curve=broken, poll_s=0.05)
-  assert _all_gone([int((spec.workdir / 'pid').read_text())])
+  assert _all_gone(str(spec.workdir))
 
 
 def test_ctrl_c_in_the_parent_kills_the_trials_whole_group_and_propagates(fake):
   spec = fake('''
-      child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])
-      (WORKDIR / 'pids').write_text(f'{os.getpid()} {child.pid}')
+      subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)', str(WORKDIR)])
+      (WORKDIR / 'started').write_text('')
       time.sleep(600)
       ''')
   timer = threading.Timer(1.0, _thread.interrupt_main)
@@ -200,8 +217,7 @@ def test_ctrl_c_in_the_parent_kills_the_trials_whole_group_and_propagates(fake):
   with pytest.raises(KeyboardInterrupt):
     run_trial(spec, poll_s=0.05)
   timer.join()
-  pids = [int(p) for p in (spec.workdir / 'pids').read_text().split()]
-  assert _all_gone(pids)
+  assert (spec.workdir / 'started').exists() and _all_gone(str(spec.workdir))
 
 
 def test_curve_reader_tolerates_a_partial_last_line_and_a_rewrite(tmp_path):
@@ -295,12 +311,153 @@ def test_a_busy_loop_is_killed_by_the_cpu_limit(fake):
 
 def test_the_real_harness_runs_under_the_executor(tmp_path):
   spec = TrialSpec(ROOT, 'experiments/mnist1d_mlp.py', tmp_path / 'out', seeds=2,
-                   first_seed=0, timeout_s=240, memory_mb=4096,
+                   first_seed=0, timeout_s=240, memory_mb=4096, isolate_network=True,
                    overrides=('--config.train.steps=40', '--config.train.eval_every=20',
                               '--config.train.checkpoint_every=40'))
   outcome = run_trial(spec)
   assert outcome.status == 'ok', outcome.log_tail
+  assert outcome.sandbox == executor.isolation(True).description
   assert outcome.scorecard['status'] == 'ok' and outcome.scorecard['seeds'] == [0, 1]
   assert [p['step'] for p in outcome.curve] == [20, 40]
   assert all(len(p['val_metric']) == 2 for p in outcome.curve)
   assert 'status=ok' in outcome.log_tail
+
+
+# ---- the sandbox: namespaces where the OS allows them --------------------------------------
+
+PID_NAMESPACE = executor.isolation(False).pid_namespace
+NETWORK_ISOLATED = executor.isolation(True).network_isolated
+needs_pid_namespace = pytest.mark.skipif(not PID_NAMESPACE, reason='no PID namespace here')
+needs_network_namespace = pytest.mark.skipif(not NETWORK_ISOLATED,
+                                             reason='no network namespace here')
+
+SPAWNER = '''
+for detach in (False, False, True, True):  # bounded: four sleepers, two of them setsid()
+  subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)', f'{WORKDIR}/sleeper'],
+                   start_new_session=detach)
+point(1)
+time.sleep(0.5)
+'''
+
+
+@needs_pid_namespace
+@pytest.mark.parametrize('ending', ["card('ok')", 'time.sleep(600)'])
+def test_a_spawners_children_die_with_it_even_those_that_left_its_process_group(fake, ending,
+                                                                                 monkeypatch):
+  monkeypatch.setattr(executor, 'KILL_GRACE_S', 0.5)
+  spec = fake(SPAWNER + ending, timeout_s=3)
+  sleepers = f'{spec.workdir}/sleeper'
+  seen: set[int] = set()
+
+  def count_sleepers(curve) -> None:
+    seen.update(_mentioning(sleepers))
+
+  outcome = run_trial(spec, on_curve=count_sleepers, poll_s=0.05)
+  assert outcome.status == ('ok' if 'card' in ending else 'timeout'), outcome.log_tail
+  assert len(seen) == 4  # all four were running while the trial ran
+  assert _all_gone(str(spec.workdir))
+
+
+@needs_network_namespace
+@pytest.mark.parametrize('isolate', [True, False])
+def test_without_network_a_trial_cannot_connect_even_to_this_machine(fake, isolate):
+  with socket.create_server(('127.0.0.1', 0)) as server:
+    spec = fake(f'''
+        import socket
+        try:
+          socket.create_connection(('127.0.0.1', {server.getsockname()[1]}), timeout=5).close()
+          result = 'connected'
+        except OSError as e:
+          result = str(e)
+        card('ok', network=result)
+        ''', isolate_network=isolate)
+    outcome = run_trial(spec, poll_s=0.05)
+  assert outcome.status == 'ok', outcome.log_tail
+  assert (outcome.scorecard['network'] == 'connected') is not isolate
+  assert ('network namespaces' in outcome.sandbox) is isolate
+
+
+@needs_pid_namespace
+def test_a_trial_cannot_read_the_agents_environment_through_proc(fake):
+  secret = f'sekrit-{os.getpid()}-{time.time()}'
+  agent_like = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],
+                                env={**os.environ, 'FAKE_API_KEY': secret})
+  try:
+    spec = fake(f'''
+        found = []
+        for entry in Path('/proc').iterdir():
+          try:
+            if entry.name.isdigit() and {secret!r}.encode() in (entry / 'environ').read_bytes():
+              found.append(entry.name)
+          except OSError:
+            pass
+        card('ok', found=found)
+        ''')
+    outcome = run_trial(spec, poll_s=0.05)
+  finally:
+    agent_like.kill()
+    agent_like.wait()
+  assert outcome.status == 'ok', outcome.log_tail
+  assert outcome.scorecard['found'] == []
+
+
+def test_a_trial_killed_by_a_signal_reports_that_signal_through_the_sandbox(fake):
+  spec = fake('''
+      os.kill(os.getpid(), signal.SIGSEGV)
+      ''')
+  outcome = run_trial(spec, poll_s=0.05)
+  assert outcome.returncode == -signal.SIGSEGV and outcome.status == 'killed'
+  assert outcome.reason.startswith('died by SIGSEGV')
+
+
+def _module(tmp_path: Path, body: str) -> Path:
+  worktree = tmp_path / 'wt'
+  (worktree / 'models').mkdir(parents=True)
+  (worktree / 'models' / '__init__.py').write_text('')
+  (worktree / 'models' / 'm.py').write_text(textwrap.dedent(body))
+  return worktree
+
+
+def test_import_check_passes_a_module_that_loads(tmp_path):
+  assert import_check(_module(tmp_path, 'import math\nX = math.pi\n'), ['models/m.py']) is None
+
+
+def test_import_check_gives_the_error_line_and_a_scrubbed_environment(tmp_path, monkeypatch):
+  monkeypatch.setenv('FAKE_API_KEY', 'secret')
+  worktree = _module(tmp_path, '''
+      import os
+      raise RuntimeError('env: ' + ' '.join(sorted(os.environ)))
+      ''')
+  reason = import_check(worktree, ['models/m.py'])
+  assert reason.startswith('RuntimeError: env: ') and 'FAKE_API_KEY' not in reason
+  assert 'PYTHONPATH' in reason
+
+
+@needs_pid_namespace
+def test_import_check_kills_a_hanging_import_and_everything_it_started(tmp_path):
+  worktree = _module(tmp_path, f'''
+      import subprocess, sys, time
+      for detach in (False, True):
+        subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)',
+                          '{tmp_path}/sleeper'], start_new_session=detach)
+      time.sleep(600)
+      ''')
+  reason = import_check(worktree, ['models/m.py'], timeout_s=1.5)
+  assert reason == 'importing the edited modules took more than 1.5 s'
+  assert _all_gone(f'{tmp_path}/sleeper')
+
+
+def test_import_check_has_a_memory_limit(tmp_path):
+  worktree = _module(tmp_path, 'hog = bytearray(600 << 20)\n')
+  assert import_check(worktree, ['models/m.py'], sandbox=Sandbox(memory_mb=200)) == 'MemoryError'
+
+
+@needs_network_namespace
+def test_import_check_has_no_network(tmp_path):
+  with socket.create_server(('127.0.0.1', 0)) as server:
+    worktree = _module(tmp_path, f'''
+        import socket
+        socket.create_connection(('127.0.0.1', {server.getsockname()[1]}), timeout=5)
+        ''')
+    reason = import_check(worktree, ['models/m.py'])
+  assert reason is not None and 'unreachable' in reason
