@@ -300,7 +300,7 @@ class Loop:
     self.say(f'[trial {trial}/{self.config.budget_trials}] incumbent '
              f'{self._metric_name()} {_fmt(incumbent.per_seed)} | {proposal.operator}: '
              f'{proposal.hypothesis}')
-    current = {p: _read(self.worktree.path / p) for p in proposal.changes}
+    current = {p: self._current(p) for p in proposal.changes}
     checked = guard.check(self.charter, current, proposal.changes,
                           worktree=self.worktree.path)
     if not checked.ok:
@@ -340,6 +340,17 @@ class Loop:
     self.proposer.learn(proposal, verdict.accepted, verdict.gain)
     word = 'WON, awaiting review' if review else 'ACCEPTED' if verdict.accepted else 'rejected'
     self.say(f'[trial {trial}] {word}: {verdict.rationale}')
+
+  def _current(self, path: str) -> str | None:
+    """The incumbent's text of a path the proposal changes. Read only for editable regular
+    files inside the worktree: a proposed path is untrusted (`/dev/zero`, `../x`), and the
+    guard, not this read, must be the first thing to judge it."""
+    target = self.worktree.path / path
+    inside = target.resolve().is_relative_to(self.worktree.path.resolve())
+    if not (self.charter.is_editable(path) and inside and target.is_file()
+            and not target.is_symlink()):
+      return None
+    return target.read_text()
 
   def _record_failed_proposal(self, trial: int, reason: str) -> None:
     payload = {'accepted': False, 'reason_code': 'proposal_failed', 'rationale': reason,
@@ -469,10 +480,6 @@ def _steps_of(experiment: Path, default: int) -> int:
     if knob.path == 'train.steps':
       return int(knob.value)
   return default
-
-
-def _read(path: Path) -> str | None:
-  return path.read_text() if path.exists() else None
 
 
 def _fmt(values: list[float]) -> str:

@@ -25,8 +25,10 @@ from absl import app, flags
 from agent import audit, report, review, vcs
 from agent.charter import CharterError, load_charter
 from agent.journal import Journal
+from agent.llm_client import LLMFatalError
 from agent.loop import BaselineError, Loop, RunConfig, RunState
 from agent.proposal import Proposer
+from agent.proposers.llm import LLMProposer
 
 COMMANDS = ('run', 'resume', 'status', 'log', 'verify', 'review', 'approve', 'reject')
 
@@ -67,12 +69,23 @@ class UsageError(Exception):
   """Bad input from the user: reported in one line, exit code 2."""
 
 
-def make_proposer(name: str, repo: Path, run_id: str) -> Proposer:
+def make_proposer(config: RunConfig, repo: Path) -> Proposer:
+  """The run's proposer, rebuilt from its recorded settings (an LLM's key from the env)."""
+  if config.proposer == 'llm':
+    from agent.llm_client import LLMClient
+    s = config.llm or {}
+    try:
+      client = LLMClient(s['api'], s['base_url'], s['model'], key_env=s['key_env'],
+                         timeout_s=s['timeout_s'])
+    except (KeyError, ValueError) as e:
+      raise UsageError(f'the LLM proposer\'s settings are not usable: {e}') from e
+    return LLMProposer(client, input_price_per_mtok=s['price_input'],
+                       output_price_per_mtok=s['price_output'])
   from agent.proposers.heuristic import HeuristicProposer
-  if name != 'heuristic':
-    raise UsageError(f'unknown proposer {name!r}')
+  if config.proposer != 'heuristic':
+    raise UsageError(f'unknown proposer {config.proposer!r}')
   return HeuristicProposer(stats_path=repo / 'runs' / 'proposer_stats.json',
-                           seed=zlib.crc32(run_id.encode()))
+                           seed=zlib.crc32(config.run_id.encode()))
 
 
 def _repo() -> Path:
@@ -150,9 +163,11 @@ def _drive(repo: Path, run_dir: Path, journal: Journal) -> int:
   if state.finished:
     print(report.summary(journal, branch, str(run_dir)))
     return 0
-  proposer = make_proposer(state.config.proposer, repo, state.config.run_id)
+  proposer = make_proposer(state.config, repo)
   loop = Loop(repo, run_dir, charter, proposer, journal, state,
               print_fn=lambda line: print(line, flush=True))
+  if isinstance(proposer, LLMProposer):
+    proposer.on_usage = loop.record_usage
   try:
     reason = loop.run()
     print(f'[stop] {reason}', flush=True)
@@ -164,8 +179,8 @@ def _drive(repo: Path, run_dir: Path, journal: Journal) -> int:
       loop.final_evaluation()
     journal.append('run_finished', {'reason': reason})
     loop.end_session(reason)
-  except BaselineError as e:
-    loop.end_session('baseline failed')
+  except (BaselineError, LLMFatalError) as e:
+    loop.end_session(f'stopped: {e}')
     print(f'error: {e}', file=sys.stderr)
     return 1
   except KeyboardInterrupt:
