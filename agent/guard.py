@@ -1,18 +1,36 @@
 """Checks every proposal must pass before anything runs, whichever proposer made it.
 
-A rejection names its reason in one line; the loop records it and goes on.
+In order, cheapest first, the first failure is the reason: the paths (inside the worktree,
+editable under the charter, never packaging, data, hidden or cache files, no symlinks or
+special files on the way), the sizes (files, bytes, changed lines), then the Python (it must
+parse and pass `code_policy`), then deletions (nothing left behind may import a deleted
+module). A rejection names its reason in one line; the loop records it and goes on.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
-from pathlib import Path
-from typing import Mapping
+import fnmatch
+import os
+import stat
+from pathlib import Path, PurePosixPath
+from typing import Collection, Iterator, Mapping
 
-from agent import diffs
+from agent import code_policy, diffs
 from agent.charter import Charter
 
 MAX_CHANGED_LINES = 400
+MAX_FILE_BYTES = 200_000  # per file: checked before diffing, so a flood never reaches difflib
+MAX_FILES = 20
+# Text kinds an edit may write; data (npz, pkl, csv, json, ...), binaries, native libraries
+# and path hooks (.pth) are never editable, whatever the charter's globs say.
+EDITABLE_SUFFIXES = ('.py', '.md', '.rst', '.txt')
+# Packaging and start-up hooks, in any folder: they change what gets installed or what runs
+# before the harness does (pytest's conftest, site's sitecustomize).
+NEVER_EDITABLE = ('pyproject.toml', 'setup.py', 'setup.cfg', 'requirements*.txt',
+                  'constraints*.txt', 'makefile', 'manifest.in', 'tox.ini', 'noxfile.py',
+                  'conftest.py', 'sitecustomize.py', 'usercustomize.py', '__pycache__')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,23 +41,214 @@ class GuardResult:
 
 
 def check(charter: Charter, current: Mapping[str, str | None],
-          changes: Mapping[str, str | None], worktree: Path | None = None) -> GuardResult:
-  """`current` holds the incumbent's text of each changed path (None: it does not exist)."""
+          changes: Mapping[str, str | None], worktree: Path | None = None,
+          keep: Collection[str] = ()) -> GuardResult:
+  """`current` holds the incumbent's text of each changed path (None: it does not exist).
+
+  With `worktree`, the paths are also checked on disk (symlinks, special files) and a
+  deletion must leave no importer behind; `keep` names files that must not be deleted
+  (the experiment being run).
+  """
+  reason = _paths_reason(charter, changes, worktree, keep)
+  if reason:
+    return GuardResult(False, reason, '')
   diff = ''.join(diffs.unified_diff(path, current.get(path), new)
                  for path, new in sorted(changes.items()))
-  for path in sorted(changes):
-    if not charter.is_editable(path):
-      return GuardResult(False, f'{path} is outside the charter\'s editable scope', diff)
   if not diff:
     return GuardResult(False, 'the proposal changes nothing', diff)
   _, added, removed = diffs.diff_stats(diff)
   if added + removed > MAX_CHANGED_LINES:
     return GuardResult(False, f'diff of {added + removed} lines exceeds {MAX_CHANGED_LINES}',
                        diff)
+  reason = _python_reason(charter, changes) or (
+      _deletion_reason(worktree, changes) if worktree is not None else None)
+  return GuardResult(reason is None, reason or 'passed', diff)
+
+
+def read_current(worktree: Path, paths: Collection[str]) -> dict[str, str | None]:
+  """The incumbent's text of each path, read only where that is safe: a regular file inside
+  the worktree reached without symlinks. Anything else reads as None (the guard rejects
+  those paths anyway), so reading can never follow a proposal out of the worktree, block
+  on a FIFO or /dev/zero, or fail on a folder."""
+  texts: dict[str, str | None] = {}
+  for path in paths:
+    texts[path] = None
+    if not isinstance(path, str) or _syntax_reason(path) or _disk_reason(worktree, path):
+      continue
+    target = Path(worktree, *PurePosixPath(path).parts)
+    if target.is_file():
+      texts[path] = target.read_text(encoding='utf-8', errors='replace')
+  return texts
+
+
+# ---- paths ----------------------------------------------------------------------------
+def _paths_reason(charter: Charter, changes: Mapping[str, str | None],
+                  worktree: Path | None, keep: Collection[str]) -> str | None:
+  if len(changes) > MAX_FILES:
+    return f'the proposal changes {len(changes)} files; at most {MAX_FILES} are allowed'
+  for path, text in sorted(changes.items(), key=lambda item: str(item[0])):
+    if not isinstance(path, str) or not (text is None or isinstance(text, str)):
+      return f'{path!r}: paths and texts must be strings (None deletes a file)'
+    why = _syntax_reason(path) or _kind_reason(path) or _scope_reason(charter, path)
+    if why:
+      return f"{path} is outside the charter's editable scope ({why})"
+    if worktree is not None and (why := _disk_reason(worktree, path)):
+      return why
+    if text is None and path in keep:
+      return f'{path} is the experiment being run; it cannot be deleted'
+    if text is not None and (why := _text_reason(text)):
+      return f'{path}: {why}'
+  return None
+
+
+def _syntax_reason(path: str) -> str | None:
+  """Why a path could leave the worktree or name something odd; None if it is plain."""
+  if not path or '\0' in path:
+    return 'empty path or NUL byte'
+  if '\\' in path:
+    return 'backslash in path'
+  if path.startswith('/') or PurePosixPath(path).is_absolute():
+    return 'absolute path'
+  parts = path.split('/')
+  if '..' in parts:
+    return "'..' leaves the worktree"
+  if any(p in ('', '.') for p in parts):
+    return 'empty or "." path segment'
+  if any(p.startswith('.') for p in parts):
+    return 'hidden files and folders (.git, .github, ...) are never editable'
+  return None
+
+
+def _kind_reason(path: str) -> str | None:
+  """Packaging, hooks and non-text files are refused regardless of the charter."""
+  parts = [p.lower() for p in path.split('/')]
+  for part in parts:
+    if any(fnmatch.fnmatchcase(part, pattern) for pattern in NEVER_EDITABLE):
+      return f"'{part}' is packaging, a start-up hook or a cache, never editable"
+  if not parts[-1].endswith(EDITABLE_SUFFIXES):
+    return f"only {', '.join(EDITABLE_SUFFIXES)} files are editable, not data or binaries"
+  return None
+
+
+def _scope_reason(charter: Charter, path: str) -> str | None:
+  if charter.is_editable(path):
+    return None
+  anywhere = dataclasses.replace(charter, scope=dataclasses.replace(charter.scope,
+                                                                     editable=('**',)))
+  return 'not under an editable glob' if anywhere.is_editable(path) else 'protected'
+
+
+def _disk_reason(worktree: Path, path: str) -> str | None:
+  """What is on disk along the path: no symlink anywhere, folders then a regular file."""
+  current = Path(worktree)
+  parts = path.split('/')
+  for i, part in enumerate(parts):
+    current = current / part
+    try:
+      info = current.lstat()
+    except FileNotFoundError:
+      return None  # the rest will be created fresh
+    last = i == len(parts) - 1
+    shown = path if last else f"{path}: {'/'.join(parts[:i + 1])}"
+    if stat.S_ISLNK(info.st_mode):
+      return f'{shown} is a symlink in the worktree; edits never follow symlinks'
+    if not last and not stat.S_ISDIR(info.st_mode):
+      return f'{shown} is a file, not a folder'
+    if last and not stat.S_ISREG(info.st_mode):
+      return f'{path} is not a regular file in the worktree'
+    if last and info.st_nlink > 1:
+      return f'{path} is hard-linked; an edit would change the other links too'
+  return None
+
+
+def _text_reason(text: str) -> str | None:
+  try:
+    size = len(text.encode('utf-8'))
+  except UnicodeEncodeError:
+    return 'the text is not valid UTF-8 (lone surrogates)'
+  if size > MAX_FILE_BYTES:
+    return f'{size} bytes exceed the limit of {MAX_FILE_BYTES} per file'
+  return None
+
+
+# ---- Python ---------------------------------------------------------------------------
+def _python_reason(charter: Charter, changes: Mapping[str, str | None]) -> str | None:
+  project = sorted(set(code_policy.PROJECT_PACKAGES) | _editable_packages(charter))
   for path, text in sorted(changes.items()):
+    if text is not None and '\0' in text:
+      return f'{path}: contains NUL bytes; only text is editable'
+    if text is None or not path.endswith('.py'):
+      continue
+    try:
+      compile(text, path, 'exec', dont_inherit=True)
+    except SyntaxError as e:
+      return f'{path}:{e.lineno or 1}: syntax error: {e.msg}'
+    problems = code_policy.check_source(path, text, project)
+    if problems:
+      more = f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''
+      return problems[0] + more
+  return None
+
+
+def _editable_packages(charter: Charter) -> set[str]:
+  """Top-level folders the charter makes editable ('models/**' -> 'models')."""
+  tops = {glob.split('/')[0] for glob in charter.scope.editable}
+  return {t for t in tops if t and not any(c in t for c in '*?[')
+          and charter.is_editable(f'{t}/__init__.py')}
+
+
+# ---- deletions ------------------------------------------------------------------------
+def _deletion_reason(worktree: Path, changes: Mapping[str, str | None]) -> str | None:
+  """A deleted module must not be imported by any Python file that remains."""
+  deleted = {_module_name(p): p for p, text in changes.items()
+             if text is None and p.endswith('.py')}
+  if not deleted:
+    return None
+  for path, text in _python_files(worktree, changes):
+    for line, name in _imports(path, text):
+      if name in deleted:
+        return f'deleting {deleted[name]} would break {path}:{line}, which imports {name}'
+  return None
+
+
+def _module_name(path: str) -> str:
+  parts = path[:-3].split('/')
+  return '.'.join(parts[:-1] if parts[-1] == '__init__' else parts)
+
+
+def _python_files(worktree: Path, changes: Mapping[str, str | None]) -> Iterator[
+    tuple[str, str]]:
+  """(path, text) of every Python file the candidate would have, the proposal's texts
+  replacing the worktree's; hidden folders, caches and symlinks are skipped."""
+  seen = set()
+  for path, text in sorted(changes.items()):
+    seen.add(path)
     if text is not None and path.endswith('.py'):
-      try:
-        compile(text, path, 'exec')
-      except SyntaxError as e:
-        return GuardResult(False, f'{path}:{e.lineno}: syntax error: {e.msg}', diff)
-  return GuardResult(True, 'passed', diff)
+      yield path, text
+  for folder, subfolders, files in os.walk(worktree):
+    subfolders[:] = sorted(d for d in subfolders if not d.startswith('.') and d != '__pycache__')
+    for name in sorted(files):
+      full = Path(folder, name)
+      path = full.relative_to(worktree).as_posix()
+      if name.endswith('.py') and path not in seen and not full.is_symlink():
+        yield path, full.read_text(encoding='utf-8', errors='replace')
+
+
+def _imports(path: str, text: str) -> Iterator[tuple[int, str]]:
+  """(line, module) for each module an import statement needs: `from a import b` needs `a`
+  and, when b is a submodule, `a.b`."""
+  try:
+    tree = ast.parse(text, path)
+  except (SyntaxError, ValueError):
+    return
+  package = path[:-3].split('/')[:-1]
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      for alias in node.names:
+        yield node.lineno, alias.name
+    elif isinstance(node, ast.ImportFrom):
+      base = package[:len(package) - node.level + 1] if node.level else []
+      module = '.'.join(base + ([node.module] if node.module else []))
+      yield node.lineno, module
+      for alias in node.names:
+        yield node.lineno, f'{module}.{alias.name}'
