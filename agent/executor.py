@@ -110,7 +110,7 @@ class TrialSpec:
   cpu_seconds: int = 0
   max_output_bytes: int = 1_000_000
   max_processes: int = 0
-  isolate_network: bool = False  # run without network where the OS allows it
+  isolate_network: bool = True  # run without network where the OS allows it
 
   def __post_init__(self) -> None:
     worktree, workdir = Path(self.worktree).absolute(), Path(self.workdir).absolute()
@@ -160,6 +160,12 @@ def trial_env(spec: TrialSpec, parent: Mapping[str, str] = os.environ) -> dict[s
   return trial_env_for(spec.worktree, parent)
 
 
+def trial_env_for(worktree: Path, parent: Mapping[str, str] = os.environ) -> dict[str, str]:
+  """The environment of any agent-written code run from `worktree` (trials, import checks)."""
+  env = {**DEFAULT_ENV, **{k: parent[k] for k in PASSTHROUGH_ENV if k in parent}}
+  return {**env, **FIXED_ENV, 'PYTHONPATH': str(worktree)}
+
+
 IMPORT_CHECK = """
 import importlib, runpy, sys
 for path in sys.argv[1:]:
@@ -184,7 +190,7 @@ def import_check(worktree: Path, paths: list[str], timeout_s: float = 120,
   modules = [p for p in paths if p.endswith('.py') and (worktree / p).exists()]
   if not modules:
     return None
-  env = {**trial_env_for(worktree), 'PYTHONDONTWRITEBYTECODE': '1'}
+  env = {**trial_env_for(worktree), 'PYTHONDONTWRITEBYTECODE': '1'}  # leave no __pycache__
   with tempfile.TemporaryDirectory(prefix='import-check-') as folder:
     log = _CappedLog(Path(folder) / LOG, IMPORT_OUTPUT_BYTES)
     try:
@@ -211,12 +217,6 @@ def import_check(worktree: Path, paths: list[str], timeout_s: float = 120,
   if returncode < 0:
     return _one_line(f'killed by {_signal_name(-returncode)}: {last}')
   return _one_line(last or f'exit code {returncode}')
-
-
-def trial_env_for(worktree: Path, parent: Mapping[str, str] = os.environ) -> dict[str, str]:
-  """The whole environment of agent-written code run from `worktree` (see trial_env)."""
-  env = {**DEFAULT_ENV, **{k: parent[k] for k in PASSTHROUGH_ENV if k in parent}}
-  return {**env, **FIXED_ENV, 'PYTHONPATH': str(worktree)}
 
 
 def _set_limit(kind: int, soft: int, hard: int) -> None:

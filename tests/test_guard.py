@@ -117,7 +117,7 @@ def test_read_current_never_leaves_the_worktree_or_blocks(worktree, tmp_path):
   os.symlink(tmp_path / 'outside.py', worktree / 'models/escape.py')
   os.mkfifo(worktree / 'models/pipe.py')
   paths = ['models/mlp.py', 'models/absent.py', 'models', '../outside.py', '/dev/zero',
-           'models/escape.py', 'models/pipe.py']
+           'models/escape.py', 'models/pipe.py', 'models/x\0.py', 'models\\mlp.py']
   texts = guard.read_current(worktree, paths)
   assert texts.pop('models/mlp.py') == (worktree / 'models/mlp.py').read_text()
   assert set(texts.values()) == {None}
