@@ -277,8 +277,8 @@ def isolation(isolate_network: bool) -> Isolation:
   """The strongest isolation this machine allows, probed once per process and flag.
 
   Tried in order: the namespaces directly (root), then inside an unprivileged user
-  namespace; without --net if that is all that works. A run that asked for no network and
-  cannot have it is warned once here; each outcome repeats it in `sandbox`.
+  namespace; without --net if that is all that works. Anything weaker than asked for is
+  warned once here, with the reason, and each outcome repeats it in `sandbox`.
   """
   unshare = shutil.which('unshare')
   failure = 'unshare is not available on this system'
@@ -299,12 +299,12 @@ def isolation(isolate_network: bool) -> Isolation:
         failure = error
       if found:
         break
-  if found is None:
-    found = Isolation((), False, f'process group only ({failure})')
+  found = found or Isolation((), False, 'process group only')
   if isolate_network and not found.network_isolated:
-    found = dataclasses.replace(
-        found, description=f'{found.description}; network NOT isolated: {failure}')
-    logging.warning('trials run WITH network: %s', found.description)
+    found = dataclasses.replace(found, description=f'{found.description}, network NOT isolated')
+  if not found.pid_namespace or (isolate_network and not found.network_isolated):
+    found = dataclasses.replace(found, description=f'{found.description} ({failure})')
+    logging.warning('agent-written code runs with weaker isolation: %s', found.description)
   return found
 
 

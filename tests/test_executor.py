@@ -461,3 +461,25 @@ def test_import_check_has_no_network(tmp_path):
         ''')
     reason = import_check(worktree, ['models/m.py'])
   assert reason is not None and 'unreachable' in reason
+
+
+@pytest.mark.parametrize('unshare', ['absent', 'refused'])
+def test_where_namespaces_are_unavailable_trials_still_run_and_say_so(fake, tmp_path, monkeypatch,
+                                                                       caplog, unshare):
+  refusing = tmp_path / 'unshare'
+  refusing.write_text('#!/bin/sh\necho "unshare: unshare failed: Operation not permitted" >&2\n'
+                      'exit 1\n')
+  refusing.chmod(0o755)
+  monkeypatch.setattr(executor.shutil, 'which',
+                      lambda name: None if unshare == 'absent' else str(refusing))
+  executor.isolation.cache_clear()
+  try:
+    outcome = run_trial(fake("card('ok')"), poll_s=0.05)
+  finally:
+    executor.isolation.cache_clear()
+  assert outcome.status == 'ok', outcome.log_tail
+  why = ('unshare is not available' if unshare == 'absent' else
+         'unshare failed: Operation not permitted')
+  assert outcome.sandbox.startswith('process group only, network NOT isolated (')
+  assert why in outcome.sandbox
+  assert f'weaker isolation: {outcome.sandbox}' in caplog.text

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import guard
+from agent import guard, source_edit
 from agent.charter import Charter, Scope
 from tests.conftest import ROOT
 
@@ -29,6 +29,17 @@ def worktree(tmp_path: Path) -> Path:
 def check(worktree: Path, changes: dict[str, str | None], **kwargs) -> guard.GuardResult:
   current = guard.read_current(worktree, list(changes))
   return guard.check(CHARTER, current, changes, worktree=worktree, **kwargs)
+
+
+@pytest.mark.parametrize('path, block, callee', [
+    ('models/mlp.py', 'DenseBlock', 'Linear'), ('models/mlp.py', 'MLP', 'Linear'),
+    ('models/cnn.py', 'ConvBlock', 'Conv'), ('models/cnn.py', 'ConvNet', 'Linear')])
+@pytest.mark.parametrize('init', ['he_normal', 'zeros_init'])
+def test_the_heuristic_proposers_source_edits_pass(worktree, path, block, callee, init):
+  text = (worktree / path).read_text()
+  new = source_edit.replace_call_keyword(text, block, callee, 'kernel_init',
+                                         f'nnx.initializers.{init}()')
+  assert check(worktree, {path: new}).ok
 
 
 def test_an_ordinary_edit_passes_with_its_diff(worktree):
