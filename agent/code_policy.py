@@ -142,7 +142,7 @@ class _Checker:
         self.fail(node, f"'from {module} import *' is not allowed (names must be explicit)")
         continue
       full = f'{module}.{alias.name}'
-      if self._name_ok(node, full, alias.name):
+      if self._name_ok(node, full) and self._attribute_ok(node, alias.name):
         self.aliases[alias.asname or alias.name] = full
 
   def _absolute(self, node: ast.ImportFrom) -> str | None:
@@ -159,12 +159,12 @@ class _Checker:
     if top in self.project or module in STDLIB:
       return True
     if top in self.allowed and top not in STDLIB:
-      return self._name_ok(node, module, module)
+      return self._name_ok(node, module)
     self.fail(node, f"import of '{module}' is not allowed (allowed: "
               f"{', '.join((*self.project, *self.allowed))})")
     return False
 
-  def _name_ok(self, node: ast.AST, full: str, shown: str) -> bool:
+  def _name_ok(self, node: ast.AST, full: str) -> bool:
     """A dotted name inside an allowed package: not private, not on the forbidden list."""
     parts = full.split('.')
     if parts[0] in self.project:
@@ -178,7 +178,7 @@ class _Checker:
         self.fail(node, f"'{'.'.join(parts[:i])}' is not allowed (file, FFI, host or global "
                   'access)')
         return False
-    return self._attribute_ok(node, parts[-1]) if shown != full else True
+    return True
 
   # ---- names and attributes -----------------------------------------------------------
   def _node(self, node: ast.AST, parents: dict[ast.AST, ast.AST]) -> None:
@@ -188,7 +188,7 @@ class _Checker:
       if self._attribute_ok(node, node.attr):
         dotted = self._dotted(node)
         if dotted is not None:
-          self._name_ok(node, dotted, dotted)
+          self._name_ok(node, dotted)
     elif isinstance(node, ast.MatchClass):
       for attr in node.kwd_attrs:
         self._attribute_ok(node, attr)
