@@ -17,7 +17,7 @@ from typing import Any, Callable
 from agent import decide as decide_lib
 from agent import diffs, guard, knobs, vcs
 from agent.charter import Charter
-from agent.executor import TrialOutcome, TrialSpec, import_check, run_trial
+from agent.executor import Sandbox, TrialOutcome, TrialSpec, import_check, run_trial
 from agent.journal import Journal
 from agent.proposal import (NoProposal, Observation, Proposal, ProposalFailed, Proposer,
                             TrialSummary)
@@ -219,13 +219,19 @@ class Loop:
            worktree: Path | None = None) -> TrialOutcome:
     if workdir.exists():  # an interrupted attempt: keep it beside, never overwrite it
       workdir.rename(workdir.with_name(f'{workdir.name}.interrupted-{int(time.time())}'))
-    limits = self.charter.trial
+    box = self._sandbox()
     spec = TrialSpec(worktree=worktree or self.worktree.path, experiment=self.config.experiment,
                      workdir=workdir, seeds=self.config.seeds, first_seed=first_seed,
                      timeout_s=self._timeout(), eval_test=eval_test,
-                     memory_mb=limits.memory_mb, cpu_seconds=round(limits.cpu_minutes * 60),
-                     max_processes=limits.max_processes, isolate_network=not limits.network)
+                     memory_mb=box.memory_mb, cpu_seconds=box.cpu_seconds,
+                     max_processes=box.max_processes, isolate_network=box.isolate_network)
     return self.execute(spec, on_curve=on_curve)
+
+  def _sandbox(self) -> Sandbox:
+    """The charter's bounds for everything that runs agent-written code."""
+    t = self.charter.trial
+    return Sandbox(memory_mb=t.memory_mb, cpu_seconds=round(t.cpu_minutes * 60),
+                   max_processes=t.max_processes, isolate_network=not t.network)
 
   def run(self) -> str:
     """Runs until a stop rule fires; returns the reason."""
@@ -270,7 +276,8 @@ class Loop:
     arm = ArmRecord.from_scorecard(self.config.start_commit, outcome.log_path.parent,
                                    outcome.scorecard)
     self.journal.append('baseline', {'arm': dataclasses.asdict(arm),
-                                     'wall_seconds': outcome.wall_seconds})
+                                     'wall_seconds': outcome.wall_seconds,
+                                     'sandbox': outcome.sandbox})
     self.state.compute_seconds += outcome.wall_seconds
     self.state.incumbent = arm
     self.say(f'[baseline] {self._metric_name()} {_fmt(arm.per_seed)}')
@@ -289,7 +296,8 @@ class Loop:
     root = self.worktree.path
     files = {self.config.experiment: (root / self.config.experiment).read_text()}
     for path in sorted((root / 'models').glob('*.py')):
-      files[str(path.relative_to(root))] = path.read_text()
+      if path.is_file() and not path.is_symlink():  # never show the model an outside file
+        files[str(path.relative_to(root))] = path.read_text()
     return Observation(charter=self.charter, experiment=self.config.experiment, files=files,
                        knobs=knobs.inventory(root / self.config.experiment),
                        scorecard=self._scorecard(self.state.incumbent),
@@ -300,15 +308,15 @@ class Loop:
     self.say(f'[trial {trial}/{self.config.budget_trials}] incumbent '
              f'{self._metric_name()} {_fmt(incumbent.per_seed)} | {proposal.operator}: '
              f'{proposal.hypothesis}')
-    current = {p: self._current(p) for p in proposal.changes}
+    current = guard.read_current(self.worktree.path, list(proposal.changes))
     checked = guard.check(self.charter, current, proposal.changes,
-                          worktree=self.worktree.path)
+                          worktree=self.worktree.path, keep=(self.config.experiment,))
     if not checked.ok:
       self._record_guard_rejection(trial, proposal, checked.reason)
       return
     self.worktree.write_files(dict(proposal.changes))
     import_error = import_check(self.worktree.path, sorted(proposal.changes),
-                                timeout_s=min(120.0, self._timeout()))
+                                timeout_s=min(120.0, self._timeout()), sandbox=self._sandbox())
     if import_error:
       self.worktree.reset_to(incumbent.commit)
       self._record_guard_rejection(trial, proposal, f'the edited code does not import: '
@@ -340,17 +348,6 @@ class Loop:
     self.proposer.learn(proposal, verdict.accepted, verdict.gain)
     word = 'WON, awaiting review' if review else 'ACCEPTED' if verdict.accepted else 'rejected'
     self.say(f'[trial {trial}] {word}: {verdict.rationale}')
-
-  def _current(self, path: str) -> str | None:
-    """The incumbent's text of a path the proposal changes. Read only for editable regular
-    files inside the worktree: a proposed path is untrusted (`/dev/zero`, `../x`), and the
-    guard, not this read, must be the first thing to judge it."""
-    target = self.worktree.path / path
-    inside = target.resolve().is_relative_to(self.worktree.path.resolve())
-    if not (self.charter.is_editable(path) and inside and target.is_file()
-            and not target.is_symlink()):
-      return None
-    return target.read_text()
 
   def _record_failed_proposal(self, trial: int, reason: str) -> None:
     payload = {'accepted': False, 'reason_code': 'proposal_failed', 'rationale': reason,
@@ -396,7 +393,8 @@ class Loop:
     outcome = self._run(trial_dir / 'screen', SCREEN_FIRST_SEED, on_curve=self._pruner(steps))
     self.state.compute_seconds += outcome.wall_seconds
     finished = {'status': outcome.status, 'reason': outcome.reason,
-                'wall_seconds': outcome.wall_seconds, 'workdir': str(trial_dir / 'screen')}
+                'wall_seconds': outcome.wall_seconds, 'workdir': str(trial_dir / 'screen'),
+                'sandbox': outcome.sandbox}
     self.journal.append('trial_finished', finished, trial=trial)
     extra: dict[str, Any] = {'status': outcome.status}
     if outcome.status in FAILED_STATUSES:

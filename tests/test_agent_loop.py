@@ -159,7 +159,8 @@ def test_out_of_scope_edits_are_rejected_before_running_and_the_loop_goes_on(tmp
 
 
 def broken_import(obs: Observation):
-  text = obs.files[obs.experiment].replace('import ml_collections', 'import ml_collectionz')
+  text = obs.files[obs.experiment].replace('ml_collections.ConfigDict()',
+                                          'ml_collections.ConfigDictt()', 1)
   return obs.experiment, text
 
 
@@ -169,7 +170,7 @@ def test_an_edit_that_parses_but_does_not_import_is_rejected_before_running(tmp_
                                trials=1)
   loop.run()
   rejected = journal.last('guard_rejected', trial=1).payload
-  assert 'does not import' in rejected['rationale'] and 'ml_collectionz' in rejected['rationale']
+  assert 'does not import' in rejected['rationale'] and 'ConfigDictt' in rejected['rationale']
   assert runner.calls == 1  # the baseline only
   assert loop.worktree.is_clean() and loop.worktree.head() == loop.state.incumbent.commit
 
