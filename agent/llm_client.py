@@ -17,10 +17,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-import anthropic
-import openai
 
 APIS = ('openai', 'anthropic')
 DEFAULT_KEY_ENV = {'openai': 'OPENAI_API_KEY', 'anthropic': 'ANTHROPIC_API_KEY'}
@@ -96,14 +94,13 @@ class LLMClient:
     for attempt in range(1, self.max_attempts + 1):
       try:
         return self._send(self.model, system, list(messages), self.max_output_tokens)
-      except (openai.APITimeoutError, anthropic.APITimeoutError):
+      except _Timeout:
         failure = FailedAttempt('timeout', f'no answer within {self.timeout_s:g} s')
-      except (openai.APIStatusError, anthropic.APIStatusError) as e:
+      except _Status as e:
         if not _retryable(e.status_code):
           raise LLMFatalError(self._fatal_message(e)) from None
-        failure = FailedAttempt('http_error',
-                                f'HTTP {e.status_code}: {self._clean(_server_message(e))}')
-      except (openai.APIConnectionError, anthropic.APIConnectionError) as e:
+        failure = FailedAttempt('http_error', f'HTTP {e.status_code}: {self._clean(e.message)}')
+      except _Connection as e:
         failure = FailedAttempt('http_error', f'connection failed: {self._clean(str(e))}')
       if on_failure:
         on_failure(failure)
@@ -113,13 +110,13 @@ class LLMClient:
     raise LLMUnavailable(f'{self.api} endpoint {self.base_url} failed {self.max_attempts} '
                          f'time(s); last: {last}')
 
-  def _fatal_message(self, e: openai.APIStatusError | anthropic.APIStatusError) -> str:
+  def _fatal_message(self, e: '_Status') -> str:
     hint = {401: f'check the key in ${self.key_env}', 403: f'check the key in ${self.key_env}',
             404: 'check --llm_base_url and --llm_model'}.get(e.status_code, 'check the request')
     auth = e.status_code in (401, 403)
     unset = f' (${self.key_env} is unset)' if auth and not self.key_is_set else ''
     return (f'{self.api} endpoint {self.base_url} refused model {self.model!r} with HTTP '
-            f'{e.status_code}: {self._clean(_server_message(e))}; {hint}{unset}')
+            f'{e.status_code}: {self._clean(e.message)}; {hint}{unset}')
 
   def _clean(self, text: str) -> str:
     """One line, bounded, with the key replaced: servers echo keys in auth errors."""
@@ -127,7 +124,35 @@ class LLMClient:
     return line if len(line) <= MAX_MESSAGE_CHARS else line[:MAX_MESSAGE_CHARS - 3] + '...'
 
 
-def _server_message(e: openai.APIStatusError | anthropic.APIStatusError) -> str:
+class _Timeout(Exception):
+  """No answer in time (either SDK's timeout, translated)."""
+
+
+class _Connection(Exception):
+  """No connection (either SDK's connection error, translated)."""
+
+
+class _Status(Exception):
+  """An HTTP error status and what the server said (either SDK's status error)."""
+
+  def __init__(self, status_code: int, message: str):
+    super().__init__(message)
+    self.status_code, self.message = status_code, message
+
+
+def _translated(sdk: Any, call: Callable[[], ChatResult]) -> ChatResult:
+  """Runs one SDK call with its exceptions mapped to the three kinds `chat` retries on."""
+  try:
+    return call()
+  except sdk.APITimeoutError:
+    raise _Timeout() from None
+  except sdk.APIStatusError as e:
+    raise _Status(e.status_code, _server_message(e)) from None
+  except sdk.APIConnectionError as e:
+    raise _Connection(str(e)) from None
+
+
+def _server_message(e: Any) -> str:
   """What the server said: the `message` of its JSON error body (both APIs nest it under
   `error`), else the SDK's summary."""
   body = e.body
@@ -151,22 +176,19 @@ _Send = Callable[[str, str, list[Message], int | None], ChatResult]
 
 
 def _sender(api: str, base_url: str, key: str, timeout_s: float) -> _Send:
-  """A function that makes one request with the SDK of `api` (SDK retries off)."""
+  """A function that makes one request with the SDK of `api` (SDK retries off). The SDK is
+  imported here, not at module load: it costs seconds, and only LLM runs need it."""
   if api == 'openai':
+    import openai
     client = openai.OpenAI(api_key=key, base_url=base_url, timeout=timeout_s, max_retries=0)
 
     def send_openai(model: str, system: str, messages: list[Message],
                     max_tokens: int | None) -> ChatResult:
-      extra = {'max_tokens': max_tokens} if max_tokens else {}
-      response = client.chat.completions.create(
-          model=model, messages=[{'role': 'system', 'content': system}, *messages], **extra)
-      choices = response.choices or []
-      text = (choices[0].message.content or '') if choices else ''
-      usage = response.usage
-      return ChatResult(text, getattr(usage, 'prompt_tokens', 0) or 0,
-                        getattr(usage, 'completion_tokens', 0) or 0)
+      return _translated(openai, lambda: _ask_openai(client, model, system, messages,
+                                                     max_tokens))
     return send_openai
 
+  import anthropic
   # The Messages API lives at <base>/v1/messages; accept a base URL given with the /v1 an
   # OpenAI-style URL has, since one flag serves both APIs.
   root = base_url.rstrip('/').removesuffix('/v1')
@@ -174,12 +196,30 @@ def _sender(api: str, base_url: str, key: str, timeout_s: float) -> _Send:
 
   def send_anthropic(model: str, system: str, messages: list[Message],
                      max_tokens: int | None) -> ChatResult:
-    response = client.messages.create(
-        model=model, system=system, messages=list(messages),
-        max_tokens=max_tokens or ANTHROPIC_DEFAULT_MAX_TOKENS)
-    text = ''.join(block.text for block in response.content or []
-                   if getattr(block, 'type', '') == 'text')
-    usage = response.usage
-    return ChatResult(text, getattr(usage, 'input_tokens', 0) or 0,
-                      getattr(usage, 'output_tokens', 0) or 0)
+    return _translated(anthropic, lambda: _ask_anthropic(client, model, system, messages,
+                                                         max_tokens))
   return send_anthropic
+
+
+def _ask_openai(client: Any, model: str, system: str, messages: list[Message],
+                max_tokens: int | None) -> ChatResult:
+  extra = {'max_tokens': max_tokens} if max_tokens else {}
+  response = client.chat.completions.create(
+      model=model, messages=[{'role': 'system', 'content': system}, *messages], **extra)
+  choices = response.choices or []
+  text = (choices[0].message.content or '') if choices else ''
+  usage = response.usage
+  return ChatResult(text, getattr(usage, 'prompt_tokens', 0) or 0,
+                    getattr(usage, 'completion_tokens', 0) or 0)
+
+
+def _ask_anthropic(client: Any, model: str, system: str, messages: list[Message],
+                   max_tokens: int | None) -> ChatResult:
+  response = client.messages.create(
+      model=model, system=system, messages=list(messages),
+      max_tokens=max_tokens or ANTHROPIC_DEFAULT_MAX_TOKENS)
+  text = ''.join(block.text for block in response.content or []
+                 if getattr(block, 'type', '') == 'text')
+  usage = response.usage
+  return ChatResult(text, getattr(usage, 'input_tokens', 0) or 0,
+                    getattr(usage, 'output_tokens', 0) or 0)
