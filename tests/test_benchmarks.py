@@ -1,0 +1,117 @@
+"""Smoke test: every benchmark runs at toy size and renders its tables, so none can rot.
+
+The benchmarks run in one subprocess (their in-process trials patch the harness's curve
+writer and compile many programs; neither should leak into this test process), with JAX's
+persistent compilation cache in a temporary folder so repeated programs compile once.
+Behaviour is asserted, never timings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import report, space, trials
+from benchmarks.run import BENCHMARKS
+from tests.conftest import ROOT
+
+TOY = """
+import sys
+from pathlib import Path
+from benchmarks import run
+run.run_benchmarks(list(run.BENCHMARKS), 'toy', Path(sys.argv[1]), Path(sys.argv[2]),
+                   'toy size (tests/test_benchmarks.py)')
+"""
+
+
+def _env(tmp: Path) -> dict[str, str]:
+  return {**os.environ, 'PYTHONPATH': str(ROOT), 'JAX_COMPILATION_CACHE_DIR': str(tmp / 'jax'),
+          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+          'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
+
+
+@pytest.fixture(scope='module')
+def toy(tmp_path_factory) -> tuple[str, dict[str, dict], Path]:
+  tmp = tmp_path_factory.mktemp('bench')
+  out, results = tmp / 'BENCHMARKS.md', tmp / 'results'
+  done = subprocess.run([sys.executable, '-c', TOY, str(out), str(results)], cwd=ROOT,
+                        env=_env(tmp), capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  loaded = {name: json.loads((results / f'{name}.json').read_text()) for name in BENCHMARKS}
+  return out.read_text(), loaded, results
+
+
+def test_every_benchmark_writes_results_plots_and_a_section(toy):
+  text, results, folder = toy
+  for name, result in results.items():
+    assert result['size'] == 'toy' and result['machine']['cores'] >= 1
+    assert result['plots'] and all((folder / p).stat().st_size > 0 for p in result['plots'])
+    assert f'## {report.TITLES[name]}' in text
+  assert '## Targets' in text and '## Machine' in text and 'toy size (tests' in text
+  assert text.count('| ') > 40  # tables, not prose only
+
+
+def test_overhead_and_seeds_report_ratios_against_their_targets(toy):
+  text, results, _ = toy
+  case = next(iter(results['overhead']['data']['cases'].values()))
+  assert case['ratio'] > 0 and set(case['median_steps_per_second']) >= {
+      'hand-written (jax.jit)', 'hand-written (nnx.jit)'}
+  seeds = results['seeds']['data']
+  assert len(seeds['cases'][0]['separate']) == seeds['k']
+  assert ('met: ' in text or 'missed: ' in text) and '1. Harness overhead, digits MLP' in text
+
+
+def test_search_runs_every_method_and_evaluates_each_once_on_fresh_seeds(toy):
+  _, results, _ = toy
+  data = results['search']['data']
+  for task in data['tasks'].values():
+    assert sorted(r['method'] for r in task['runs']) == ['agent', 'autoresearch', 'random', 'tpe']
+    for run in task['runs']:
+      assert run['points'][0]['what'] == 'baseline' and run['trials_used'] <= 1
+      assert len(run['final']['test']) == data['final_seeds']
+
+
+def test_rigor_and_early_stopping_report_rates_and_pairs(toy):
+  _, results, _ = toy
+  rates = next(iter(results['rigor']['data']['false_acceptance']['tasks'].values()))['rates']
+  assert set(rates['0']) == {'agent: screen + confirm', 'agent: screen only',
+                             'strictly better, 1 seed', 'strictly better, mean of 3 seeds'}
+  pair = results['early_stopping']['data']['pairs'][0]
+  assert pair['on']['trials'] == pair['off']['trials'] == 1
+
+
+def test_unknown_benchmark_is_one_error_line_and_exit_2(tmp_path):
+  done = subprocess.run([sys.executable, '-m', 'benchmarks.run', '--only=nope',
+                         f'--results_dir={tmp_path}'], cwd=ROOT, env=_env(tmp_path),
+                        capture_output=True, text=True, timeout=120)
+  assert done.returncode == 2 and done.stderr.strip().startswith("error: unknown benchmark 'nope'")
+  done = subprocess.run([sys.executable, '-m', 'benchmarks.run', '--only=rigor',
+                         f'--results_dir={tmp_path}'], cwd=ROOT, env=_env(tmp_path),
+                        capture_output=True, text=True, timeout=120)
+  assert done.returncode == 2 and 'run the search first' in done.stderr
+
+
+def test_verdicts_say_met_or_missed_plainly():
+  assert report.verdict(0.81, 0.95, at_least=True) == 'missed: 0.81 < 0.95'
+  assert report.verdict(1.38, 2.0, at_least=False) == 'met: 1.38 <= 2.00'
+  assert report.spread([0.5, 0.7, 0.6], as_pct=True) == '60.0% [50.0%, 70.0%]'
+
+
+def test_a_sampled_family_switch_renders_a_config_that_loads(tmp_path):
+  experiment = ROOT / 'experiments' / 'mnist1d_mlp.py'
+  dims, left_out = space.build(experiment, 'cnn1d')
+  assert 'train.seed' in left_out and 'optimizer.learning_rate' in {d.path for d in dims}
+  rng = np.random.default_rng(0)
+  params = next(p for p in iter(lambda: space.sample(dims, rng), None)
+                if p['model.name'] == 'cnn1d')
+  path = tmp_path / 'experiment.py'
+  path.write_text(space.render(experiment.read_text(), params))
+  config = trials.load_config(path)
+  assert config.model.name == 'cnn1d' and 'width' not in config.model
+  assert config.model.channels == params['model.channels'] and not config.train.scan_steps
