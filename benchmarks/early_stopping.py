@@ -29,7 +29,7 @@ class Size:
 
 SIZES = {
     'full': Size('mnist1d', (0, 1), 5, search.SIZES['full'].train['mnist1d']),
-    'quick': Size('mnist1d', (0,), 3, search.SIZES['quick'].train['mnist1d']),
+    'quick': Size('mnist1d', (0,), 2, search.SIZES['quick'].train['mnist1d']),
     'toy': Size('mnist1d', (0,), 1, search.SIZES['toy'].train['mnist1d']),
 }
 
@@ -79,7 +79,7 @@ def render(result: dict[str, Any], plots: list[str]) -> str:
   for p in data['pairs']:
     on, off = p['on'], p['off']
     rows.append([p['master_seed'], f'{on["compute"]:.0f}', f'{off["compute"]:.0f}',
-                 f'{off["compute"] - on["compute"]:.0f} ({1 - on["compute"] / off["compute"]:.0%})',
+                 f'{off["compute"] - on["compute"]:+.1f} ({1 - on["compute"] / off["compute"]:+.0%})',
                  f'{on["saved_estimate"]:.0f}', on['pruned'],
                  'yes' if p['same_proposals'] else 'no',
                  'identical' if p['same_final'] else 'different',

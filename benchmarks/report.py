@@ -6,6 +6,7 @@ Rendering reads only benchmarks/results/*.json, so the document can be regenerat
 
 from __future__ import annotations
 
+import math
 import statistics
 from typing import Any, Callable, Sequence
 
@@ -34,7 +35,7 @@ def pct(x: float | None, signed: bool = False) -> str:
 def spread(values: Sequence[float | None], fmt: str = '{:.3g}', as_pct: bool = False,
            signed: bool = False) -> str:
   """'median [min, max]' over repetitions, or the single value when there is one."""
-  known = [v for v in values if v is not None]
+  known = [v for v in values if v is not None and not math.isnan(v)]
   if not known:
     return 'n/a'
   show: Callable[[float], str] = (lambda v: pct(v, signed)) if as_pct else fmt.format

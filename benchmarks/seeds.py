@@ -55,7 +55,7 @@ SIZES = {
                   Case('digits 2-D CNN, 100 steps', 'benchmarks/configs/digits_cnn.py',
                        _steps(100, 50), shipped=False)), 5),
     'quick': Size((MNIST1D_MLP, DIGITS_MLP), 5),
-    'toy': Size((Case('digits MLP, 20 steps', 'experiments/digits_mlp.py', _steps(20, 10)),), 2),
+    'toy': Size((Case('digits MLP, 20 steps', 'experiments/digits_mlp.py', _steps(20, 10)),), 1),
 }
 
 
@@ -108,14 +108,18 @@ def _verdict(case: dict[str, Any], target: float) -> str:
   return verdict if case['shipped'] else f'{verdict} (not a shipped config: no target)'
 
 
+def _launches(data: dict[str, Any]) -> str:
+  counts = sorted({c['repeats'] for c in data['cases']})
+  return ' or '.join(f'{n} launch{"es" if n > 1 else ""}' for n in counts)
+
+
 def render(result: dict[str, Any], plots: list[str]) -> str:
   data = result['data']
   k = data['k']
   lines = [__doc__.split('\n\n', 1)[1].replace('\n', ' ').strip(), '',
            f'K = {k}. "1 seed" is the median of the K single-seed processes (seeds 0 to '
-           f'{k - 1}); the vmapped run of a shipped model is the median of '
-           f'{max(c["repeats"] for c in data["cases"])} launches (every wall time is in the '
-           'JSON). "start-up and rest" is wall time minus training and compile: Python, '
+           f'{k - 1}); the vmapped run is the median of {_launches(data)} (every wall time is '
+           'in the JSON). "start-up and rest" is wall time minus training and compile: Python, '
            'JAX and data start-up, evaluation, checkpoints and the scorecard.', '']
   rows = []
   for case in data['cases']:

@@ -19,6 +19,7 @@ import hashlib
 import importlib.util
 import itertools
 import json
+import math
 import shutil
 import subprocess
 import time
@@ -38,6 +39,7 @@ CODE_DIRS = ('harness', 'models')  # what a trial imports from its worktree
 WORKSPACE_FILES = ('harness', 'models', 'experiments', 'WORKSPACE.md', 'pyproject.toml')
 Files = dict[str, str]  # worktree-relative path -> text: what a method changed
 _module_names = itertools.count()
+IN_PROCESS = 'none: run inside the benchmark process (no rlimits, no network namespace)'
 
 
 class _Stop(Exception):
@@ -86,7 +88,7 @@ def execute(spec: TrialSpec, on_curve: OnCurve | None = None) -> TrialOutcome:
   def outcome(status: str, card: dict | None, reason: str, code: int | None,
               step: int | None = None) -> TrialOutcome:
     return TrialOutcome(status, card, points, time.monotonic() - start, code, log_path, '',
-                        reason, step)
+                        reason, step, sandbox=IN_PROCESS)
 
   def hook(path: Path, record: dict[str, Any]) -> None:
     original(path, record)
@@ -240,17 +242,25 @@ class Evaluator:
       for first, k in groups:
         outcome = self.scratch.run(files, self.workdirs, seeds=k, first_seed=first,
                                    timeout_s=3600, eval_test=test)
-        if outcome.status != 'ok':
+        if outcome.status not in ('ok', 'diverged'):
           raise RuntimeError(f'evaluation run {outcome.status}: {outcome.reason}')
-        val += outcome.scorecard['val_metric']['per_seed']
-        if test:
+        val += _finite(outcome.scorecard['val_metric']['per_seed'])
+        if test and outcome.status == 'ok':
           card = scorecard.read_json(outcome.log_path.parent / scorecard.TEST_SCORECARD)
-          tests += card['test_metric']['per_seed']
+          tests += _finite(card['test_metric']['per_seed'])
+        elif test:  # a diverged run writes no test scorecard: its seeds score nothing
+          tests += [math.nan] * k
       self.cache[key] = {'val': val, 'test': tests or None}
     return self.cache[key]
 
 
+def _finite(values: list[float | None]) -> list[float]:
+  """Per-seed values with JSON's null (a non-finite metric) back as NaN."""
+  return [math.nan if v is None else v for v in values]
+
+
 def mean(values: list[float]) -> float:
+  """NaN if any seed is NaN: a configuration that diverged on some seed has no mean."""
   return sum(values) / len(values)
 
 
