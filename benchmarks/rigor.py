@@ -129,7 +129,7 @@ def replication(size: Size, work: Path, say: Say, found: dict[str, Any]) -> dict
     methods = {}
     for method in REPLICATED_METHODS:
       kept = [{**c, 'rep': r['rep']} for r in task['runs'] if r['method'] == method
-              for c in r['accepted_changes']]
+              for c in r.get('accepted_changes', [])]
       improved = [c for c in kept if c['reason'] == 'improved']
       rng = np.random.default_rng(0)
       picked = sorted(rng.choice(len(improved), min(size.per_method, len(improved)),

@@ -30,7 +30,7 @@ from agent import knobs, vcs
 from agent.charter import Charter, load_charter
 from agent.executor import TrialOutcome, TrialSpec
 from agent.journal import Journal
-from agent.loop import FINAL_FIRST_SEED, Loop, RunConfig, RunState
+from agent.loop import FINAL_FIRST_SEED, BaselineError, Loop, RunConfig, RunState
 from agent.proposal import NoProposal, Observation, TrialSummary
 from agent.proposers.heuristic import HeuristicProposer
 from benchmarks import report, space, trials
@@ -338,7 +338,12 @@ def run(size: Size, work: Path, say: Say, previous: dict[str, Any]) -> dict[str,
         say(f'[search] {name} rep {rep + 1}/{size.reps} {method}: budget {size.trials} trials, '
             f'{compute:.0f} compute s')
         budget = Budget(size.trials, compute, compute * size.trial_cap_fraction)
-        result = RUNNERS[method](ctx, rep, rep, budget, say)
+        try:
+          result = RUNNERS[method](ctx, rep, rep, budget, say)
+        except (BaselineError, RuntimeError) as e:  # one broken method-run must not sink the rest
+          say(f'[search] {name} {method} rep {rep + 1} FAILED: {e}')
+          runs.append({'method': method, 'rep': rep, 'master_seed': rep, 'error': str(e)})
+          continue
         final = ctx.evaluate(result.pop('final_files'), FINAL_FIRST_SEED, FINAL_SEEDS, test=True)
         points = result['points']
         runs.append({'method': method, 'rep': rep, 'master_seed': rep,
@@ -361,7 +366,8 @@ def run(size: Size, work: Path, say: Say, previous: dict[str, Any]) -> dict[str,
 
 
 def _per_method(task: dict[str, Any], method: str) -> list[dict[str, Any]]:
-  return [r for r in task['runs'] if r['method'] == method]
+  """The method's finished runs (a run that failed is listed under the table instead)."""
+  return [r for r in task['runs'] if r['method'] == method and 'error' not in r]
 
 
 def render(result: dict[str, Any], plots: list[str]) -> str:
@@ -420,7 +426,8 @@ def render(result: dict[str, Any], plots: list[str]) -> str:
     lines += [report.table(['method', 'trials', 'compute s', 'own best val', 'fresh val',
                             'fresh test', 'own - fresh', 'changes kept'], rows)]
     lines += ['', 'Why each run stopped: ' + '; '.join(
-        f'{r["method"]} rep {r["rep"] + 1}: {r["stop_reason"]}' for r in task['runs']) + '.']
+        f'{r["method"]} rep {r["rep"] + 1}: {r.get("stop_reason") or "FAILED: " + r["error"]}'
+        for r in task['runs']) + '.']
     lines += ['', 'Searched knobs (random, TPE): ' + '; '.join(
         f'`{p}` {d}' for p, d in task['space'].items()) + '. Left out: ' + '; '.join(
         f'`{p}` ({why})' for p, why in task['left_out'].items()) + '.']

@@ -163,8 +163,9 @@ def changed(base: Files, files: Files) -> Files:
 @dataclasses.dataclass
 class Budget:
   """Trials and compute seconds (trial wall time, baseline and confirmations included);
-  a method stops at whichever runs out first. No single run may take more than
-  `trial_cap` seconds (every method gets several tries), nor more than what is left."""
+  a method stops at whichever runs out first. No run may take more than what is left, nor
+  (the baseline, a method's first run, excepted) more than `trial_cap` seconds, so that
+  no method sinks its budget into one candidate."""
   trials: int
   compute_seconds: float
   trial_cap: float
@@ -174,7 +175,8 @@ class Budget:
     return self.compute_seconds - self.spent
 
   def timeout(self, asked: float) -> float:
-    return min(asked, self.trial_cap, self.left())
+    return min(asked, self.left()) if self.spent == 0 else min(asked, self.trial_cap,
+                                                                 self.left())
 
   def charge(self, outcome: TrialOutcome) -> TrialOutcome:
     self.spent += outcome.wall_seconds
