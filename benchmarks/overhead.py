@@ -185,7 +185,7 @@ def render(result: dict[str, Any], plots: list[str]) -> str:
       rows.append([name, f'{case["steps"]} x {case["batch_size"]}', loop + (
           ' (as configured)' if loop == case['shipped_runner'] else ''), f'{med:.0f}', e2e,
           f'{statistics.median(r["compile_seconds"] for r in runs):.2f}',
-          f'{statistics.median(r["final_train_loss"] for r in runs):.3f}'])
+          f'{statistics.median(r["final_train_loss"] for r in runs):.3g}'])
   lines.append(report.table(['model', 'steps x batch', 'loop', 'steps/s', 'end-to-end steps/s',
                              'compile s', 'train loss, last eval interval'], rows))
   lines += ['', report.table(['model', 'training loop / best hand-written',

@@ -6,6 +6,7 @@ Rendering reads only benchmarks/results/*.json, so the document can be regenerat
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from typing import Any, Callable, Sequence
@@ -52,6 +53,11 @@ def verdict(value: float, target: float, at_least: bool, fmt: str = '{:.2f}') ->
   return f'{"met" if met else "missed"}: {fmt.format(value)} {sign} {fmt.format(target)}'
 
 
+def _code(code: dict[str, Any]) -> str:
+  dirty = ' with uncommitted changes in the checkout' if code['dirty'] else ''
+  return f'commit {(code["commit"] or "?")[:12]}{dirty}'
+
+
 def _machine(results: dict[str, dict[str, Any]]) -> str:
   first = next(iter(results.values()))['machine']
   versions = ', '.join(f'{k} {v}' for k, v in first['versions'].items())
@@ -59,11 +65,19 @@ def _machine(results: dict[str, dict[str, Any]]) -> str:
   rows = [['CPU', first['cpu']], ['cores', f'{first["cores"]} ({first["usable_cores"]} usable)'],
           ['RAM', f'{first["ram_gib"]} GiB'], ['accelerator', first['accelerator']],
           ['OS', first['os']], ['Python', first['python']], ['packages', versions],
-          ['code', f'commit {(code["commit"] or "?")[:12]}'
-                   f'{" with uncommitted changes" if code["dirty"] else ""}']]
-  others = [r['machine'] for r in results.values() if r['machine'] != first]
-  note = ('' if not others else '\n\nNot every section ran on this exact set-up; each '
-          'section\'s JSON records its own.')
+          ['code', _code(code)]]
+  differ = []
+  for key in first:
+    seen: dict[str, list[str]] = {}
+    for name, r in results.items():
+      value = r['machine'][key]
+      words = _code(value) if key == 'code' else json.dumps(value, sort_keys=True)
+      seen.setdefault(words, []).append(TITLES[name].split('.')[0])
+    if len(seen) > 1:
+      differ.append(f'{key}: ' + '; '.join(f'{words} in sections {", ".join(names)}'
+                                           for words, names in seen.items()))
+  note = ('' if not differ else '\n\nNot the same for every section (each section\'s JSON '
+          'records its own): ' + ' / '.join(differ) + '.')
   return table(['', ''], rows) + note
 
 

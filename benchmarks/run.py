@@ -23,7 +23,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from benchmarks import machine, report
 
@@ -92,8 +92,10 @@ def run_benchmarks(names: list[str], size: str, out: Path, results_dir: Path, co
   if 'rigor' in names and 'search' not in names and not (results_dir / 'search.json').exists():
     raise UsageError(f'rigor re-runs the changes the search kept and {results_dir} has no '
                      'search.json: run the search first (--only=search,rigor)')
-  for name in names:
-    module = importlib.import_module(f'benchmarks.{name}')
+  # Everything is imported now, so the provenance recorded is the code that runs.
+  modules = {name: importlib.import_module(f'benchmarks.{name}') for name in names}
+  setup = machine.describe()
+  for name, module in modules.items():
     started = datetime.datetime.now(datetime.timezone.utc)
     snapshot, load = machine.cpu_snapshot(), machine.load_average()
     clock = time.perf_counter()
@@ -104,7 +106,7 @@ def run_benchmarks(names: list[str], size: str, out: Path, results_dir: Path, co
               'started': f'{started:%Y-%m-%d %H:%M}', 'wall_seconds': time.perf_counter() - clock,
               'load': {'start': load, 'end': machine.load_average()},
               'other_cpu_share': machine.other_share(snapshot, machine.cpu_snapshot()),
-              'machine': machine.describe(), 'data': data}
+              'machine': setup, 'data': data}
     result['plots'] = module.plot(result, results_dir)
     write_json(results_dir / f'{name}.json', result)
     say(f'[{name}] done in {result["wall_seconds"] / 60:.1f} min')
@@ -123,6 +125,7 @@ def main(argv: list[str]) -> None:
         raise UsageError(f'no results in {results_dir} to render')
       render(out, results_dir, replot=True)
       return
+    logging.set_verbosity(logging.WARNING)  # each trial logs every evaluation and checkpoint
     start = time.perf_counter()
     say = lambda line: print(f'[{(time.perf_counter() - start) / 60:5.1f} min] {line}',
                              flush=True)

@@ -233,9 +233,9 @@ def run_autoresearch(ctx: Context, rep: int, seed: int, budget: Budget,
     value = _value(outcome)
     accepted = value is not None and value > best
     gain = None if value is None else value - best
-    history.append(TrialSummary(trial, proposal.operator, proposal.hypothesis, accepted,
-                                'improved' if accepted else outcome.status if value is None
-                                else 'not_better', gain, dict(proposal.changes)))
+    code = 'improved' if accepted else outcome.status if value is None else 'not_better'
+    history.append(TrialSummary(trial, proposal.operator, proposal.hypothesis, accepted, code,
+                                gain, dict(proposal.changes)))
     proposer.learn(proposal, accepted, gain)
     say(f'  [trial {trial}] {proposal.operator}: {_fmt(value)} vs {best:.4f} -> '
         f'{"kept" if accepted else "rolled back"} ({budget.spent:.0f}/'
@@ -245,7 +245,7 @@ def run_autoresearch(ctx: Context, rep: int, seed: int, budget: Budget,
                       'after': trials.changed(ctx.base, candidate), 'claimed_gain': gain,
                       'reason': 'improved'})
       incumbent, card, best = candidate, outcome.scorecard, value
-    path.add(proposal.operator, value, accepted, best, budget.spent)
+    path.add(proposal.operator, value, accepted, best, budget.spent, code)
   return {'stop_reason': reason, 'points': path.points, 'final_files': incumbent,
           'accepted_changes': changes}
 
@@ -275,15 +275,17 @@ def _space_search(ctx: Context, rep: int, budget: Budget, say: Say, label: str,
     value = _value(outcome)
     tell(handle, value)
     accepted = value is not None and value > best
-    what = f'{params[space.FAMILY]} ({outcome.status})'
-    say(f'  [trial {trial}] {what}: {_fmt(value)} (best {max(best, value or best):.4f}, '
+    what = str(params[space.FAMILY])
+    say(f'  [trial {trial}] {what} ({outcome.status}): {_fmt(value)} (best '
+        f'{max(best, value or best):.4f}, '
         f'{budget.spent:.0f}/{budget.compute_seconds:.0f} s)')
     if accepted:
       changes.append({'before': trials.changed(ctx.base, incumbent),
                       'after': trials.changed(ctx.base, candidate), 'claimed_gain': value - best,
                       'reason': 'improved'})
       incumbent, best = candidate, value
-    path.add(what, value, accepted, best, budget.spent)
+    path.add(what, value, accepted, best, budget.spent,
+             'improved' if accepted else outcome.status if value is None else 'not_better')
   return {'stop_reason': reason, 'points': path.points, 'final_files': incumbent,
           'accepted_changes': changes}
 
@@ -370,6 +372,41 @@ def _per_method(task: dict[str, Any], method: str) -> list[dict[str, Any]]:
   return [r for r in task['runs'] if r['method'] == method and 'error' not in r]
 
 
+def _stops(runs: list[dict[str, Any]]) -> str:
+  """Why the runs ended, grouped: 'compute budget spent (60/60 s)' counts as the budget."""
+  reasons: dict[str, list[str]] = {}
+  for r in runs:
+    reason = r.get('stop_reason') or f'FAILED: {r["error"]}'
+    reason = reason.split(' (')[0] if reason.startswith('compute budget') else reason
+    reasons.setdefault(reason, []).append(f'{r["method"]} rep {r["rep"] + 1}')
+  if len(reasons) == 1:
+    return f'Every run ended the same way: {next(iter(reasons))}.'
+  return 'Why runs ended: ' + '; '.join(f'{why}: {", ".join(who)}'
+                                         for why, who in reasons.items()) + '.'
+
+
+def _trial_words(point: dict[str, Any]) -> str:
+  reason = f' ({point["reason"]})' if point.get('reason') else ''
+  if not reason and point['value'] is None and not point['what'].endswith(')'):
+    reason = ' (no result)'
+  value = '' if point['value'] is None else f' {100 * point["value"]:.1f}'
+  return f'{point["what"]}{reason}{value}'
+
+
+def _trials_words(task: dict[str, Any]) -> str:
+  """Each run's trials in order, so a reader can see where a budget went."""
+  lines = [f'- {r["method"]} rep {r["rep"] + 1}: '
+           + (', '.join(_trial_words(p) for p in r['points'][1:]) or 'no trial')
+           for r in task['runs'] if 'error' not in r]
+  return 'Trials, in order (validation % where the trial produced one):\n\n' + '\n'.join(lines)
+
+
+def _unfinished(run: dict[str, Any]) -> int:
+  """Trials that produced no number: cut at the per-run cap or by the budget, failed, or
+  (agent) stopped by the guard; pruned candidates were judged, so they do not count."""
+  return sum(p['value'] is None and p.get('reason') != 'pruned' for p in run['points'][1:])
+
+
 def render(result: dict[str, Any], plots: list[str]) -> str:
   data = result['data']
   lines = [
@@ -393,8 +430,9 @@ def render(result: dict[str, Any], plots: list[str]) -> str:
       '',
       '"Own best" is the best validation each method saw during its search, measured its own '
       'way (1 or 3 seeds, selected as the maximum, so optimistic); "fresh" numbers are the '
-      'final configuration re-trained on the fresh seeds. Cells: median [min, max] over '
-      'repetitions.',
+      'final configuration re-trained on the fresh seeds. "Trials without a result" ran into '
+      'the per-run cap or the end of the budget (or failed) and taught the method nothing. '
+      'Cells: median [min, max] over repetitions.',
   ]
   for name, task in data['tasks'].items():
     budget = task['budget']
@@ -405,7 +443,7 @@ def render(result: dict[str, Any], plots: list[str]) -> str:
               f'compute seconds (one run at most {budget["trial_cap_seconds"]:.0f} s); training '
               f'shortened to {train["steps"]} steps, evaluated every {train["eval_every"]}.', '']
     rows = [['start (no search)', '-', '-', '-', report.pct(trials.mean(base['val'])),
-             report.pct(trials.mean(base['test'])), '-', '-']]
+             report.pct(trials.mean(base['test'])), '-', '-', '-']]
     for method in METHODS:
       runs = _per_method(task, method)
       if not runs:
@@ -419,18 +457,21 @@ def render(result: dict[str, Any], plots: list[str]) -> str:
           report.spread([trials.mean(r['final']['test']) for r in runs], as_pct=True),
           report.spread([r['best_val'] - v for r, v in zip(runs, fresh_val)], as_pct=True,
                         signed=True),
-          report.spread([len(r['accepted_changes']) for r in runs], '{:.0f}')])
+          report.spread([len(r['accepted_changes']) for r in runs], '{:.0f}'),
+          report.spread([_unfinished(r) for r in runs], '{:.0f}')])
     if name == 'mnist1d':
       rows.append(['MNIST-1D paper (Greydanus 2020), test, full training', '-', '-', '-', '-',
-                   ', '.join(f'{k} {v:.0%}' for k, v in PAPER.items()), '-', '-'])
+                   ', '.join(f'{k} {v:.0%}' for k, v in PAPER.items()), '-', '-', '-'])
     lines += [report.table(['method', 'trials', 'compute s', 'own best val', 'fresh val',
-                            'fresh test', 'own - fresh', 'changes kept'], rows)]
-    lines += ['', 'Why each run stopped: ' + '; '.join(
-        f'{r["method"]} rep {r["rep"] + 1}: {r.get("stop_reason") or "FAILED: " + r["error"]}'
-        for r in task['runs']) + '.']
+                            'fresh test', 'own - fresh', 'changes kept',
+                            'trials without a result'], rows)]
+    lines += ['', _stops(task['runs']), '', _trials_words(task)]
+    left_out: dict[str, list[str]] = {}
+    for path, why in task['left_out'].items():
+      left_out.setdefault(why, []).append(f'`{path}`')
     lines += ['', 'Searched knobs (random, TPE): ' + '; '.join(
         f'`{p}` {d}' for p, d in task['space'].items()) + '. Left out: ' + '; '.join(
-        f'`{p}` ({why})' for p, why in task['left_out'].items()) + '.']
+        f'{", ".join(paths)} ({why})' for why, paths in left_out.items()) + '.']
     lines += ['', *(f'![best-so-far on {name}]({p})' for p in plots if name in p)]
   return '\n'.join(lines)
 
@@ -450,17 +491,18 @@ def plot(result: dict[str, Any], out_dir: Path) -> list[str]:
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
   colors = dict(zip(METHODS, ('C3', 'C1', 'C0', 'C2')))
+  styles = dict(zip(METHODS, ('-', '--', '-.', ':')))
   paths = []
   for name, task in result['data']['tasks'].items():
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for axis, x_key, label in ((axes[0], 'trial', 'trials'),
                                (axes[1], 'compute', 'compute seconds')):
-      for method in METHODS:
+      for z, method in enumerate(reversed(METHODS)):  # the agent drawn last, on top
         for i, run in enumerate(_per_method(task, method)):
           xs = [p[x_key] for p in run['points']]
           ys = [100 * p['best'] for p in run['points']]
-          axis.step(xs, ys, where='post', color=colors[method], alpha=0.8, linewidth=1.5,
-                    label=method if i == 0 else None)
+          axis.step(xs, ys, where='post', color=colors[method], linestyle=styles[method],
+                    alpha=0.85, linewidth=1.8, zorder=z, label=method if i == 0 else None)
       if name == 'mnist1d':
         for k, v in PAPER.items():
           axis.axhline(100 * v, color='grey', linestyle=':', linewidth=1)
@@ -469,7 +511,8 @@ def plot(result: dict[str, Any], out_dir: Path) -> list[str]:
       axis.set_xlabel(label)
       axis.grid(alpha=0.3)
     axes[0].set_ylabel('best validation accuracy so far (%)')
-    axes[0].legend()
+    handles, labels = axes[0].get_legend_handles_labels()
+    axes[0].legend(handles[::-1], labels[::-1])
     fig.suptitle(f'{name}: best-so-far, each repetition (method\'s own measure)')
     fig.tight_layout()
     path = out_dir / f'search_{name}.png'

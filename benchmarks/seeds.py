@@ -108,23 +108,18 @@ def _verdict(case: dict[str, Any], target: float) -> str:
   return verdict if case['shipped'] else f'{verdict} (not a shipped config: no target)'
 
 
-def _launches(data: dict[str, Any]) -> str:
-  counts = sorted({c['repeats'] for c in data['cases']})
-  return ' or '.join(f'{n} launch{"es" if n > 1 else ""}' for n in counts)
-
-
 def render(result: dict[str, Any], plots: list[str]) -> str:
   data = result['data']
   k = data['k']
   lines = [__doc__.split('\n\n', 1)[1].replace('\n', ' ').strip(), '',
            f'K = {k}. "1 seed" is the median of the K single-seed processes (seeds 0 to '
-           f'{k - 1}); the vmapped run is the median of {_launches(data)} (every wall time is '
-           'in the JSON). "start-up and rest" is wall time minus training and compile: Python, '
+           f'{k - 1}); every wall time is in the JSON. "start-up and rest" is wall time minus training and compile: Python, '
            'JAX and data start-up, evaluation, checkpoints and the scorecard.', '']
   rows = []
   for case in data['cases']:
-    for label, run in (('1 seed', case['one']), (f'{k} seeds, one process (vmapped)',
-                                                 case['vmapped'])):
+    launches = f', median of {case["repeats"]} launches' if case['repeats'] > 1 else ''
+    for label, run in (('1 seed', case['one']),
+                       (f'{k} seeds, one process (vmapped{launches})', case['vmapped'])):
       rows.append([case['name'], label, f'{run["wall_seconds"]:.1f}',
                    f'{run["train_seconds"]:.1f}', f'{run["compile_seconds"]:.1f}',
                    f'{run["wall_seconds"] - run["train_seconds"] - run["compile_seconds"]:.1f}'])
