@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime
 import importlib
 import json
-import math
 import os
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from typing import Any, Callable
 from absl import app, flags, logging
 
 from benchmarks import machine, report
+from harness.scorecard import json_safe
 
 BENCHMARKS = ('overhead', 'seeds', 'search', 'rigor', 'early_stopping')
 
@@ -65,20 +65,9 @@ def render(out: Path, results_dir: Path, replot: bool = False) -> None:
   out.write_text(report.render(results, modules, plot_dir))
 
 
-def _strict(value: Any) -> Any:
-  """JSON has no NaN or infinity: non-finite floats become null."""
-  if isinstance(value, float):
-    return value if math.isfinite(value) else None
-  if isinstance(value, dict):
-    return {k: _strict(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_strict(v) for v in value]
-  return value
-
-
 def write_json(path: Path, data: dict[str, Any]) -> None:
   """Keeps the order results were produced in (tables follow it), unlike a sorted dump."""
-  path.write_text(json.dumps(_strict(data), indent=1, allow_nan=False) + '\n')
+  path.write_text(json.dumps(json_safe(data), indent=1, allow_nan=False) + '\n')
 
 
 def run_benchmarks(names: list[str], size: str, out: Path, results_dir: Path, command: str,

@@ -76,29 +76,29 @@ def device_peak_bytes() -> int | None:
   return None if not stats else stats.get('peak_bytes_in_use')
 
 
-def _strict(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
   """JSON has no NaN or infinity: non-finite floats become null (flags say why)."""
   if isinstance(value, float):
     return value if math.isfinite(value) else None
   if isinstance(value, dict):
-    return {k: _strict(v) for k, v in value.items()}
+    return {k: json_safe(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
-    return [_strict(v) for v in value]
+    return [json_safe(v) for v in value]
   if isinstance(value, (np.floating, np.integer, np.bool_)):
-    return _strict(value.item())
+    return json_safe(value.item())
   return value
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
   """Writes atomically so a reader never sees half a scorecard."""
   tmp = path.with_suffix(path.suffix + '.tmp')
-  tmp.write_text(json.dumps(_strict(data), indent=2, sort_keys=True, allow_nan=False) + '\n')
+  tmp.write_text(json.dumps(json_safe(data), indent=2, sort_keys=True, allow_nan=False) + '\n')
   os.replace(tmp, path)
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
   with path.open('a') as f:
-    f.write(json.dumps(_strict(record), sort_keys=True, allow_nan=False) + '\n')
+    f.write(json.dumps(json_safe(record), sort_keys=True, allow_nan=False) + '\n')
     f.flush()
 
 
