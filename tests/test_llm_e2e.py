@@ -83,3 +83,12 @@ def test_llm_run_end_to_end(tmp_path, monkeypatch, api):
       assert KEY.encode() not in path.read_bytes(), path
   config = journal.records('run_started')[0].payload['config']
   assert config['llm']['key_env'] == 'E2E_LLM_KEY' and KEY not in json.dumps(config)
+
+
+def test_an_llm_run_without_its_endpoint_is_one_line_and_exit_2(tmp_path):
+  repo = make_workspace(tmp_path)
+  result = agent(repo, 'run', f'--experiment={TINY_EXPERIMENT}', '--proposer=llm',
+                 '--llm_model=m')
+  assert result.returncode == 2 and result.stderr.count('\n') == 1
+  assert 'needs --llm_base_url and --llm_model' in result.stderr
+  assert not (repo / 'runs').exists()  # nothing was started, nothing to clean up
