@@ -69,7 +69,7 @@ def _train(steps: int, every: int) -> dict[str, int]:
 SIZES = {
     'full': Size(('mnist1d', 'digits'), 3, 12, {'mnist1d': 60, 'digits': 30},
                  {'mnist1d': _train(600, 60), 'digits': _train(500, 50)}),
-    'quick': Size(('mnist1d', 'digits'), 1, 6, {'mnist1d': 30, 'digits': 15},
+    'quick': Size(('mnist1d', 'digits'), 1, 4, {'mnist1d': 20, 'digits': 10},
                   {'mnist1d': _train(600, 60), 'digits': _train(500, 50)}),
     'toy': Size(('mnist1d',), 1, 1, {'mnist1d': 120}, {'mnist1d': _train(30, 10)}),
 }
