@@ -1,4 +1,4 @@
-"""Character-level language model on a fixed slice of the Python standard library's source.
+"""Character-level language model on the Python documentation's topic texts (pydoc_data).
 
 Metric: validation bits per byte (lower is better).
 """
@@ -13,8 +13,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset = ml_collections.ConfigDict()
   config.dataset.name = 'charlm'
   config.dataset.seq_len = 64
-  config.dataset.val_fraction = 0.05
-  config.dataset.test_fraction = 0.05
+  config.dataset.val_fraction = 0.02  # small: every evaluation ships all its logits
+  config.dataset.test_fraction = 0.02
 
   config.model = ml_collections.ConfigDict()
   config.model.name = 'transformer'
@@ -41,7 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.batch_size = 32
   config.train.steps = 500
   config.train.eval_every = 100
-  config.train.checkpoint_every = 250
+  config.train.checkpoint_every = 500
   config.train.seed = 0
   # True: each chunk of eval_every steps is one lax.scan. False: one dispatch per step;
   # faster for convolutions on CPU, where XLA runs a conv inside a loop ~10x slower.

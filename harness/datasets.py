@@ -9,43 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import sysconfig
 from pathlib import Path
 
 import ml_collections
 import numpy as np
 
-# A fixed, sorted list of pure-Python standard-library modules: present on every machine
-# with Python, no download. Their text differs across Python versions; the fingerprint
-# in the scorecard records which text a run trained on.
-CHARLM_FILES = (
-    'argparse.py', 'ast.py', 'calendar.py', 'csv.py', 'dataclasses.py', 'difflib.py',
-    'enum.py', 'fractions.py', 'functools.py', 'heapq.py', 'inspect.py', 'ipaddress.py',
-    'pathlib.py', 'pprint.py', 'random.py', 'shlex.py', 'statistics.py', 'string.py',
-    'textwrap.py', 'typing.py',
-)
+from harness.splits import Split
 
-
-@dataclasses.dataclass(frozen=True)
-class Split:
-  """Inputs and targets of one split; for the char LM, x is the byte stream and y is None."""
-  x: np.ndarray
-  y: np.ndarray | None
-
-  def __post_init__(self) -> None:
-    for array in (self.x, self.y):  # splits are shared by the loader's cache: never mutate
-      if array is not None:
-        array.setflags(write=False)
-
-  @property
-  def fingerprint(self) -> str:
-    digest = hashlib.sha256()
-    for array in (self.x, self.y):
-      if array is not None:
-        digest.update(str((array.dtype, array.shape)).encode())
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()[:16]
+# The Python documentation's topic texts, shipped with every CPython (`pydoc_data`): English
+# prose with code, no download. Nothing but `help()` imports it, so a trial's sandbox can
+# hide it: the held-out text is unreachable from candidate code. Its text differs across
+# Python versions; the fingerprint in the scorecard records which text a run trained on.
+CHARLM_SOURCE = Path('pydoc_data') / 'topics.py'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,14 +89,17 @@ def load_mnist1d(config: ml_collections.ConfigDict) -> Task:
               Split(x[val_idx], y[val_idx]), test, (40, 1), 10, 'accuracy', 'max')
 
 
+def charlm_path() -> Path:
+  """Where the corpus lives: the sandbox hides this file's folder from trials."""
+  return Path(sysconfig.get_paths()['stdlib']) / CHARLM_SOURCE
+
+
 def charlm_corpus() -> bytes:
-  """The fixed standard-library corpus, files in sorted order, separated by a NUL byte."""
-  stdlib = Path(sysconfig.get_paths()['stdlib'])
-  return b'\0'.join((stdlib / name).read_bytes() for name in sorted(CHARLM_FILES))
+  return charlm_path().read_bytes()
 
 
 def load_charlm(config: ml_collections.ConfigDict) -> Task:
-  """Byte-level language modelling; contiguous 90/5/5-style cuts, like enwik8."""
+  """Byte-level language modelling; contiguous train/validation/test cuts, like enwik8."""
   _check_fraction('val_fraction', config.val_fraction)
   _check_fraction('test_fraction', config.test_fraction)
   stream = np.frombuffer(charlm_corpus(), dtype=np.uint8).astype(np.int32)

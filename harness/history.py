@@ -69,10 +69,9 @@ class History:
   def diverged(self) -> bool:
     return self.nonfinite_step is not None
 
-  def record_eval(self, val_loss: np.ndarray, val_metric: np.ndarray) -> dict:
-    point = {'step': self.step, 'train_loss': list(self.last_train_loss),
-             'val_loss': np.asarray(val_loss, np.float64).tolist(),
-             'val_metric': np.asarray(val_metric, np.float64).tolist()}
+  def record_eval(self) -> dict:
+    """A progress point at an evaluation; its validation numbers come from the scorer."""
+    point = {'step': self.step, 'train_loss': list(self.last_train_loss)}
     self.curve.append(point)
     return point
 

@@ -27,6 +27,9 @@ _SEEDS = flags.DEFINE_integer('seeds', 1, 'Seeds trained together (vmapped) in t
 _RESUME = flags.DEFINE_bool('resume', False, 'Continue from the latest checkpoint in workdir.')
 _EVAL_TEST = flags.DEFINE_bool('eval_test', False,
                                'After training, score the test split into test_scorecard.json.')
+_INPUTS = flags.DEFINE_string(
+    'inputs', None, 'Run as an agent\'s trial: read the training data and the inputs to '
+    'predict from this folder (no labels), write predictions and report.json, no scorecard.')
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -82,14 +85,19 @@ def main(argv: list[str]) -> None:
   config = _config()
   workdir = _workdir()
   try:
+    inputs = Path(_INPUTS.value).absolute() if _INPUTS.value else None
     card = train_and_evaluate(config, workdir, num_seeds=_SEEDS.value, resume=_RESUME.value,
-                              eval_test=_EVAL_TEST.value)
+                              eval_test=_EVAL_TEST.value, inputs_dir=inputs)
   except ConfigError as e:
     fail(str(e))
   except Exception as e:  # a crashed run still leaves a scorecard that says so
     logging.exception('training failed')
-    sc.write_json(workdir / sc.SCORECARD, {'status': 'failed', 'error': _one_line(e)})
+    if not _INPUTS.value:
+      sc.write_json(workdir / sc.SCORECARD, {'status': 'failed', 'error': _one_line(e)})
     fail(f'training failed: {_one_line(e)}', code=1)
+  if _INPUTS.value:
+    print(f"trained {card['steps_completed']} steps; predictions in {workdir}")
+    return
   print(f"status={card['status']} {card['metric']['name']}="
         f"{card['val_metric']['mean']:.4f}±{card['val_metric']['std']:.4f} "
         f"seeds={card['seeds']} train_seconds={card['train_seconds']:.1f} "

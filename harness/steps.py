@@ -18,10 +18,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from harness.datasets import Task
+from harness.splits import Split
 
 Carry = tuple[Any, Any]  # (params, opt_state), each with a leading seed axis
-LN2 = float(np.log(2.0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,10 +53,10 @@ class Sampler:
   steps_per_epoch: int
 
 
-def make_sampler(task: Task, train_x: jax.Array, train_y: jax.Array | None,
+def make_sampler(kind: str, input_shape: tuple[int, ...], train_x: jax.Array, train_y: jax.Array | None,
                  batch_size: int) -> Sampler:
-  if task.kind == 'language_model':
-    seq_len = task.input_shape[0]
+  if kind == 'language_model':
+    seq_len = input_shape[0]
     max_start = train_x.shape[0] - seq_len - 1
     offsets = jnp.arange(seq_len + 1)
 
@@ -81,18 +80,10 @@ def make_sampler(task: Task, train_x: jax.Array, train_y: jax.Array | None,
   return Sampler(permutation, classification_batch, steps_per_epoch)
 
 
-def loss_and_metric(logits: jax.Array, targets: jax.Array, kind: str,
-                    weights: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Weighted mean loss (nats) and metric: accuracy, or bits per byte for the LM."""
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-  if kind == 'language_model':
-    losses = losses.mean(axis=-1)
-  total = jnp.maximum(weights.sum(), 1.0)
-  loss = (losses * weights).sum() / total
-  if kind == 'language_model':
-    return loss, loss / LN2
-  correct = (logits.argmax(-1) == targets).astype(jnp.float32)
-  return loss, (correct * weights).sum() / total
+def train_loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """Mean cross-entropy (nats) over the batch (and positions, for the LM): what training
+  minimises; it is never the judged metric, which the trusted scorer computes."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,15 +94,15 @@ class Program:
   epoch_states: Callable[[jax.Array, jax.Array], jax.Array]
   step: Callable[..., tuple]
   chunk: Callable[..., tuple]
-  evaluate: Callable[..., tuple]
+  predict: Callable[..., jax.Array]
 
 
-def build_program(task: Task, graphdef: nnx.GraphDef, make_params: Callable[[jax.Array], Any],
+def build_program(kind: str, input_shape: tuple[int, ...], train: Split, graphdef: nnx.GraphDef, make_params: Callable[[jax.Array], Any],
                   tx: optax.GradientTransformation, batch_size: int) -> Program:
   """Wires the model, optimiser and data into per-seed functions vmapped over seeds."""
-  train_x = jnp.asarray(task.train.x)
-  train_y = None if task.train.y is None else jnp.asarray(task.train.y)
-  sampler = make_sampler(task, train_x, train_y, batch_size)
+  train_x = jnp.asarray(train.x)
+  train_y = None if train.y is None else jnp.asarray(train.y)
+  sampler = make_sampler(kind, input_shape, train_x, train_y, batch_size)
   epoch_states = jax.vmap(sampler.epoch_state, in_axes=(0, None))
 
   def init(init_key: jax.Array) -> Carry:
@@ -126,7 +117,7 @@ def build_program(task: Task, graphdef: nnx.GraphDef, make_params: Callable[[jax
       # Rngs are made inside the differentiated function: NNX forbids mutating their
       # counters from another trace level.
       logits = nnx.merge(graphdef, p)(x, train=True, rngs=nnx.Rngs(dropout=dropout_key))
-      return loss_and_metric(logits, y, task.kind, jnp.ones(y.shape[0]))[0]
+      return train_loss(logits, y)
 
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
@@ -150,43 +141,33 @@ def build_program(task: Task, graphdef: nnx.GraphDef, make_params: Callable[[jax
                                        start + jnp.arange(length))
     return carry, metrics
 
-  def evaluate(params, x: jax.Array, y: jax.Array, weights: jax.Array):
-    """x, y, weights hold fixed-size eval batches on a leading axis; returns per-seed values."""
-    def seed_eval(p):
+  def predict(params, x: jax.Array) -> jax.Array:
+    """Logits for fixed-size batches of inputs on a leading axis, per seed: (K, batches, B, ...).
+
+    Only logits leave the program: every metric is computed from them by the trusted scorer.
+    """
+    def seed_predict(p):
       model = nnx.merge(graphdef, p)
-
-      def one_batch(totals, batch_):
-        bx, by, bw = batch_
-        loss, metric = loss_and_metric(model(bx, train=False), by, task.kind, bw)
-        n = bw.sum()
-        return (totals[0] + loss * n, totals[1] + metric * n, totals[2] + n), None
-
-      (loss_sum, metric_sum, count), _ = jax.lax.scan(one_batch, (0.0, 0.0, 0.0), (x, y, weights))
-      return loss_sum / count, metric_sum / count
-    return jax.vmap(seed_eval)(params)
+      return jax.lax.map(lambda batch: model(batch, train=False).astype(jnp.float32), x)
+    return jax.vmap(seed_predict)(params)
 
   return Program(init=jax.vmap(init), steps_per_epoch=sampler.steps_per_epoch,
                  epoch_states=epoch_states, step=step, chunk=chunk,
-                 evaluate=jax.jit(evaluate))
+                 predict=jax.jit(predict))
 
 
-def eval_batches(task: Task, split_name: str, batch_size: int = 512) -> tuple[jax.Array, ...]:
-  """Cuts a split into fixed-size batches padded with zero-weight rows (one compile)."""
-  split = getattr(task, split_name)
-  if task.kind == 'language_model':
-    seq_len = task.input_shape[0]
-    n_windows = (split.x.shape[0] - 1) // seq_len
-    idx = np.arange(n_windows)[:, None] * seq_len + np.arange(seq_len + 1)
-    windows = split.x[idx]
-    x, y = windows[:, :-1], windows[:, 1:]
-  else:
-    x, y = split.x, split.y
+def predict_batches(x: np.ndarray, batch_size: int) -> tuple[jax.Array, int]:
+  """Inputs cut into fixed-size batches, the last padded with zero rows (one compile); the
+  number of real rows comes back so the padding can be dropped from the logits."""
   n = x.shape[0]
-  batch_size = min(batch_size, n)
+  batch_size = max(1, min(batch_size, n))
   n_batches = -(-n // batch_size)
-  pad = n_batches * batch_size - n
-  weights = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
-  pad_rows = lambda a: np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)])
-  shape = lambda a: a.reshape((n_batches, batch_size) + a.shape[1:])
-  return (jnp.asarray(shape(pad_rows(x))), jnp.asarray(shape(pad_rows(y))),
-          jnp.asarray(shape(weights)))
+  padded = np.concatenate([x, np.zeros((n_batches * batch_size - n,) + x.shape[1:], x.dtype)])
+  return jnp.asarray(padded.reshape((n_batches, batch_size) + x.shape[1:])), n
+
+
+def predict(program: 'Program', params, x: np.ndarray, batch_size: int) -> np.ndarray:
+  """Host copy of the per-seed logits for every row of x: (K, N, ...)."""
+  batches, n = predict_batches(x, batch_size)
+  logits = np.asarray(program.predict(params, batches))
+  return logits.reshape((logits.shape[0], -1) + logits.shape[3:])[:, :n]

@@ -1,8 +1,13 @@
-"""train_and_evaluate: K seeds in one compiled program, curves, checkpoints, scorecard.
+"""train_and_evaluate: K seeds in one compiled program, predictions, checkpoints, a report.
 
-The loop alternates one compiled chunk of `train.eval_every` steps with a host-side
-evaluation on the validation split. The test split is evaluated only when asked
-(`eval_test`), after training, and written to its own file.
+The loop alternates one compiled chunk of `train.eval_every` steps with a prediction of the
+validation inputs. Training code never computes a judged metric: it writes logits
+(`predictions/`) and a self-report of its costs (`report.json`), and `harness.scoring`
+turns those into the scorecard where no candidate code ran. Run by hand (the user's own
+code), the scorer runs in this process after each evaluation; run by the agent
+(`inputs_dir`: a folder of training data and inputs, no labels), it does not, and the
+agent scores the trial from outside its sandbox. The test split is predicted only when
+asked (`eval_test` by hand; test inputs in `inputs_dir` for the agent's final evaluation).
 """
 
 from __future__ import annotations
@@ -21,12 +26,12 @@ from flax import nnx
 
 import models
 from harness import scorecard as sc
+from harness import scoring, trial_inputs
 from harness.checkpoints import Checkpointer
-from harness.datasets import Task, load_task
 from harness.history import History
 from harness.optimizers import make_optimizer
 from harness.runners import ChunkRunner
-from harness.steps import Program, SeedKeys, build_program, eval_batches
+from harness.steps import Program, SeedKeys, build_program, predict
 from harness.tb_writer import MetricsWriter
 
 CODE_ROOT = Path(__file__).resolve().parent.parent
@@ -45,36 +50,64 @@ def check_train_config(config: ml_collections.ConfigDict) -> None:
                       f'of train.eval_every ({train.eval_every})')
 
 
-def _setup(config: ml_collections.ConfigDict, seeds: list[int]):
+def _inputs(config: ml_collections.ConfigDict, inputs_dir: Path | None, eval_test: bool):
+  """The trial's inputs, and the scorer when this process may hold the labels (by hand)."""
+  dataset = config.dataset.to_dict()
+  if inputs_dir is not None:
+    inputs = trial_inputs.read(inputs_dir)
+    if dataset != inputs.dataset:
+      raise ConfigError(f'config.dataset {dataset} differs from the data this run was given '
+                        f'({inputs.dataset}); the data is not editable')
+    return inputs, None
+  from harness.datasets import load_task  # only by hand: a trial never reaches the loaders
+  inputs, targets = trial_inputs.build(load_task(config.dataset), dataset, with_test=eval_test)
+  return inputs, targets
+
+
+def _setup(config: ml_collections.ConfigDict, inputs_dir: Path | None, eval_test: bool,
+           seeds: list[int]):
   """Everything that can fail because the config is wrong, before any training."""
   try:
     check_train_config(config)
-    task = load_task(config.dataset)
+    inputs, targets = _inputs(config, inputs_dir, eval_test)
     tx = make_optimizer(config.optimizer, config.train.steps)
     build = functools.partial(models.build_model, config.model,
-                              input_shape=task.input_shape, num_outputs=task.num_outputs)
+                              input_shape=inputs.input_shape, num_outputs=inputs.num_outputs)
     abstract_model = nnx.eval_shape(lambda: build(rngs=nnx.Rngs(0)))
     graphdef, _ = nnx.split(abstract_model)
     make_params = lambda key: nnx.state(build(rngs=nnx.Rngs(key)), nnx.Param)
-    program = build_program(task, graphdef, make_params, tx, config.train.batch_size)
+    program = build_program(inputs.kind, inputs.input_shape, inputs.train, graphdef,
+                            make_params, tx, config.train.batch_size)
+  except ConfigError:
+    raise
   except (ValueError, TypeError, KeyError, AttributeError) as e:
     raise ConfigError(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
-  keys = SeedKeys.for_seeds(seeds)
-  return task, program, keys
+  scorer = None if targets is None else scoring.Scorer(targets, len(seeds))
+  return inputs, scorer, program, SeedKeys.for_seeds(seeds)
 
 
-def _evaluate(program: Program, params, batches) -> tuple[np.ndarray, np.ndarray]:
-  loss, metric = program.evaluate(params, *batches)
-  return np.asarray(loss), np.asarray(metric)
+def _save_predictions(workdir: Path, name: str, logits: np.ndarray, kind: str) -> None:
+  """Atomically, so a reader polling the folder never sees half a file. A language model's
+  logits (positions x vocabulary per row) are stored as float16 to halve their size."""
+  if kind == 'language_model':
+    logits = logits.astype(np.float16)
+  folder = workdir / scoring.PREDICTIONS
+  folder.mkdir(exist_ok=True)
+  tmp = folder / f'.{name}.tmp'
+  with tmp.open('wb') as f:
+    np.save(f, logits)
+  tmp.replace(folder / name)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
-                       num_seeds: int = 1, resume: bool = False,
-                       eval_test: bool = False) -> dict[str, Any]:
-  """Trains `num_seeds` seeds (train.seed, train.seed+1, ...) and writes the scorecard."""
+                       num_seeds: int = 1, resume: bool = False, eval_test: bool = False,
+                       inputs_dir: Path | None = None) -> dict[str, Any]:
+  """Trains `num_seeds` seeds (train.seed, train.seed+1, ...), writes predictions and the
+  report; by hand (no `inputs_dir`) also scores them and returns the scorecard, else the
+  report."""
   workdir = Path(workdir).absolute()
   seeds = [int(config.train.seed) + i for i in range(num_seeds)]
-  task, program, keys = _setup(config, seeds)
+  inputs, scorer, program, keys = _setup(config, inputs_dir, eval_test, seeds)
   ckpt = Checkpointer(workdir / 'checkpoints')
   carry = jax.jit(program.init)(keys.init)
   history = History(num_seeds=num_seeds)
@@ -85,9 +118,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     carry, saved = ckpt.restore(restored_step, carry)
     history = History.from_json(saved)
     logging.info('Resumed from step %d', restored_step)
-  _rewrite_curves(workdir, history)
+  _rewrite_curves(workdir, history, scorer)
   writer = MetricsWriter(workdir, purge_step=restored_step)
-  val_batches = eval_batches(task, 'val')
+  val = inputs.predict['val']
   total = int(config.train.steps)
   every = int(config.train.eval_every)
   runner = ChunkRunner(program, keys, scan=bool(config.train.scan_steps))
@@ -104,36 +137,67 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
       for t in range(length):
         writer.scalars(first_step + t + 1, {'train/loss': float(np.mean(losses[t])),
                                             'train/grad_norm': float(np.mean(grad_norms[t]))})
-      val_loss, val_metric = _evaluate(program, carry[0], val_batches)
-      point = history.record_eval(val_loss, val_metric)
-      sc.append_jsonl(workdir / sc.CURVES, point)
-      writer.scalars(history.step, {'val/loss': float(np.mean(val_loss)),
-                                    f'val/{task.metric_name}': float(np.mean(val_metric)),
-                                    'perf/step_ms': history.chunk_step_ms[-1]})
-      logging.info('step %d: train loss %.4f, val %s %.4f', history.step,
-                   np.mean(history.last_train_loss), task.metric_name, np.mean(val_metric))
+      _save_predictions(workdir, scoring.val_file(history.step),
+                        predict(program, carry[0], val.x, val.batch_size), inputs.kind)
+      point = history.record_eval()
+      sc.append_jsonl(workdir / scoring.PROGRESS, point)
+      writer.scalars(history.step, {'perf/step_ms': history.chunk_step_ms[-1]})
+      if scorer is not None:
+        _score_point(scorer, workdir, history, writer, inputs.metric_name)
+      else:
+        logging.info('step %d: train loss %.4f', history.step, np.mean(history.last_train_loss))
       if history.step % int(config.train.checkpoint_every) == 0 and not history.diverged:
         ckpt.save(history.step, carry, history.to_json())
-    card = _scorecard(config, task, seeds, history, runner.cost_info, carry, total)
+    for name, predict_set in inputs.predict.items():
+      if name != 'val' and not history.diverged:
+        _save_predictions(workdir, f'{name}.npy',
+                          predict(program, carry[0], predict_set.x, predict_set.batch_size),
+                          inputs.kind)
+    report = _report(config, inputs, seeds, history, runner.cost_info, carry, total)
+    sc.write_json(workdir / scoring.REPORT, report)
+    if scorer is None:
+      return report
+    card = scoring.scorecard(scorer, workdir, seeds=seeds, trusted=None,
+                             code=sc.code_provenance(CODE_ROOT))
     writer.hparams(config.to_dict(), {'hparams/val_metric': card['val_metric']['mean'],
                                       'hparams/val_loss': card['val_loss']['mean'],
                                       'hparams/train_seconds': card['train_seconds']})
     sc.write_json(workdir / sc.SCORECARD, card)
     if eval_test and not history.diverged:
-      _write_test_scorecard(workdir, program, carry, task, seeds)
+      sc.write_json(workdir / sc.TEST_SCORECARD, scoring.test_scorecard(scorer, workdir, card))
   finally:
     writer.close()
     ckpt.close()
   return card
 
 
-def _rewrite_curves(workdir: Path, history: History) -> None:
-  """The curve file mirrors the history: a resumed run drops points past its checkpoint."""
+def _score_point(scorer: scoring.Scorer, workdir: Path, history: History,
+                 writer: MetricsWriter, metric_name: str) -> None:
+  """By hand only: the evaluation just written, scored at once for the curve and the log."""
+  point = scorer.point(workdir, history.step)
+  point['train_loss'] = list(history.last_train_loss)
+  sc.append_jsonl(workdir / sc.CURVES, point)
+  writer.scalars(history.step, {'val/loss': float(np.mean(point['val_loss'])),
+                                f'val/{metric_name}': float(np.mean(point['val_metric']))})
+  logging.info('step %d: train loss %.4f, val %s %.4f', history.step,
+               np.mean(history.last_train_loss), metric_name, np.mean(point['val_metric']))
+
+
+def _rewrite_curves(workdir: Path, history: History, scorer: scoring.Scorer | None) -> None:
+  """The progress and curve files mirror the history: a resumed run drops points past its
+  checkpoint (and a fresh run, the predictions of an earlier attempt in the same folder)."""
   workdir.mkdir(parents=True, exist_ok=True)
-  path = workdir / sc.CURVES
-  path.unlink(missing_ok=True)
-  for point in history.curve:
-    sc.append_jsonl(path, point)
+  for stale in scoring.val_steps(workdir):
+    if stale > history.step:
+      (workdir / scoring.PREDICTIONS / scoring.val_file(stale)).unlink()
+  for name, point_of in ((scoring.PROGRESS, lambda p: p),
+                         (sc.CURVES, lambda p: {**scorer.point(workdir, p['step']), **p})):
+    path = workdir / name
+    path.unlink(missing_ok=True)
+    if name == sc.CURVES and scorer is None:
+      continue
+    for point in history.curve:
+      sc.append_jsonl(path, point_of(point))
 
 
 def _param_count(params) -> int:
@@ -141,20 +205,19 @@ def _param_count(params) -> int:
   return int(sum(np.prod(leaf.shape[1:]) for leaf in jax.tree.leaves(params)))
 
 
-def _scorecard(config, task: Task, seeds: list[int], history: History,
-               cost_info: dict[str, Any], carry, total_steps: int) -> dict[str, Any]:
-  last = history.curve[-1] if history.curve else {}
-  nan_list = [math.nan] * len(seeds)
+def _report(config, inputs: trial_inputs.Inputs, seeds: list[int], history: History,
+            cost_info: dict[str, Any], carry, total_steps: int) -> dict[str, Any]:
+  """What the training process says about itself: costs, stability, config, versions.
+
+  Untrusted when candidate code ran here: the scorer keeps these numbers labelled as
+  reported, beside what the trusted side measured.
+  """
   examples = history.step * config.train.batch_size * len(seeds)
   flops = cost_info.get('flops_per_step', math.nan)
   return {
-      'status': 'diverged' if history.diverged else 'ok',
-      'task': task.name,
-      'metric': {'name': task.metric_name, 'direction': task.metric_direction},
+      'task': inputs.name,
       'seeds': seeds,
-      'val_metric': sc.summarize(last.get('val_metric', nan_list)),
-      'val_loss': sc.summarize(last.get('val_loss', nan_list)),
-      'train_loss': sc.summarize(history.last_train_loss),
+      'train_loss': history.last_train_loss,
       'steps': total_steps,
       'steps_completed': history.step,
       'train_seconds': history.train_seconds,
@@ -168,26 +231,13 @@ def _scorecard(config, task: Task, seeds: list[int], history: History,
       'flops_per_step': flops,
       'flops_per_step_per_seed': flops / len(seeds),
       'param_count': _param_count(carry[0]),
-      'stability': {'nonfinite': history.diverged, 'nonfinite_step': history.nonfinite_step,
+      'nonfinite': history.diverged,
+      'stability': {'nonfinite_step': history.nonfinite_step,
                     'max_grad_norm': sc.summarize(history.max_grad_norm),
                     'loss_spikes': {'per_seed': history.loss_spikes,
                                     'total': int(sum(history.loss_spikes))}},
       'curve': history.curve,
-      'data': {'fingerprints': task.fingerprints()},
       'config': config.to_dict(),
-      'code': sc.code_provenance(CODE_ROOT),
       'versions': sc.library_versions(),
       'device': sc.device_info(),
   }
-
-
-def _write_test_scorecard(workdir: Path, program: Program, carry, task: Task,
-                          seeds: list[int]) -> None:
-  """The only place the test split is read for scoring: its own step and its own file."""
-  loss, metric = _evaluate(program, carry[0], eval_batches(task, 'test'))
-  sc.write_json(workdir / sc.TEST_SCORECARD, {
-      'task': task.name, 'metric': {'name': task.metric_name,
-                                    'direction': task.metric_direction},
-      'seeds': seeds, 'test_metric': sc.summarize(metric), 'test_loss': sc.summarize(loss),
-      'data': {'fingerprints': task.fingerprints()},
-      'code': sc.code_provenance(CODE_ROOT)})
