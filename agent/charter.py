@@ -58,6 +58,9 @@ class Trial:
   cpu_minutes: float = 0.0  # CPU time of the trial, all threads summed; 0 = none
   max_processes: int = 0  # RLIMIT_NPROC for the trial's user; 0 = none (root ignores it)
   network: bool = False  # False: the trial runs without network where the OS allows it
+  # 'required': no trial runs without the filesystem sandbox (bubblewrap); 'best_effort':
+  # where bwrap cannot run, trials run with namespaces and limits only, and say so
+  filesystem_sandbox: str = 'required'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,6 +179,8 @@ _RULES: dict[str, _Rule] = {
     'trial.memory_mb': _NONNEG,
     'trial.cpu_minutes': _NONNEG,
     'trial.max_processes': _NONNEG,
+    'trial.filesystem_sandbox': (lambda v: v in ('required', 'best_effort'),
+                                 "'required' or 'best_effort'"),
     'budget.trials': (lambda v: v >= 1, '>= 1'),
     'budget.minutes': _POSITIVE,
     'budget.compute_seconds': _NONNEG,

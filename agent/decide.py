@@ -35,6 +35,7 @@ class ArmResult:
   peak_memory_mb: float = 0.0
   step_latency_ms: float = 0.0  # p50
   nonfinite: bool = False
+  wall_seconds: float = 0.0  # the trial's lifetime as the trusted parent measured it
 
   def __post_init__(self) -> None:
     object.__setattr__(self, 'per_seed', tuple(float(v) for v in self.per_seed))
@@ -142,7 +143,8 @@ def _pool_arm(a: ArmResult, b: ArmResult) -> ArmResult:
   """Per-run costs average over the two runs (memory takes the peak); non-finite is sticky."""
   return ArmResult(a.per_seed + b.per_seed, _mean_known(a.train_seconds, b.train_seconds),
                    max(a.peak_memory_mb, b.peak_memory_mb),
-                   _mean_known(a.step_latency_ms, b.step_latency_ms), a.nonfinite or b.nonfinite)
+                   _mean_known(a.step_latency_ms, b.step_latency_ms), a.nonfinite or b.nonfinite,
+                   _mean_known(a.wall_seconds, b.wall_seconds))
 
 
 def _mean_known(x: float, y: float) -> float:
@@ -152,6 +154,15 @@ def _mean_known(x: float, y: float) -> float:
 
 def _ratio(candidate: float, incumbent: float) -> float | None:
   return candidate / incumbent if candidate > 0 and incumbent > 0 else None
+
+
+def _cost_ratio(reported: float | None, trusted: float | None) -> float | None:
+  """A cost ratio the candidate cannot shrink: its own report (train time, step latency,
+  measured inside the trial, precise but forgeable) or the wall time the trusted parent
+  measured (start-up included, so looser, but out of the trial's reach), whichever is
+  larger."""
+  known = [r for r in (reported, trusted) if r is not None]
+  return max(known) if known else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +176,7 @@ class _Evidence:
   fresh_gain: float | None
   time_ratio: float | None
   latency_ratio: float | None
+  wall_ratio: float | None
   peak_memory_mb: float
   net_lines: int
 
@@ -178,6 +190,7 @@ def _evidence(results: SeedResults, direction: Direction, policy: AcceptancePoli
               stage: Stage, net_lines: int, seed_std: float) -> _Evidence:
   incumbent, candidate = results.incumbent, results.candidate
   floor = noise_floor(incumbent.per_seed, policy.noise_multiplier, seed_std)
+  wall = _ratio(candidate.wall_seconds, incumbent.wall_seconds)
   fresh = slice(results.fresh_from, None)
   fresh_gain = (float(_gains(incumbent.per_seed[fresh], candidate.per_seed[fresh],
                              direction).mean()) if stage == 'confirm' else None)
@@ -186,8 +199,10 @@ def _evidence(results: SeedResults, direction: Direction, policy: AcceptancePoli
       test=paired_test(incumbent.per_seed, candidate.per_seed, direction),
       p_worse=paired_test(candidate.per_seed, incumbent.per_seed, direction).p_one_sided,
       noise_floor=floor, required_gain=max(policy.min_delta, floor), fresh_gain=fresh_gain,
-      time_ratio=_ratio(candidate.train_seconds, incumbent.train_seconds),
-      latency_ratio=_ratio(candidate.step_latency_ms, incumbent.step_latency_ms),
+      time_ratio=_cost_ratio(_ratio(candidate.train_seconds, incumbent.train_seconds), wall),
+      latency_ratio=_cost_ratio(_ratio(candidate.step_latency_ms, incumbent.step_latency_ms),
+                                wall),
+      wall_ratio=wall,
       peak_memory_mb=candidate.peak_memory_mb, net_lines=net_lines)
 
 

@@ -60,12 +60,18 @@ import time
 from pathlib import Path
 from typing import IO, Any, Callable, Literal, Mapping
 
+from agent import sandbox as fs_sandbox
+from harness import scorecard as sc
+from harness import scoring
+from harness.datasets import source_paths
 from harness.scorecard import CURVES, SCORECARD
 
-Status = Literal['ok', 'diverged', 'failed', 'bad_input', 'timeout', 'pruned', 'killed']
+Status = Literal['ok', 'diverged', 'failed', 'bad_input', 'timeout', 'pruned', 'killed',
+                 'invalid']
 OnCurve = Callable[[list[dict[str, Any]]], str | None]
 
 LOG = 'trial.log'
+OUTPUT = 'output'  # the trial's own folder inside its workdir: the only place it may write
 # Variables a trial may inherit from the parent; nothing else (keys, tokens, proxies) crosses.
 PASSTHROUGH_ENV = ('PATH', 'HOME', 'LANG', 'LC_ALL', 'TMPDIR', 'LD_LIBRARY_PATH',
                    'JAX_PLATFORMS', 'XLA_FLAGS', 'CUDA_VISIBLE_DEVICES',
@@ -93,6 +99,7 @@ class Sandbox:
   cpu_seconds: int = 0
   max_processes: int = 0
   isolate_network: bool = True
+  require_filesystem: bool = True  # False: run without bubblewrap where it cannot run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,12 +118,16 @@ class TrialSpec:
   max_output_bytes: int = 1_000_000
   max_processes: int = 0
   isolate_network: bool = True  # run without network where the OS allows it
+  inputs: Path | None = None  # the trial's data (harness.trial_inputs), mounted read-only
+  require_filesystem: bool = True
 
   def __post_init__(self) -> None:
     worktree, workdir = Path(self.worktree).absolute(), Path(self.workdir).absolute()
     object.__setattr__(self, 'worktree', worktree)
     object.__setattr__(self, 'workdir', workdir)
     object.__setattr__(self, 'overrides', tuple(self.overrides))
+    if self.inputs is not None:
+      object.__setattr__(self, 'inputs', Path(self.inputs).absolute())
     if Path(self.experiment).is_absolute():
       raise ValueError(f'experiment must be relative to the worktree: {self.experiment}')
     if workdir.resolve().is_relative_to(worktree.resolve()):
@@ -131,13 +142,26 @@ class TrialSpec:
 
   @property
   def sandbox(self) -> 'Sandbox':
-    return Sandbox(self.memory_mb, self.cpu_seconds, self.max_processes, self.isolate_network)
+    return Sandbox(self.memory_mb, self.cpu_seconds, self.max_processes, self.isolate_network,
+                   self.require_filesystem)
+
+  @property
+  def output(self) -> Path:
+    return self.workdir / OUTPUT
 
   def command(self) -> list[str]:
+    """The trial: trains on the given inputs and writes predictions into `output`, never a
+    scorecard; `eval_test` is for a run by hand (an agent gives test inputs instead)."""
+    inputs = [f'--inputs={self.inputs}'] if self.inputs else []
     return [sys.executable, '-m', 'harness.main', f'--config={self.experiment}',
-            f'--workdir={self.workdir}', f'--seeds={self.seeds}',
-            f'--config.train.seed={self.first_seed}', *self.overrides,
+            f'--workdir={self.output}', f'--seeds={self.seeds}',
+            f'--config.train.seed={self.first_seed}', *inputs, *self.overrides,
             *(['--eval_test'] if self.eval_test else [])]
+
+  def mounts(self) -> fs_sandbox.Mounts:
+    """What the trial sees: its code read-only, its inputs read-only, its output writable."""
+    read_only = (self.worktree, *([self.inputs] if self.inputs else []))
+    return fs_sandbox.Mounts(read_only, (self.output,), source_paths(), chdir=self.worktree)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,6 +177,11 @@ class TrialOutcome:
   reason: str
   pruned_at_step: int | None = None
   sandbox: str = ''  # the isolation the trial ran under, in words (see `isolation`)
+  trusted: dict[str, float] | None = None  # wall and CPU seconds, peak RSS, as the parent saw
+
+
+class SandboxUnavailable(RuntimeError):
+  """The charter requires the filesystem sandbox and it cannot run here (one line: why)."""
 
 
 def trial_env(spec: TrialSpec, parent: Mapping[str, str] = os.environ) -> dict[str, str]:
@@ -174,6 +203,12 @@ for path in sys.argv[1:]:
   else:
     importlib.import_module(path[:-3].replace('/', '.'))
 """
+# Prints the experiment's dataset config as one JSON line: how a run pins its data without
+# executing a config file in the agent's own process.
+DATASET_OF = """
+import json, runpy, sys
+print('DATASET=' + json.dumps(runpy.run_path(sys.argv[1])['get_config']().dataset.to_dict()))
+"""
 IMPORT_MEMORY_MB = 4096  # importing jax and flax commits a few hundred MB
 IMPORT_OUTPUT_BYTES = 64_000
 
@@ -184,17 +219,50 @@ def import_check(worktree: Path, paths: list[str], timeout_s: float = 120,
 
   Returns None when they load, else one line saying why not: an edit must parse AND import
   before a trial is spent on it. Importing runs the agent's code, so it gets a trial's
-  sandbox: scrubbed environment, limits, namespaces, a capped log, the whole group killed.
+  sandbox (its filesystem view with nothing writable but a private /tmp, scrubbed
+  environment, limits, namespaces, a capped log, the whole group killed).
   """
   worktree = Path(worktree).absolute()
   modules = [p for p in paths if p.endswith('.py') and (worktree / p).exists()]
   if not modules:
     return None
+  returncode, tail = _run_code(worktree, [IMPORT_CHECK, *modules], timeout_s, sandbox)
+  if returncode is None:
+    return f'importing the edited modules took more than {timeout_s:g} s'
+  if returncode == 0:
+    return None
+  last = _last_line(tail)
+  if returncode < 0:
+    return _one_line(f'killed by {_signal_name(-returncode)}: {last}')
+  return _one_line(last or f'exit code {returncode}')
+
+
+def dataset_config(worktree: Path, experiment: str, sandbox: Sandbox,
+                   timeout_s: float = 120) -> dict[str, Any]:
+  """The experiment's `config.dataset`, resolved inside the sandbox; ValueError if it cannot
+  be (the message is the config's own error)."""
+  returncode, tail = _run_code(Path(worktree).absolute(), [DATASET_OF, experiment], timeout_s,
+                               sandbox)
+  lines = [line for line in tail.splitlines() if line.startswith('DATASET=')]
+  if returncode != 0 or not lines:
+    raise ValueError(_one_line(f'cannot read config.dataset of {experiment}: '
+                               f'{_last_line(tail) or returncode}'))
+  dataset = json.loads(lines[-1].removeprefix('DATASET='))
+  if not isinstance(dataset, dict):
+    raise ValueError(f'config.dataset of {experiment} is not a mapping')
+  return dataset
+
+
+def _run_code(worktree: Path, code_and_args: list[str], timeout_s: float,
+              sandbox: Sandbox) -> tuple[int | None, str]:
+  """Runs `python -c code args` from the worktree in the sandbox, nothing writable; returns
+  its exit code (None when it timed out) and the tail of its output."""
   env = {**trial_env_for(worktree), 'PYTHONDONTWRITEBYTECODE': '1'}  # leave no __pycache__
-  with tempfile.TemporaryDirectory(prefix='import-check-') as folder:
+  with tempfile.TemporaryDirectory(prefix='agent-code-') as folder:
     log = _CappedLog(Path(folder) / LOG, IMPORT_OUTPUT_BYTES)
     try:
-      proc, iso = _start([sys.executable, '-c', IMPORT_CHECK, *modules], worktree, env, sandbox)
+      mounts = fs_sandbox.Mounts((worktree,), (), source_paths(), chdir=worktree)
+      proc, iso = _start([sys.executable, '-c', *code_and_args], worktree, env, sandbox, mounts)
     except BaseException:
       log.close()
       raise
@@ -205,18 +273,11 @@ def import_check(worktree: Path, paths: list[str], timeout_s: float = 120,
         time.sleep(0.05)
       timed_out = not _exited(proc.pid)
     finally:
-      _signal_group(proc.pid, signal.SIGKILL)  # nothing of an import may outlive it
-      returncode = _exit_code(proc.wait(), iso)
+      _signal_group(proc.pid, signal.SIGKILL)  # nothing of it may outlive it
+      returncode = _reap(proc, iso)
       reader.join(_READER_JOIN_S)
       log.close()
-  if timed_out:
-    return f'importing the edited modules took more than {timeout_s:g} s'
-  if returncode == 0:
-    return None
-  last = _last_line(log.tail())
-  if returncode < 0:
-    return _one_line(f'killed by {_signal_name(-returncode)}: {last}')
-  return _one_line(last or f'exit code {returncode}')
+  return (None if timed_out else returncode), log.tail()
 
 
 def _set_limit(kind: int, soft: int, hard: int) -> None:
@@ -266,10 +327,7 @@ class Isolation:
   prefix: tuple[str, ...]  # prepended to the command: unshare ... python -c _INIT; () = none
   network_isolated: bool
   description: str
-
-  @property
-  def pid_namespace(self) -> bool:
-    return bool(self.prefix)
+  pid_namespace: bool  # its PID 1 reports death by signal N as exit code 128 + N
 
 
 @functools.cache
@@ -294,12 +352,12 @@ def isolation(isolate_network: bool) -> Isolation:
         if error is None:
           how = 'in a user namespace' if user else 'as root'
           what = 'PID and network namespaces' if net else 'PID namespace'
-          found = Isolation(prefix, net, f'{what} (unshare, {how})')
+          found = Isolation(prefix, net, f'{what} (unshare, {how})', True)
           break
         failure = error
       if found:
         break
-  found = found or Isolation((), False, 'process group only')
+  found = found or Isolation((), False, 'process group only', False)
   if isolate_network and not found.network_isolated:
     found = dataclasses.replace(found, description=f'{found.description}, network NOT isolated')
   if not found.pid_namespace or (isolate_network and not found.network_isolated):
@@ -321,16 +379,101 @@ def _probe(prefix: tuple[str, ...]) -> str | None:
   return _one_line(_last_line(result.stderr) or f'{prefix[0]} exit code {result.returncode}')
 
 
-def _start(argv: list[str], cwd: Path, env: dict[str, str],
-           sandbox: Sandbox) -> tuple[subprocess.Popen, Isolation]:
-  """Starts argv sandboxed: own session and process group, limits, namespaces where the OS
-  allows them; stdout and stderr merged into one pipe."""
+def require_sandbox(sandbox: Sandbox) -> str:
+  """How agent-written code will be isolated here, in words; SandboxUnavailable when the
+  filesystem sandbox is required and cannot run (checked before a run starts anything)."""
+  why = fs_sandbox.available()
+  if why is None:
+    return fs_sandbox.wrap([sys.executable], fs_sandbox.Mounts((), ()),
+                           network=not sandbox.isolate_network)[1]
+  if sandbox.require_filesystem:
+    raise SandboxUnavailable(f'the filesystem sandbox cannot run here: {why}. Install '
+                             'bubblewrap (Debian/Ubuntu: apt-get install bubblewrap), or accept '
+                             'weaker isolation with [trial] filesystem_sandbox = "best_effort" '
+                             'in WORKSPACE.md')
   iso = isolation(sandbox.isolate_network)
-  proc = subprocess.Popen([*iso.prefix, *argv], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+  return f'{iso.description}; NO filesystem sandbox ({why})'
+
+
+def _start(argv: list[str], cwd: Path, env: dict[str, str], sandbox: Sandbox,
+           mounts: fs_sandbox.Mounts) -> tuple[subprocess.Popen, Isolation]:
+  """Starts argv sandboxed: bubblewrap's filesystem view (or, where the charter allows its
+  absence, namespaces only), own session and process group, limits; stdout and stderr
+  merged into one pipe."""
+  described = require_sandbox(sandbox)
+  if fs_sandbox.available() is None:
+    command, words = fs_sandbox.wrap(argv, mounts, network=not sandbox.isolate_network)
+    iso = Isolation((), sandbox.isolate_network, words, True)
+  else:
+    iso = dataclasses.replace(isolation(sandbox.isolate_network), description=described)
+    command = [*iso.prefix, *argv]
+  proc = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           start_new_session=True,
                           preexec_fn=functools.partial(_apply_limits, sandbox))
   return proc, iso
+
+
+def _reap(proc: subprocess.Popen, iso: Isolation) -> int:
+  """Waits for the trial's leader and returns the trial's own exit code."""
+  return _exit_code(proc.wait(), iso)
+
+
+class TreeUsage:
+  """CPU time and peak resident memory of a process tree, read by the parent from /proc.
+
+  The trial cannot change what the kernel counts for it, so these are the costs it cannot
+  misreport. bwrap does not wait for the sandbox's PID 1, so the kernel's rusage of the
+  leader holds none of it: the tree is sampled instead (at each poll, so up to one poll
+  interval of CPU time before the end may be missed). Linux only; elsewhere it stays 0.
+  """
+  _CLOCK = os.sysconf('SC_CLK_TCK') if hasattr(os, 'sysconf') else 100
+
+  def __init__(self, root: int):
+    self.root = root
+    self.cpu: dict[int, float] = {}
+    self.max_rss_mb = 0.0
+
+  def sample(self) -> None:
+    try:
+      stats = {int(p): _proc_stat(p) for p in os.listdir('/proc') if p.isdigit()}
+    except OSError:
+      return
+    children: dict[int, list[int]] = {}
+    for pid, stat_ in stats.items():
+      if stat_:
+        children.setdefault(stat_[0], []).append(pid)
+    tree, todo = [], [self.root]
+    while todo:
+      pid = todo.pop()
+      tree.append(pid)
+      todo += children.get(pid, [])
+    for pid in tree:
+      if stats.get(pid):
+        self.cpu[pid] = stats[pid][1] / self._CLOCK
+        self.max_rss_mb = max(self.max_rss_mb, _peak_rss_mb(pid))
+
+  def totals(self) -> dict[str, float]:
+    return {'cpu_seconds': sum(self.cpu.values()), 'max_rss_mb': self.max_rss_mb}
+
+
+def _proc_stat(pid: str) -> tuple[int, int] | None:
+  """(parent pid, CPU ticks of the process and its reaped children) from /proc/PID/stat."""
+  try:
+    fields = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
+  except (OSError, IndexError):
+    return None
+  return int(fields[1]), sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+
+
+def _peak_rss_mb(pid: int) -> float:
+  try:
+    for line in Path(f'/proc/{pid}/status').read_text().splitlines():
+      if line.startswith('VmHWM:'):
+        return int(line.split()[1]) / 1024
+  except (OSError, ValueError, IndexError):
+    pass
+  return 0.0
 
 
 def _exit_code(returncode: int, iso: Isolation) -> int:
@@ -402,38 +545,25 @@ class _CappedLog:
       self._file.close()
 
 
-class CurveReader:
-  """Follows a growing curves.jsonl: complete lines only, restarts if the file is rewritten."""
+class ScoredCurve:
+  """The trusted learning curve of a running trial: each validation prediction file the
+  trial writes is scored here, by the parent, as soon as it is complete."""
 
-  def __init__(self, path: Path):
-    self.path = path
+  def __init__(self, scorer: scoring.Scorer, output: Path):
+    self.scorer, self.output = scorer, output
     self.points: list[dict[str, Any]] = []
-    self._offset = 0
-    self._inode: int | None = None
 
   def poll(self) -> bool:
-    """Reads what was appended since the last call; True if the curve changed."""
-    try:
-      stat = self.path.stat()
-      with self.path.open('rb') as f:
-        changed = stat.st_ino != self._inode or stat.st_size < self._offset
-        if changed:
-          self.points, self._offset, self._inode = [], 0, stat.st_ino
-        f.seek(self._offset)
-        data = f.read()
-    except FileNotFoundError:
-      return False
-    complete = data[:data.rfind(b'\n') + 1]
-    self._offset += len(complete)
-    for line in complete.splitlines():
+    """Scores the steps written since the last call; True if the curve grew."""
+    done = {p['step'] for p in self.points}
+    new = [s for s in scoring.val_steps(self.output) if s not in done]
+    for step in new:
       try:
-        point = json.loads(line)
-      except ValueError:
-        continue  # a malformed line is the trial's problem; the rest of the curve still counts
-      if isinstance(point, dict) and isinstance(point.get('step'), int):
-        self.points.append(point)
-        changed = True
-    return changed
+        self.points.append(self.scorer.point(self.output, step))
+      except scoring.ScoringError:
+        return bool(done ^ {p['step'] for p in self.points})  # malformed: judged at the end
+    self.points.sort(key=lambda p: p['step'])
+    return bool(new)
 
 
 def _exited(pid: int) -> bool:
@@ -461,10 +591,12 @@ def _terminate_group(pid: int) -> None:
   _signal_group(pid, signal.SIGKILL)
 
 
-def _watch(proc: subprocess.Popen, curves: CurveReader, on_curve: OnCurve | None,
-           deadline: float, timeout_s: float, poll_s: float) -> tuple[Status, str] | None:
+def _watch(proc: subprocess.Popen, curves: ScoredCurve, usage: TreeUsage,
+           on_curve: OnCurve | None, deadline: float, timeout_s: float,
+           poll_s: float) -> tuple[Status, str] | None:
   """Polls until the trial exits (None) or must be stopped ((status, reason))."""
   while not _exited(proc.pid):
+    usage.sample()
     if curves.poll() and on_curve is not None:
       verdict = on_curve(list(curves.points))
       if verdict:
@@ -476,18 +608,11 @@ def _watch(proc: subprocess.Popen, curves: CurveReader, on_curve: OnCurve | None
   return None
 
 
-def _prepare_workdir(workdir: Path) -> None:
-  workdir.mkdir(parents=True, exist_ok=True)
-  if any(workdir.iterdir()):
-    raise ValueError(f'workdir {workdir} is not empty: each trial needs a fresh one')
-
-
-def _read_scorecard(workdir: Path) -> dict[str, Any] | None:
-  try:
-    card = json.loads((workdir / SCORECARD).read_text())
-  except (OSError, ValueError):
-    return None
-  return card if isinstance(card, dict) else None
+def _prepare_workdir(spec: TrialSpec) -> None:
+  spec.workdir.mkdir(parents=True, exist_ok=True)
+  if any(spec.workdir.iterdir()):
+    raise ValueError(f'workdir {spec.workdir} is not empty: each trial needs a fresh one')
+  spec.output.mkdir()
 
 
 def _last_line(text: str) -> str:
@@ -502,11 +627,11 @@ def _signal_name(sig: int) -> str:
     return f'signal {sig}'
 
 
-def _classify(spec: TrialSpec, returncode: int, card: dict[str, Any] | None,
-              tail: str) -> tuple[Status, str]:
-  """Status and a one-line reason for a trial that ended by itself."""
-  error = str(card.get('error', '')) if card else ''
-  memory_line = next((line for line in reversed([error, *tail.splitlines()])
+def _classify(spec: TrialSpec, returncode: int, tail: str) -> tuple[Status, str]:
+  """Status and a one-line reason for a trial that ended by itself; 'ok' means only that it
+  exited 0: what it produced is judged by `_score`."""
+  errors = [line for line in tail.splitlines() if line.startswith('error: ')]
+  memory_line = next((line for line in reversed(tail.splitlines())
                       if _MEMORY_SIGNS.search(line)), '')
   if returncode < 0:
     sig = -returncode
@@ -523,37 +648,75 @@ def _classify(spec: TrialSpec, returncode: int, card: dict[str, Any] | None,
     return 'killed', _one_line(f'memory limit: {spec.memory_mb} MB of RLIMIT_DATA exceeded: '
                               f'{memory_line}')
   if returncode == 0:
-    if card is None:
-      return 'failed', 'exited 0 without a readable scorecard.json'
-    status = card.get('status')
-    if status in ('ok', 'diverged'):
-      return status, f'finished: {status}'
-    return 'failed', _one_line(f'exited 0 with scorecard status {status!r}')
+    return 'ok', 'finished'
   if returncode == 2:
     # harness.main reports bad input as one 'error: ...' line on stderr, then exits 2.
-    errors = [line for line in tail.splitlines() if line.startswith('error: ')]
     return 'bad_input', _one_line(errors[-1] if errors else _last_line(tail) or 'exit code 2')
-  reason = error or _last_line(tail) or 'no output'
+  reason = (errors[-1] if errors else '') or _last_line(tail) or 'no output'
   return 'failed', _one_line(reason if returncode == 1 else f'exit code {returncode}: {reason}')
 
 
-def run_trial(spec: TrialSpec, on_curve: OnCurve | None = None,
-              poll_s: float = 0.5) -> TrialOutcome:
-  """Runs the trial to its end, its timeout, or until on_curve returns a reason to prune.
+def _score(spec: TrialSpec, scorer: scoring.Scorer,
+           trusted: dict[str, float]) -> tuple[Status, str, dict[str, Any] | None]:
+  """The trusted side's verdict on what a finished trial wrote: the scorecard (with its
+  curve, and the test scorecard when test inputs were given), written beside the trial's
+  folder, never inside it."""
+  seeds = list(range(spec.first_seed, spec.first_seed + spec.seeds))
+  try:
+    card = scoring.scorecard(scorer, spec.output, seeds=seeds, trusted=trusted,
+                             code=sc.code_provenance(spec.worktree))
+    test = (scoring.test_scorecard(scorer, spec.output, card)
+            if 'test' in scorer.targets.labels and card['status'] == 'ok' else None)
+  except scoring.ScoringError as e:
+    return ('invalid' if 'invariant' in str(e) else 'failed'), _one_line(str(e)), None
+  sc.write_json(spec.workdir / SCORECARD, card)
+  for point in card['curve']:
+    sc.append_jsonl(spec.workdir / CURVES, point)
+  if test is not None:
+    sc.write_json(spec.workdir / sc.TEST_SCORECARD, test)
+  _write_events(spec.workdir, card)
+  return card['status'], f'finished: {card["status"]}', card
 
-  on_curve gets the whole curve so far each time new points arrive; a non-empty string it
+
+def _write_events(workdir: Path, card: dict[str, Any]) -> None:
+  """The trusted numbers in TensorBoard, beside the trial's own events in `output/`."""
+  from harness.tb_writer import MetricsWriter  # tensorboardX: only once there is a result
+  writer = MetricsWriter(workdir)
+  try:
+    name = card['metric']['name']
+    for point in card['curve']:
+      writer.scalars(point['step'], {'val/loss': sum(point['val_loss']) / len(point['val_loss']),
+                                     f'val/{name}': sum(point['val_metric']) /
+                                     len(point['val_metric'])})
+    writer.hparams(card['config'] if isinstance(card['config'], dict) else {},
+                   {'hparams/val_metric': card['val_metric']['mean'],
+                    'hparams/val_loss': card['val_loss']['mean'],
+                    'hparams/wall_seconds': card['trusted']['wall_seconds']})
+  finally:
+    writer.close()
+
+
+def run_trial(spec: TrialSpec, scorer: scoring.Scorer, on_curve: OnCurve | None = None,
+              poll_s: float = 0.5) -> TrialOutcome:
+  """Runs the trial to its end, its timeout, or until on_curve returns a reason to prune,
+  then scores what it wrote with `scorer` (which holds the labels; the trial never does).
+
+  on_curve gets the trusted curve so far each time new points arrive; a non-empty string it
   returns stops the trial as 'pruned'. Exceptions in the parent (Ctrl-C, a failing on_curve)
   kill the trial's process group and propagate.
   """
   if poll_s <= 0:
     raise ValueError('poll_s must be positive')
-  _prepare_workdir(spec.workdir)
+  if spec.inputs is None:
+    raise ValueError('a trial needs its inputs folder (harness.trial_inputs)')
+  _prepare_workdir(spec)
   log_path = spec.workdir / LOG
   log = _CappedLog(log_path, spec.max_output_bytes)
-  curves = CurveReader(spec.workdir / CURVES)
+  curves = ScoredCurve(scorer, spec.output)
   start = time.monotonic()
   try:
-    proc, iso = _start(spec.command(), spec.worktree, trial_env(spec), spec.sandbox)
+    proc, iso = _start(spec.command(), spec.worktree, trial_env(spec), spec.sandbox,
+                       spec.mounts())
   except BaseException:
     log.close()
     raise
@@ -561,20 +724,22 @@ def run_trial(spec: TrialSpec, on_curve: OnCurve | None = None,
   stopped: tuple[Status, str] | None = None
   finished = False
   try:
-    stopped = _watch(proc, curves, on_curve, start + spec.timeout_s, spec.timeout_s, poll_s)
+    usage = TreeUsage(proc.pid)
+    stopped = _watch(proc, curves, usage, on_curve, start + spec.timeout_s, spec.timeout_s,
+                     poll_s)
     finished = stopped is None
   finally:
     if finished:
       _signal_group(proc.pid, signal.SIGKILL)  # whatever the finished trial left behind
     else:
       _terminate_group(proc.pid)
-    returncode = _exit_code(proc.wait(), iso)
+    returncode = _reap(proc, iso)
     wall_seconds = time.monotonic() - start
+    trusted = {**usage.totals(), 'wall_seconds': wall_seconds}
     reader.join(_READER_JOIN_S)
     log.close()
   judged_step = curves.points[-1]['step'] if curves.points else None  # what on_curve saw
   curves.poll()
-  card = _read_scorecard(spec.workdir)
   tail = log.tail()
   if stopped is not None:
     status, reason = stopped
@@ -583,8 +748,13 @@ def run_trial(spec: TrialSpec, on_curve: OnCurve | None = None,
       last_step = judged_step  # points written while the group was being killed don't count
     if status == 'timeout':
       reason += f' at step {last_step}' if last_step is not None else ' before the first eval'
-    return TrialOutcome(status, card, curves.points, wall_seconds, returncode, log_path, tail,
-                        reason, last_step if status == 'pruned' else None, iso.description)
-  status, reason = _classify(spec, returncode, card, tail)
-  return TrialOutcome(status, card, curves.points, wall_seconds, returncode, log_path, tail,
-                      reason, sandbox=iso.description)
+    return TrialOutcome(status, None, curves.points, wall_seconds, returncode, log_path, tail,
+                        reason, last_step if status == 'pruned' else None, iso.description,
+                        trusted)
+  status, reason = _classify(spec, returncode, tail)
+  card = None
+  if status == 'ok':
+    status, reason, card = _score(spec, scorer, trusted)
+  return TrialOutcome(status, card, card['curve'] if card else curves.points, wall_seconds,
+                      returncode, log_path, tail, reason, sandbox=iso.description,
+                      trusted=trusted)

@@ -14,20 +14,24 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import ml_collections
+
 from agent import decide as decide_lib
 from agent import diffs, guard, knobs, vcs
 from agent.charter import Charter
-from agent.executor import Sandbox, TrialOutcome, TrialSpec, import_check, run_trial
+from agent.executor import (Sandbox, TrialOutcome, TrialSpec, dataset_config, import_check,
+                            run_trial)
 from agent.journal import Journal
 from agent.proposal import (NoProposal, Observation, Proposal, ProposalFailed, Proposer,
                             TrialSummary)
+from harness import scoring, trial_inputs
 from harness.scorecard import SCORECARD, TEST_SCORECARD, read_json
 
 SCREEN_FIRST_SEED = 0
 CONFIRM_FIRST_SEED = 1000  # + 100 * trial: fresh seeds for each confirmation
 FINAL_FIRST_SEED = 1_000_000  # never used during the search
 LOG_EXCERPT_CHARS = 1500  # of a failed trial's output, kept for the proposer's next prompt
-FAILED_STATUSES = ('failed', 'bad_input', 'timeout', 'killed')
+FAILED_STATUSES = ('failed', 'bad_input', 'timeout', 'killed', 'invalid')
 Executor = Callable[..., TrialOutcome]
 
 
@@ -65,22 +69,27 @@ class ArmRecord:
   steps: int
   fingerprints: dict[str, str]
   scorecard_sha256: str = ''  # of the scorecard file, so `verify` notices a later edit
+  wall_seconds: float = 0.0  # the trial process's lifetime as the trusted parent measured it
 
   @classmethod
   def from_scorecard(cls, commit: str, workdir: Path, card: dict[str, Any]) -> 'ArmRecord':
     per_seed = [float('nan') if v is None else v for v in card['val_metric']['per_seed']]
     digest = hashlib.sha256((workdir / SCORECARD).read_bytes()).hexdigest()
     curve = [[p['step'], _mean(p['val_metric'])] for p in card.get('curve', [])]
+    trusted = card.get('trusted') or {}
+    known = lambda v: v if isinstance(v, (int, float)) and v == v else 0.0
     return cls(commit=commit, workdir=str(workdir), per_seed=per_seed,
-               train_seconds=card['train_seconds'],
-               peak_memory_mb=card['memory']['max_rss_mb'],
-               step_latency_ms=card['step_latency_ms']['p50'] or 0.0,
+               train_seconds=known(card['train_seconds']),
+               peak_memory_mb=max(known(card['memory']['max_rss_mb']),
+                                  known(trusted.get('max_rss_mb'))),
+               step_latency_ms=known(card['step_latency_ms']['p50']),
                nonfinite=card['stability']['nonfinite'], curve=curve, steps=card['steps'],
-               fingerprints=card['data']['fingerprints'], scorecard_sha256=digest)
+               fingerprints=card['data']['fingerprints'], scorecard_sha256=digest,
+               wall_seconds=known(trusted.get('wall_seconds')))
 
   def arm(self) -> decide_lib.ArmResult:
     return decide_lib.ArmResult(tuple(self.per_seed), self.train_seconds, self.peak_memory_mb,
-                                self.step_latency_ms, self.nonfinite)
+                                self.step_latency_ms, self.nonfinite, self.wall_seconds)
 
 
 def _mean(values: list[float | None]) -> float:
@@ -103,6 +112,7 @@ class RunState:
   tokens: int = 0
   cost_usd: float = 0.0
   finished: bool = False
+  data: dict[str, Any] | None = None  # the run's pinned dataset config and its fingerprints
 
   @classmethod
   def replay(cls, journal: Journal) -> 'RunState':
@@ -113,6 +123,8 @@ class RunState:
     proposals: dict[int, dict[str, Any]] = {}
     for record in records:
       payload = record.payload
+      if record.kind == 'data':
+        state.data = payload
       if record.kind == 'baseline':
         state.incumbent = ArmRecord(**payload['arm'])
       if record.kind in ('trial_finished', 'confirm_finished', 'baseline'):
@@ -187,6 +199,36 @@ class Loop:
                                         start=self.config.start_commit)
     self.session_start = time.monotonic()
     self.direction = 'max'
+    self.targets: trial_inputs.Targets | None = None  # set with `inputs` by _prepare_data
+    self.inputs: Path | None = None
+
+  # ---- data ---------------------------------------------------------------------------
+  def _prepare_data(self, final: bool = False) -> Path:
+    """The folder of trial inputs (training split, inputs to predict, never a label).
+
+    On a run's first start the data is pinned: the start commit's `config.dataset`,
+    resolved in the sandbox, and the fingerprints of its splits go into the journal. Every
+    later trial gets exactly that data, whatever its config says, and a resumed run checks
+    that it rebuilds the same. The test split's inputs are written only for the final
+    evaluation.
+    """
+    from harness.datasets import load_task  # the agent's own, trusted copy
+    if self.state.data is None:
+      dataset = dataset_config(self.worktree.path, self.config.experiment, self._sandbox())
+      self.state.data = {'dataset': dataset}
+    dataset = self.state.data['dataset']
+    task = load_task(ml_collections.ConfigDict(dataset))
+    recorded = self.state.data.get('fingerprints')
+    if recorded is None:
+      self.state.data = {'dataset': dataset, 'fingerprints': task.fingerprints()}
+      self.journal.append('data', self.state.data)
+    elif recorded != task.fingerprints():
+      raise BaselineError(f'the data of this run changed since it started: fingerprints '
+                          f'{task.fingerprints()} vs recorded {recorded}')
+    inputs, self.targets = trial_inputs.build(task, dataset, with_test=final)
+    folder = self.run_dir / 'inputs' / ('final' if final else 'search')
+    trial_inputs.write(folder, inputs)
+    return folder
 
   # ---- budget -------------------------------------------------------------------------
   def elapsed(self) -> float:
@@ -215,26 +257,30 @@ class Loop:
     return min(self.charter.trial.timeout_minutes * 60, max(30.0, left))
 
   # ---- running --------------------------------------------------------------------------
-  def _run(self, workdir: Path, first_seed: int, *, on_curve=None, eval_test: bool = False,
+  def _run(self, workdir: Path, first_seed: int, *, on_curve=None,
            worktree: Path | None = None) -> TrialOutcome:
     if workdir.exists():  # an interrupted attempt: keep it beside, never overwrite it
       workdir.rename(workdir.with_name(f'{workdir.name}.interrupted-{int(time.time())}'))
     box = self._sandbox()
     spec = TrialSpec(worktree=worktree or self.worktree.path, experiment=self.config.experiment,
                      workdir=workdir, seeds=self.config.seeds, first_seed=first_seed,
-                     timeout_s=self._timeout(), eval_test=eval_test,
-                     memory_mb=box.memory_mb, cpu_seconds=box.cpu_seconds,
-                     max_processes=box.max_processes, isolate_network=box.isolate_network)
-    return self.execute(spec, on_curve=on_curve)
+                     timeout_s=self._timeout(), memory_mb=box.memory_mb,
+                     cpu_seconds=box.cpu_seconds, max_processes=box.max_processes,
+                     isolate_network=box.isolate_network, inputs=self.inputs,
+                     require_filesystem=box.require_filesystem)
+    scorer = scoring.Scorer(self.targets, self.config.seeds)
+    return self.execute(spec, scorer=scorer, on_curve=on_curve)
 
   def _sandbox(self) -> Sandbox:
     """The charter's bounds for everything that runs agent-written code."""
     t = self.charter.trial
     return Sandbox(memory_mb=t.memory_mb, cpu_seconds=round(t.cpu_minutes * 60),
-                   max_processes=t.max_processes, isolate_network=not t.network)
+                   max_processes=t.max_processes, isolate_network=not t.network,
+                   require_filesystem=t.filesystem_sandbox == 'required')
 
   def run(self) -> str:
     """Runs until a stop rule fires; returns the reason."""
+    self.inputs = self._prepare_data()
     if self.state.incumbent is None:
       self._baseline()
     self.worktree.reset_to(self.state.incumbent.commit)
@@ -404,6 +450,8 @@ class Loop:
       saved = incumbent.train_seconds * max(0.0, 1 - (outcome.pruned_at_step or 0) / steps)
       extra['compute_saved_seconds'] = saved
       return _rejection('pruned', f'Stopped early: {outcome.reason}'), None, extra
+    if outcome.status == 'invalid':
+      return _rejection('invariant', f'Rejected: {outcome.reason}'), None, extra
     if outcome.status not in ('ok', 'diverged') or outcome.scorecard is None:
       return _rejection(outcome.status, f'The trial {outcome.status}: {outcome.reason}'), None, extra
     candidate = ArmRecord.from_scorecard(commit, trial_dir / 'screen', outcome.scorecard)
@@ -445,11 +493,11 @@ class Loop:
     final = self.state.incumbent
     start_tree = vcs.create_detached(self.repo, self.run_dir / 'start', self.config.start_commit)
     self.worktree.reset_to(final.commit)
+    self.inputs = self._prepare_data(final=True)
     results = {}
     for name, tree in (('baseline', start_tree), ('final', self.worktree.path)):
       self.say(f'[final] evaluating the {name} on fresh seeds and the test split')
-      outcome = self._run(self.run_dir / 'final' / name, FINAL_FIRST_SEED, eval_test=True,
-                          worktree=tree)
+      outcome = self._run(self.run_dir / 'final' / name, FINAL_FIRST_SEED, worktree=tree)
       results[name] = _final_numbers(outcome)
     results['commit'] = {'baseline': self.config.start_commit, 'final': final.commit}
     self.journal.append('final_eval', results)

@@ -112,6 +112,18 @@ def load_charlm(config: ml_collections.ConfigDict) -> Task:
               Split(test, None), (config.seq_len,), 256, 'bits_per_byte', 'min')
 
 
+def source_paths() -> tuple[Path, ...]:
+  """Where the data comes from (generator packages, shipped files): a trial's sandbox hides
+  these, so candidate code can neither regenerate nor read the held-out splits."""
+  import importlib.util
+  found = [charlm_path().parent]
+  for package in ('sklearn', 'mnist1d'):
+    spec = importlib.util.find_spec(package)
+    if spec is not None and spec.submodule_search_locations:
+      found += [Path(p) for p in spec.submodule_search_locations]
+  return tuple(found)
+
+
 LOADERS = {'digits': load_digits, 'mnist1d': load_mnist1d, 'charlm': load_charlm}
 
 

@@ -35,7 +35,7 @@ class SimulatedRunner:
     self.independent = independent
     self.calls = 0
 
-  def __call__(self, spec, on_curve=None) -> TrialOutcome:
+  def __call__(self, spec, scorer=None, on_curve=None) -> TrialOutcome:
     self.calls += 1
     values = {k.path: k.value for k in knobs.inventory(spec.worktree / spec.experiment)}
     lr = values['optimizer.learning_rate']
@@ -241,7 +241,7 @@ def test_the_token_budget_stops_the_run_and_survives_a_resume(tmp_path):
 class DataChangingRunner(SimulatedRunner):
   """A candidate whose run saw other data (say, an edit that reshuffled the splits)."""
 
-  def __call__(self, spec, on_curve=None) -> TrialOutcome:
+  def __call__(self, spec, scorer=None, on_curve=None) -> TrialOutcome:
     outcome = super().__call__(spec, on_curve)
     if self.calls > 1:
       outcome.scorecard['data']['fingerprints'] = {'train': 'a', 'val': 'other', 'test': 'c'}
