@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: run test clean
+.PHONY: run test clean sandbox
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,10 +18,19 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
-run: $(STAMP)
+# Trials run inside bubblewrap (Debian/Ubuntu package `bubblewrap`): installed here when
+# missing and we may (root with apt-get); otherwise the charter's default refuses to run
+# trials and says how to install it.
+sandbox:
+	@command -v bwrap >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && apt-get install -y -qq bubblewrap) >/dev/null; \
+	  else echo "warning: bubblewrap (bwrap) is not installed: trials need it (sudo apt-get install bubblewrap)"; fi; }
+
+run: $(STAMP) sandbox
 	$(PY) -m agent.main run --experiment=experiments/mnist1d_mlp.py --proposer=heuristic
 
-test: $(STAMP)
+test: $(STAMP) sandbox
 	$(PY) -m pytest
 
 clean:
