@@ -14,6 +14,7 @@ import dataclasses
 import fnmatch
 import os
 import stat
+import unicodedata
 from pathlib import Path, PurePosixPath
 from typing import Collection, Iterator, Mapping
 
@@ -23,6 +24,10 @@ from agent.charter import Charter
 MAX_CHANGED_LINES = 400
 MAX_FILE_BYTES = 200_000  # per file: checked before diffing, so a flood never reaches difflib
 MAX_FILES = 20
+# Path lengths in UTF-8 bytes: a segment as the file system allows (NAME_MAX), the whole
+# relative path far below PATH_MAX even under a deep worktree.
+MAX_SEGMENT_BYTES = 255
+MAX_PATH_BYTES = 1024
 # Text kinds an edit may write; data (npz, pkl, csv, json, ...), binaries, native libraries
 # and path hooks (.pth) are never editable, whatever the charter's globs say.
 EDITABLE_SUFFIXES = ('.py', '.md', '.rst', '.txt')
@@ -69,15 +74,19 @@ def read_current(worktree: Path, paths: Collection[str]) -> dict[str, str | None
   """The incumbent's text of each path, read only where that is safe: a regular file inside
   the worktree reached without symlinks. Anything else reads as None (the guard rejects
   those paths anyway), so reading can never follow a proposal out of the worktree, block
-  on a FIFO or /dev/zero, or fail on a folder."""
+  on a FIFO or /dev/zero, or fail on a folder, an unreadable file or a name the file
+  system refuses (the guard names the reason)."""
   texts: dict[str, str | None] = {}
   for path in paths:
     texts[path] = None
     if not isinstance(path, str) or _syntax_reason(path) or _disk_reason(worktree, path):
       continue
     target = Path(worktree, *PurePosixPath(path).parts)
-    if target.is_file():
-      texts[path] = target.read_text(encoding='utf-8', errors='replace')
+    try:
+      if target.is_file():
+        texts[path] = target.read_text(encoding='utf-8', errors='replace')
+    except OSError:
+      continue
   return texts
 
 
@@ -102,9 +111,23 @@ def _paths_reason(charter: Charter, changes: Mapping[str, str | None],
 
 
 def _syntax_reason(path: str) -> str | None:
-  """Why a path could leave the worktree or name something odd; None if it is plain."""
+  """Why a path could leave the worktree or name something odd; None if it is plain.
+
+  Decided on the text alone, before anything touches the disk: a name the file system
+  would refuse (too long, not encodable) or one that would show as something else in a
+  terminal or a prompt (control, format or separator characters) is refused here.
+  """
   if not path or '\0' in path:
     return 'empty path or NUL byte'
+  try:
+    size = len(path.encode('utf-8'))
+  except UnicodeEncodeError:
+    return 'the path is not valid UTF-8 (lone surrogates from a bad decode)'
+  if size > MAX_PATH_BYTES:
+    return f'the path is {size} bytes long; at most {MAX_PATH_BYTES} are allowed'
+  odd = next((c for c in path if c != ' ' and unicodedata.category(c)[0] in 'CZ'), None)
+  if odd is not None:
+    return f'the path holds the invisible or control character U+{ord(odd):04X}'
   if '\\' in path:
     return 'backslash in path'
   if path.startswith('/') or PurePosixPath(path).is_absolute():
@@ -114,6 +137,8 @@ def _syntax_reason(path: str) -> str | None:
     return "'..' leaves the worktree"
   if any(p in ('', '.') for p in parts):
     return 'empty or "." path segment'
+  if any(len(p.encode('utf-8')) > MAX_SEGMENT_BYTES for p in parts):
+    return f'a path segment is longer than {MAX_SEGMENT_BYTES} bytes'
   if any(p.startswith('.') for p in parts):
     return 'hidden files and folders (.git, .github, ...) are never editable'
   return None
@@ -139,17 +164,23 @@ def _scope_reason(charter: Charter, path: str) -> str | None:
 
 
 def _disk_reason(worktree: Path, path: str) -> str | None:
-  """What is on disk along the path: no symlink anywhere, folders then a regular file."""
+  """What is on disk along the path: no symlink anywhere, folders then a regular file the
+  agent may read and write. Any other error of the file system (a name too long, a loop,
+  no permission) refuses the path rather than stopping the run."""
   current = Path(worktree)
   parts = path.split('/')
   for i, part in enumerate(parts):
     current = current / part
-    try:
-      info = current.lstat()
-    except FileNotFoundError:
-      return None  # the rest will be created fresh
     last = i == len(parts) - 1
     shown = path if last else f"{path}: {'/'.join(parts[:i + 1])}"
+    try:
+      info = current.lstat()
+    except FileNotFoundError:  # the rest will be created fresh, in the last folder found
+      if os.access(current.parent, os.W_OK | os.X_OK):
+        return None
+      return f'{shown}: its folder is not writable in the worktree'
+    except OSError as e:
+      return f'{shown} cannot be checked in the worktree ({e.strerror or e})'
     if stat.S_ISLNK(info.st_mode):
       return f'{shown} is a symlink in the worktree; edits never follow symlinks'
     if not last and not stat.S_ISDIR(info.st_mode):
@@ -158,6 +189,8 @@ def _disk_reason(worktree: Path, path: str) -> str | None:
       return f'{path} is not a regular file in the worktree'
     if last and info.st_nlink > 1:
       return f'{path} is hard-linked; an edit would change the other links too'
+    if last and not os.access(current, os.R_OK | os.W_OK, follow_symlinks=False):
+      return f'{path} is not readable and writable in the worktree'
   return None
 
 
@@ -205,6 +238,8 @@ def _deletion_reason(worktree: Path, changes: Mapping[str, str | None]) -> str |
   if not deleted:
     return None
   for path, text in _python_files(worktree, changes):
+    if text is None:
+      return f'deleting is refused: {path} cannot be read to check its imports'
     for line, name in _imports(path, text):
       if name in deleted:
         return f'deleting {deleted[name]} would break {path}:{line}, which imports {name}'
@@ -217,21 +252,33 @@ def _module_name(path: str) -> str:
 
 
 def _python_files(worktree: Path, changes: Mapping[str, str | None]) -> Iterator[
-    tuple[str, str]]:
+    tuple[str, str | None]]:
   """(path, text) of every Python file the candidate would have, the proposal's texts
-  replacing the worktree's; hidden folders, caches and symlinks are skipped."""
+  replacing the worktree's; hidden folders, caches, symlinks and special files are
+  skipped. A file or folder the file system will not let us read comes as (path, None):
+  what it imports is unknown, so the caller must not assume it imports nothing."""
   seen = set()
   for path, text in sorted(changes.items()):
     seen.add(path)
     if text is not None and path.endswith('.py'):
       yield path, text
-  for folder, subfolders, files in os.walk(worktree):
+  unreadable: list[OSError] = []
+  for folder, subfolders, files in os.walk(worktree, onerror=unreadable.append):
     subfolders[:] = sorted(d for d in subfolders if not d.startswith('.') and d != '__pycache__')
     for name in sorted(files):
       full = Path(folder, name)
       path = full.relative_to(worktree).as_posix()
-      if name.endswith('.py') and path not in seen and not full.is_symlink():
-        yield path, full.read_text(encoding='utf-8', errors='replace')
+      if not name.endswith('.py') or path in seen:
+        continue
+      try:
+        if not stat.S_ISREG(full.lstat().st_mode):  # a symlink, FIFO or device
+          continue
+        text = full.read_text(encoding='utf-8', errors='replace')
+      except OSError:
+        text = None
+      yield path, text
+  for error in unreadable:
+    yield os.path.relpath(error.filename or worktree, worktree), None
 
 
 def _imports(path: str, text: str) -> Iterator[tuple[int, str]]:

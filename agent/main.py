@@ -10,6 +10,9 @@ r"""The research agent's command line.
 
 Runs live in <workspace>/runs/<run-id>/: the journal, the git worktree of branch
 agent/<run-id>, and one folder per trial (scorecards, TensorBoard events, checkpoints).
+
+What the run and the reports print quotes proposers and trials (hypotheses, reasons,
+paths), so it reaches the terminal only through `untrusted.terminal_safe`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import sys
 import time
 import zlib
 from pathlib import Path
+from typing import TextIO
 
 from absl import app, flags
 
@@ -29,6 +33,7 @@ from agent.llm_client import LLMFatalError
 from agent.loop import BaselineError, Loop, RunConfig, RunState
 from agent.proposal import Proposer
 from agent.proposers.llm import LLMProposer
+from agent.untrusted import terminal_safe
 
 COMMANDS = ('run', 'resume', 'status', 'log', 'verify', 'review', 'approve', 'reject')
 
@@ -67,6 +72,18 @@ _FINAL_EVAL = flags.DEFINE_bool('final_eval', True, 'Evaluate start and final on
 
 class UsageError(Exception):
   """Bad input from the user: reported in one line, exit code 2."""
+
+
+def show(text: str, file: TextIO | None = None) -> None:
+  """Prints text that quotes the journal, a proposer or a trial, with nothing in it that
+  the terminal would act on."""
+  print(terminal_safe(text), file=file)
+
+
+def say(line: str) -> None:
+  """The loop's progress line; text it quotes can neither steer the terminal nor start a
+  line that would pass for one of the loop's own ("[trial 3] ACCEPTED")."""
+  print(terminal_safe(line, indent='    '), flush=True)
 
 
 def make_proposer(config: RunConfig, repo: Path) -> Proposer:
@@ -161,19 +178,19 @@ def _drive(repo: Path, run_dir: Path, journal: Journal) -> int:
   charter = load_charter(repo / 'WORKSPACE.md')
   branch = f'agent/{state.config.run_id}'
   if state.finished:
-    print(report.summary(journal, branch, str(run_dir)))
+    show(report.summary(journal, branch, str(run_dir)))
     return 0
   proposer = make_proposer(state.config, repo)
   loop = Loop(repo, run_dir, charter, proposer, journal, state,
-              print_fn=lambda line: print(line, flush=True))
+              print_fn=say)
   if isinstance(proposer, LLMProposer):
     proposer.on_usage = loop.record_usage
   try:
     reason = loop.run()
-    print(f'[stop] {reason}', flush=True)
+    say(f'[stop] {reason}')
     if state.awaiting_review is not None:  # no final evaluation until a person decides
       loop.end_session(reason)
-      print(review.describe(journal))
+      show(review.describe(journal))
       return 0
     if _FINAL_EVAL.value:
       loop.final_evaluation()
@@ -181,7 +198,7 @@ def _drive(repo: Path, run_dir: Path, journal: Journal) -> int:
     loop.end_session(reason)
   except (BaselineError, LLMFatalError) as e:
     loop.end_session(f'stopped: {e}')
-    print(f'error: {e}', file=sys.stderr)
+    show(f'error: {e}', file=sys.stderr)
     return 1
   except KeyboardInterrupt:
     loop.end_session('interrupted')
@@ -189,7 +206,7 @@ def _drive(repo: Path, run_dir: Path, journal: Journal) -> int:
           f'--run_id={state.config.run_id}`', file=sys.stderr)
     return 130
   print()
-  print(report.summary(journal, branch, str(run_dir)))
+  show(report.summary(journal, branch, str(run_dir)))
   return 0
 
 
@@ -198,24 +215,24 @@ def _journal() -> Journal:
 
 
 def cmd_status() -> int:
-  print(report.status(_journal()))
+  show(report.status(_journal()))
   return 0
 
 
 def cmd_log() -> int:
-  print(report.log(_journal()))
+  show(report.log(_journal()))
   return 0
 
 
 def cmd_verify() -> int:
   problem = audit.verify_run(_repo(), _journal())
-  print(problem or 'run verified: the hash chain holds, every kept commit carries its recorded '
+  show(problem or 'run verified: the hash chain holds, every kept commit carries its recorded '
         'diff, every recorded metric matches its scorecard')
   return 1 if problem else 0
 
 
 def cmd_review() -> int:
-  print(review.describe(_journal()))
+  show(review.describe(_journal()))
   return 0
 
 
@@ -224,7 +241,7 @@ def _decide(argv: list[str], approved: bool) -> int:
     raise UsageError(f'usage: {argv[1]} N --run_id=ID (N: the trial number `review` shows)')
   repo = _repo()
   run_dir = _run_dir(repo, must_exist=True)
-  print(review.decide(_journal(), repo, run_dir, int(argv[2]), approved, _WHY.value))
+  show(review.decide(_journal(), repo, run_dir, int(argv[2]), approved, _WHY.value))
   return 0
 
 

@@ -1,4 +1,9 @@
-"""Plain-words views of a run, read from its journal only: status, log, and the summary."""
+"""Plain-words views of a run, read from its journal only: status, log, and the summary.
+
+Every string the journal holds passes through `_text` first: a hypothesis or a reason
+was written by a proposer or printed by a trial, and must neither steer the terminal
+(escape codes, a carriage return over a line) nor start a line of its own.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,12 @@ from typing import Any
 
 from agent.journal import Journal, Record
 from agent.loop import RunState
+from agent.untrusted import one_line
+
+
+def _text(value: Any) -> str:
+  """A journal string for a report line: printable and on one line."""
+  return one_line('' if value is None else str(value))
 
 
 def _mean(summary: dict[str, Any] | None) -> str:
@@ -41,13 +52,14 @@ def status(journal: Journal) -> str:
       baseline.payload['arm'] if baseline else None)
   finished = journal.last('run_finished')
   waiting = RunState.replay(journal).awaiting_review
-  state = ('finished: ' + finished.payload['reason'] if finished else
+  state = ('finished: ' + _text(finished.payload['reason']) if finished else
            f"trial {waiting['trial']} awaits review" if waiting else 'not finished')
-  lines = [f"run {started['run_id']}: {started['experiment']} with the {started['proposer']} "
-           f"proposer, {started['seeds']} seeds per trial",
+  lines = [f"run {_text(started['run_id'])}: {_text(started['experiment'])} with the "
+           f"{_text(started['proposer'])} proposer, {_text(started['seeds'])} seeds per trial",
            f"trials: {len(ended)}/{started['budget_trials']} ({len(accepted)} accepted)",
            f"baseline {_arm_mean(baseline.payload['arm'] if baseline else None)}, "
-           f"incumbent {_arm_mean(incumbent)} at {incumbent['commit'][:10] if incumbent else '-'}",
+           f"incumbent {_arm_mean(incumbent)} at "
+           f"{_text(incumbent['commit'])[:10] if incumbent else '-'}",
            f"state: {state}"]
   usage = journal.records('llm_usage')
   if usage:
@@ -66,16 +78,16 @@ def log(journal: Journal) -> str:
   for record in journal.records():
     if record.kind == 'review':
       word = 'approved' if record.payload['approved'] else 'rejected'
-      lines.append(f"    review: {word} by {record.payload['reviewer']}: "
-                   f"{record.payload['why']}")
+      lines.append(f"    review: {word} by {_text(record.payload['reviewer'])}: "
+                   f"{_text(record.payload['why'])}")
     if record.kind not in TRIAL_ENDS:
       continue
     p = proposals.get(record.trial, {})
     word = ('WON, awaiting review' if record.payload.get('awaiting_review') else
             'ACCEPTED' if record.payload.get('accepted') else 'rejected')
-    lines.append(f"trial {record.trial} [{p.get('operator', '?')}] {word} "
-                 f"({record.payload.get('reason_code')}): {p.get('hypothesis', '')}\n"
-                 f"    {record.payload.get('rationale', '')}")
+    lines.append(f"trial {record.trial} [{_text(p.get('operator', '?'))}] {word} "
+                 f"({_text(record.payload.get('reason_code'))}): {_text(p.get('hypothesis'))}\n"
+                 f"    {_text(record.payload.get('rationale'))}")
   return '\n'.join(lines) or 'no trials yet'
 
 
@@ -89,18 +101,20 @@ def summary(journal: Journal, branch: str, run_dir: str) -> str:
     for name in ('baseline', 'final'):
       r = p[name]
       if r.get('status') == 'ok':
-        lines.append(f"  {name:8s} {p['commit'][name][:10]}  val {_mean(r['val'])}   "
+        lines.append(f"  {name:8s} {_text(p['commit'][name])[:10]}  val {_mean(r['val'])}   "
                      f"test {_mean(r['test'])}   seeds {r['seeds'][0]}..{r['seeds'][-1]}")
       else:
-        lines.append(f"  {name:8s} did not run: {r.get('status')}: {r.get('reason')}")
+        lines.append(f"  {name:8s} did not run: {_text(r.get('status'))}: "
+                     f"{_text(r.get('reason'))}")
   proposals = {r.trial: r.payload for r in journal.records('proposal')}
   chain = kept(journal)
   lines.append('')
   lines.append('Accepted changes, in order:' if chain else 'No change was accepted.')
   for r in chain:
-    lines.append(f"  trial {r.trial} ({r.payload['commit'][:10]}): "
-                 f"{proposals.get(r.trial, {}).get('hypothesis', '')}")
-    lines.append(f"    {r.payload['rationale']}")
-  lines += ['', f'Branch: {branch} (every rejected candidate under refs/agent/.../rejected/N)',
-            f'Run directory: {run_dir}  (tensorboard --logdir {run_dir})']
+    lines.append(f"  trial {r.trial} ({_text(r.payload['commit'])[:10]}): "
+                 f"{_text(proposals.get(r.trial, {}).get('hypothesis'))}")
+    lines.append(f"    {_text(r.payload['rationale'])}")
+  lines += ['', f'Branch: {_text(branch)} (every rejected candidate under '
+            'refs/agent/.../rejected/N)',
+            f'Run directory: {_text(run_dir)}  (tensorboard --logdir {_text(run_dir)})']
   return '\n'.join(lines)

@@ -197,3 +197,102 @@ def test_deleting_the_running_experiment_or_nothing_is_rejected(worktree):
   result = check(worktree, {experiment: None}, keep=(experiment,))
   assert not result.ok and 'is the experiment being run' in result.reason
   assert check(worktree, {'models/absent.py': None}).reason == 'the proposal changes nothing'
+
+
+@pytest.mark.parametrize('path, why', [
+    ('models/' + 'a' * 300 + '.py', 'segment is longer than 255 bytes'),
+    ('models/' + 'é' * 130 + '.py', 'segment is longer than 255 bytes'),  # 263 bytes
+    ('models/' + 'a/' * 600 + 'x.py', 'at most 1024 are allowed'),
+    ('models/x\udcff.py', 'lone surrogates'),
+    ('models/x\r[trial 3] ACCEPTED.py', 'U+000D'),
+    ('models/\x1b[2Jx.py', 'U+001B'),
+    ('models/x\x85.py', 'U+0085'),
+    ('models/gpj.\u202eyp', 'U+202E'),  # shows as models/yp.jpg
+    ('models/x\u200b.py', 'U+200B'),
+    ('models/x\u00a0y.py', 'U+00A0'),
+    ('models/x\u2028y.py', 'U+2028'),
+])
+def test_long_or_odd_paths_are_refused_before_the_disk_is_touched(worktree, monkeypatch, path,
+                                                                  why):
+  def no_disk(*args, **kwargs):
+    raise AssertionError('the disk was touched')
+  monkeypatch.setattr(guard, '_disk_reason', no_disk)
+  assert guard.read_current(worktree, [path]) == {path: None}
+  result = guard.check(CHARTER, {}, {path: 'x = 1\n'}, worktree=worktree)
+  assert not result.ok and why in result.reason
+
+
+def test_a_300_character_name_is_a_refusal_not_a_crash(worktree):
+  path = 'models/' + 'n' * 300 + '.py'
+  assert guard.read_current(worktree, [path]) == {path: None}
+  result = check(worktree, {path: 'x = 1\n'})
+  assert not result.ok and 'longer than 255 bytes' in result.reason
+  # Past the text checks too, the file system's own refusal is a reason, never an OSError.
+  assert 'File name too long' in guard._disk_reason(worktree, path)
+
+
+def test_file_system_errors_on_the_way_are_refusals(worktree, monkeypatch):
+  lstat = Path.lstat
+
+  def refusing(self):
+    if self.name == 'locked':
+      raise PermissionError(13, 'Permission denied', str(self))
+    return lstat(self)
+  monkeypatch.setattr(Path, 'lstat', refusing)
+  (worktree / 'models/locked').mkdir()
+  assert guard.read_current(worktree, ['models/locked/x.py']) == {'models/locked/x.py': None}
+  result = check(worktree, {'models/locked/x.py': 'x = 1\n'})
+  assert not result.ok and result.reason == (
+      'models/locked/x.py: models/locked cannot be checked in the worktree (Permission denied)')
+
+
+def test_a_file_the_agent_cannot_read_or_write_is_refused(worktree, monkeypatch):
+  access = os.access
+  monkeypatch.setattr(os, 'access', lambda path, mode, **kw: (
+      Path(path).name != 'mlp.py' and access(path, mode, **kw)))
+  assert guard.read_current(worktree, ['models/mlp.py']) == {'models/mlp.py': None}
+  result = check(worktree, {'models/mlp.py': 'x = 1\n'})
+  assert not result.ok and 'not readable and writable' in result.reason
+
+
+def test_read_current_survives_a_file_that_fails_to_read(worktree, monkeypatch):
+  def refusing(self, *args, **kwargs):
+    raise PermissionError(13, 'Permission denied', str(self))
+  monkeypatch.setattr(Path, 'read_text', refusing)
+  assert guard.read_current(worktree, ['models/mlp.py']) == {'models/mlp.py': None}
+
+
+def test_a_new_file_in_a_folder_the_agent_cannot_write_is_refused(worktree, monkeypatch):
+  access = os.access
+  monkeypatch.setattr(os, 'access', lambda path, mode, **kw: (
+      Path(path).name != 'models' and access(path, mode, **kw)))
+  result = check(worktree, {'models/new.py': 'x = 1\n'})
+  assert not result.ok and 'its folder is not writable' in result.reason
+
+
+def test_a_deletion_is_refused_when_a_remaining_file_cannot_be_read(worktree, monkeypatch):
+  (worktree / 'models/unused.py').write_text('X = 1\n')
+  read_text = Path.read_text
+
+  def refusing(self, *args, **kwargs):
+    if self.name == 'cnn.py':
+      raise PermissionError(13, 'Permission denied', str(self))
+    return read_text(self, *args, **kwargs)
+  monkeypatch.setattr(Path, 'read_text', refusing)
+  result = check(worktree, {'models/unused.py': None})
+  assert not result.ok and result.reason == (
+      'deleting is refused: models/cnn.py cannot be read to check its imports')
+
+
+def test_a_deletion_is_refused_when_a_folder_cannot_be_listed(worktree, monkeypatch):
+  (worktree / 'models/unused.py').write_text('X = 1\n')
+  scandir = os.scandir
+
+  def refusing(path='.'):
+    if Path(path).name == 'experiments':
+      raise PermissionError(13, 'Permission denied', os.fspath(path))
+    return scandir(path)
+  monkeypatch.setattr(os, 'scandir', refusing)
+  result = check(worktree, {'models/unused.py': None})
+  assert not result.ok and result.reason == (
+      'deleting is refused: experiments cannot be read to check its imports')
