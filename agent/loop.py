@@ -17,7 +17,7 @@ from typing import Any, Callable
 import ml_collections
 
 from agent import decide as decide_lib
-from agent import diffs, guard, knobs, vcs
+from agent import diffs, guard, knobs, uses, vcs
 from agent.charter import Charter
 from agent.executor import (Sandbox, TrialOutcome, TrialSpec, dataset_config, import_check,
                             run_trial)
@@ -123,7 +123,7 @@ class RunState:
     proposals: dict[int, dict[str, Any]] = {}
     for record in records:
       payload = record.payload
-      if record.kind == 'data':
+      if record.kind == 'data' and 'experiment' not in payload:
         state.data = payload
       if record.kind == 'baseline':
         state.incumbent = ArmRecord(**payload['arm'])
@@ -199,12 +199,11 @@ class Loop:
                                         start=self.config.start_commit)
     self.session_start = time.monotonic()
     self.direction = 'max'
-    self.targets: trial_inputs.Targets | None = None  # set with `inputs` by _prepare_data
-    self.inputs: Path | None = None
+    self.data: dict[str, tuple[Path, trial_inputs.Targets]] = {}  # experiment -> its data
 
   # ---- data ---------------------------------------------------------------------------
-  def _prepare_data(self, final: bool = False) -> Path:
-    """The folder of trial inputs (training split, inputs to predict, never a label).
+  def _prepare_data(self, final: bool = False) -> None:
+    """The run's trial inputs (training split, inputs to predict, never a label).
 
     On a run's first start the data is pinned: the start commit's `config.dataset`,
     resolved in the sandbox, and the fingerprints of its splits go into the journal. Every
@@ -212,23 +211,37 @@ class Loop:
     that it rebuilds the same. The test split's inputs are written only for the final
     evaluation.
     """
-    from harness.datasets import load_task  # the agent's own, trusted copy
     if self.state.data is None:
       dataset = dataset_config(self.worktree.path, self.config.experiment, self._sandbox())
       self.state.data = {'dataset': dataset}
     dataset = self.state.data['dataset']
-    task = load_task(ml_collections.ConfigDict(dataset))
+    fingerprints = self._write_inputs(self.config.experiment, dataset, final)
     recorded = self.state.data.get('fingerprints')
     if recorded is None:
-      self.state.data = {'dataset': dataset, 'fingerprints': task.fingerprints()}
+      self.state.data = {'dataset': dataset, 'fingerprints': fingerprints}
       self.journal.append('data', self.state.data)
-    elif recorded != task.fingerprints():
+    elif recorded != fingerprints:
       raise BaselineError(f'the data of this run changed since it started: fingerprints '
-                          f'{task.fingerprints()} vs recorded {recorded}')
-    inputs, self.targets = trial_inputs.build(task, dataset, with_test=final)
-    folder = self.run_dir / 'inputs' / ('final' if final else 'search')
+                          f'{fingerprints} vs recorded {recorded}')
+
+  def _write_inputs(self, experiment: str, dataset: dict[str, Any], final: bool) -> dict:
+    from harness.datasets import load_task  # the agent's own, trusted copy
+    task = load_task(ml_collections.ConfigDict(dataset))
+    inputs, targets = trial_inputs.build(task, dataset, with_test=final)
+    folder = self.run_dir / 'inputs' / Path(experiment).stem / ('final' if final else 'search')
     trial_inputs.write(folder, inputs)
-    return folder
+    self.data[experiment] = (folder, targets)
+    return task.fingerprints()
+
+  def _other_data(self, experiment: str) -> None:
+    """Another shipped experiment's data, pinned from the start commit like the run's own."""
+    if experiment in self.data:
+      return
+    start = vcs.create_detached(self.repo, self.run_dir / 'start', self.config.start_commit)
+    dataset = dataset_config(start, experiment, self._sandbox())
+    fingerprints = self._write_inputs(experiment, dataset, final=False)
+    self.journal.append('data', {'experiment': experiment, 'dataset': dataset,
+                                 'fingerprints': fingerprints})
 
   # ---- budget -------------------------------------------------------------------------
   def elapsed(self) -> float:
@@ -258,17 +271,19 @@ class Loop:
 
   # ---- running --------------------------------------------------------------------------
   def _run(self, workdir: Path, first_seed: int, *, on_curve=None,
-           worktree: Path | None = None) -> TrialOutcome:
+           worktree: Path | None = None, experiment: str | None = None) -> TrialOutcome:
     if workdir.exists():  # an interrupted attempt: keep it beside, never overwrite it
       workdir.rename(workdir.with_name(f'{workdir.name}.interrupted-{int(time.time())}'))
     box = self._sandbox()
-    spec = TrialSpec(worktree=worktree or self.worktree.path, experiment=self.config.experiment,
+    experiment = experiment or self.config.experiment
+    inputs, targets = self.data[experiment]
+    spec = TrialSpec(worktree=worktree or self.worktree.path, experiment=experiment,
                      workdir=workdir, seeds=self.config.seeds, first_seed=first_seed,
                      timeout_s=self._timeout(), memory_mb=box.memory_mb,
                      cpu_seconds=box.cpu_seconds, max_processes=box.max_processes,
-                     isolate_network=box.isolate_network, inputs=self.inputs,
+                     isolate_network=box.isolate_network, inputs=inputs,
                      require_filesystem=box.require_filesystem)
-    scorer = scoring.Scorer(self.targets, self.config.seeds)
+    scorer = scoring.Scorer(targets, self.config.seeds)
     return self.execute(spec, scorer=scorer, on_curve=on_curve)
 
   def _sandbox(self) -> Sandbox:
@@ -280,7 +295,7 @@ class Loop:
 
   def run(self) -> str:
     """Runs until a stop rule fires; returns the reason."""
-    self.inputs = self._prepare_data()
+    self._prepare_data()
     if self.state.incumbent is None:
       self._baseline()
     self.worktree.reset_to(self.state.incumbent.commit)
@@ -432,6 +447,55 @@ class Loop:
     return on_curve if p.enabled else None
 
   def _evaluate(self, trial: int, commit: str, diff: str):
+    """Judged on the running experiment, then, for a winner, wherever its code is used."""
+    verdict, candidate, extra = self._judge_here(trial, commit, diff)
+    if verdict.accepted:
+      verdict = self._judge_elsewhere(trial, commit, verdict, extra)
+    return verdict, candidate, extra
+
+  def _judge_elsewhere(self, trial: int, commit: str, verdict: decide_lib.Verdict,
+                       extra: dict[str, Any]) -> decide_lib.Verdict:
+    """A winner's changed code, judged where it is used: a tie is kept only when the running
+    experiment runs every changed file; every other shipped experiment that runs one is
+    trained with the candidate and with the incumbent on the same seeds, and the candidate
+    must finish, keep the task's invariants and not lose beyond that experiment's noise."""
+    incumbent = self.state.incumbent
+    root = self.worktree.path
+    changed = {p for p in vcs.changed_files(self.repo, incumbent.commit, commit)
+               if p.endswith('.py')}
+    unused = sorted(changed - uses.files_used(root, self.config.experiment))
+    if unused and verdict.reason_code in ('simplification', 'efficiency'):
+      return _rejection('unused_code', f'Rejected: {verdict.rationale} But {unused[0]} is not '
+                        f'run by {self.config.experiment}, so this trial cannot judge it, and '
+                        'a tie is kept only for code the experiment runs.')
+    start = vcs.create_detached(self.repo, self.run_dir / 'start', self.config.start_commit)
+    shipped = set(uses.experiments(start))
+    others = [e for e in uses.experiments_using(root, changed, exclude=self.config.experiment)
+              if e in shipped]
+    if not others:
+      return verdict
+    incumbent_tree = vcs.create_detached(self.repo, self.run_dir / 'incumbent', incumbent.commit)
+    extra['elsewhere'] = {}
+    for experiment in others:
+      self.say(f'[trial {trial}] also judging the change on {experiment}, which runs it')
+      self._other_data(experiment)
+      folder = self.run_dir / 'trials' / str(trial) / 'elsewhere' / Path(experiment).stem
+      runs = {arm: self._run(folder / arm, SCREEN_FIRST_SEED, worktree=tree,
+                             experiment=experiment)
+              for arm, tree in (('candidate', root), ('incumbent', incumbent_tree))}
+      wall = sum(o.wall_seconds for o in runs.values())
+      self.state.compute_seconds += wall
+      self.journal.append('confirm_finished', {'wall_seconds': wall, 'experiment': experiment,
+                                               **{a: o.status for a, o in runs.items()}},
+                          trial=trial)
+      failed = _elsewhere_failure(experiment, runs, self.charter.acceptance)
+      extra['elsewhere'][experiment] = failed or 'held'
+      if failed:
+        return _rejection('breaks_elsewhere', f'Rejected on {experiment}, which also runs the '
+                          f'changed code: {failed}')
+    return verdict
+
+  def _judge_here(self, trial: int, commit: str, diff: str):
     """Screen on the incumbent's seeds, then confirm a winner on fresh seeds."""
     incumbent = self.state.incumbent
     trial_dir = self.run_dir / 'trials' / str(trial)
@@ -493,7 +557,7 @@ class Loop:
     final = self.state.incumbent
     start_tree = vcs.create_detached(self.repo, self.run_dir / 'start', self.config.start_commit)
     self.worktree.reset_to(final.commit)
-    self.inputs = self._prepare_data(final=True)
+    self._prepare_data(final=True)
     results = {}
     for name, tree in (('baseline', start_tree), ('final', self.worktree.path)):
       self.say(f'[final] evaluating the {name} on fresh seeds and the test split')
@@ -515,6 +579,27 @@ def _final_numbers(outcome: TrialOutcome) -> dict[str, Any]:
   return {'status': 'ok', 'val': outcome.scorecard['val_metric'], 'test': test['test_metric'],
           'train_seconds': outcome.scorecard['train_seconds'],
           'seeds': outcome.scorecard['seeds']}
+
+
+def _elsewhere_failure(experiment: str, runs: dict[str, TrialOutcome],
+                       acceptance: Any) -> str | None:
+  """Why the candidate fails on another experiment (None: it held): it did not finish, broke
+  an invariant, or lost by more than the incumbent's seed noise there."""
+  candidate, incumbent = runs['candidate'], runs['incumbent']
+  if incumbent.status != 'ok':
+    return f'the incumbent itself did not finish there ({incumbent.status}: {incumbent.reason})'
+  if candidate.status != 'ok':
+    return f'the candidate {candidate.status}: {candidate.reason}'
+  card = candidate.scorecard
+  direction = 'max' if card['metric']['direction'] == 'max' else 'min'
+  before = incumbent.scorecard['val_metric']['per_seed']
+  after = card['val_metric']['per_seed']
+  gain = (sum(after) - sum(before)) / len(after) * (1 if direction == 'max' else -1)
+  floor = max(decide_lib.noise_floor(before, acceptance.noise_multiplier), acceptance.min_delta)
+  if gain < -floor:
+    return (f'{card["metric"]["name"]} is worse by {-gain:.3g} (mean over '
+            f'{len(after)} paired seeds), beyond the noise floor {floor:.3g}')
+  return None
 
 
 def _rejection(code: str, rationale: str) -> decide_lib.Verdict:
