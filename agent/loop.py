@@ -24,6 +24,7 @@ from agent.executor import (Sandbox, TrialOutcome, TrialSpec, dataset_config, im
 from agent.journal import Journal
 from agent.proposal import (NoProposal, Observation, Proposal, ProposalFailed, Proposer,
                             TrialSummary)
+from agent.untrusted import one_line, terminal_safe
 from harness import scoring, trial_inputs
 from harness.scorecard import SCORECARD, TEST_SCORECARD, read_json
 
@@ -37,6 +38,11 @@ Executor = Callable[..., TrialOutcome]
 
 class BaselineError(RuntimeError):
   """The starting point itself does not train: nothing can be compared against it."""
+
+
+class RunHalted(RuntimeError):
+  """Something the run relies on changed under it (the repository's git settings): it stops
+  before any further git command could run what was planted."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,7 +196,7 @@ class Loop:
 
   def __init__(self, repo: Path, run_dir: Path, charter: Charter, proposer: Proposer,
                journal: Journal, state: RunState, *, execute: Executor = run_trial,
-               print_fn: Callable[[str], None] = print):
+               print_fn: Callable[[str], None] = lambda text: print(terminal_safe(text))):
     self.repo, self.run_dir, self.charter = repo, run_dir, charter
     self.proposer, self.journal, self.state = proposer, journal, state
     self.execute, self.say = execute, print_fn
@@ -212,7 +218,10 @@ class Loop:
     evaluation.
     """
     if self.state.data is None:
-      dataset = dataset_config(self.worktree.path, self.config.experiment, self._sandbox())
+      try:
+        dataset = dataset_config(self.worktree.path, self.config.experiment, self._sandbox())
+      except ValueError as e:
+        raise BaselineError(str(e)) from None
       self.state.data = {'dataset': dataset}
     dataset = self.state.data['dataset']
     fingerprints = self._write_inputs(self.config.experiment, dataset, final)
@@ -620,11 +629,14 @@ def _fmt(values: list[float]) -> str:
 
 
 def _commit_message(trial: int, proposal: Proposal, verdict: str) -> str:
-  return (f'trial {trial}: {proposal.operator}: {proposal.hypothesis}\n\n'
-          f'Diagnosis: {proposal.diagnosis}\n'
-          f'Hypothesis: {proposal.hypothesis}\n'
-          f'Expected effect: {proposal.expected_effect}\n'
-          f'Verdict: {verdict}\n')
+  """The proposer's words on one line each, escape codes removed: `git log` shows them."""
+  p = {k: one_line(getattr(proposal, k)) for k in
+       ('operator', 'hypothesis', 'diagnosis', 'expected_effect')}
+  return (f'trial {trial}: {p["operator"]}: {p["hypothesis"]}\n\n'
+          f'Diagnosis: {p["diagnosis"]}\n'
+          f'Hypothesis: {p["hypothesis"]}\n'
+          f'Expected effect: {p["expected_effect"]}\n'
+          f'Verdict: {one_line(verdict)}\n')
 
 
 def _verdict_text(verdict: decide_lib.Verdict, candidate: ArmRecord | None,

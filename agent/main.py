@@ -30,7 +30,8 @@ from agent import audit, report, review, vcs
 from agent.charter import CharterError, load_charter
 from agent.journal import Journal
 from agent.llm_client import LLMFatalError
-from agent.loop import BaselineError, Loop, RunConfig, RunState
+from agent.executor import Sandbox, SandboxUnavailable, require_sandbox
+from agent.loop import BaselineError, Loop, RunConfig, RunHalted, RunState
 from agent.proposal import Proposer
 from agent.proposers.llm import LLMProposer
 from agent.untrusted import terminal_safe
@@ -131,6 +132,7 @@ def cmd_run() -> int:
     raise UsageError(f'experiment {experiment} not found in {repo}')
   if not charter.is_editable(experiment):
     raise UsageError(f'experiment {experiment} is outside the charter\'s editable scope')
+  _check_sandbox(charter)
   run_id = _RUN_ID.value or time.strftime('%Y%m%d-%H%M%S')
   run_dir = repo / 'runs' / run_id
   if run_dir.exists():
@@ -156,6 +158,15 @@ def cmd_run() -> int:
   return _drive(repo, run_dir, journal)
 
 
+def _check_sandbox(charter) -> None:
+  """Refuses to start (exit 2, one line) where the charter's sandbox cannot run."""
+  try:
+    require_sandbox(Sandbox(isolate_network=not charter.trial.network,
+                            require_filesystem=charter.trial.filesystem_sandbox == 'required'))
+  except SandboxUnavailable as e:
+    raise UsageError(str(e)) from None
+
+
 def _llm_settings() -> dict | None:
   """The LLM proposer's settings as the journal keeps them: everything but the key."""
   if _PROPOSER.value != 'llm':
@@ -176,6 +187,7 @@ def cmd_resume() -> int:
 def _drive(repo: Path, run_dir: Path, journal: Journal) -> int:
   state = RunState.replay(journal)
   charter = load_charter(repo / 'WORKSPACE.md')
+  _check_sandbox(charter)
   branch = f'agent/{state.config.run_id}'
   if state.finished:
     show(report.summary(journal, branch, str(run_dir)))
@@ -196,7 +208,7 @@ def _drive(repo: Path, run_dir: Path, journal: Journal) -> int:
       loop.final_evaluation()
     journal.append('run_finished', {'reason': reason})
     loop.end_session(reason)
-  except (BaselineError, LLMFatalError) as e:
+  except (BaselineError, RunHalted, LLMFatalError) as e:
     loop.end_session(f'stopped: {e}')
     show(f'error: {e}', file=sys.stderr)
     return 1

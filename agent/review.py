@@ -15,6 +15,7 @@ from typing import Any
 from agent import vcs
 from agent.journal import Journal
 from agent.loop import RunState
+from agent.untrusted import one_line
 
 
 class ReviewError(ValueError):
@@ -39,11 +40,11 @@ def describe(journal: Journal) -> str:
   candidate = verdict['candidate']
   lines = [f'trial {trial} awaits review (commit {verdict["commit"][:10]}, '
            f'on top of the incumbent {incumbent.commit[:10]})',
-           f'  operator:        {proposal["operator"]}',
-           f'  diagnosis:       {proposal["diagnosis"]}',
-           f'  hypothesis:      {proposal["hypothesis"]}',
-           f'  expected effect: {proposal["expected_effect"]}',
-           f'  evidence:        {verdict["rationale"]}',
+           f'  operator:        {one_line(proposal["operator"])}',
+           f'  diagnosis:       {one_line(proposal["diagnosis"])}',
+           f'  hypothesis:      {one_line(proposal["hypothesis"])}',
+           f'  expected effect: {one_line(proposal["expected_effect"])}',
+           f'  evidence:        {one_line(verdict["rationale"])}',
            f'  incumbent seeds: {_values(incumbent.per_seed)}',
            f'  candidate seeds: {_values(candidate["per_seed"])}',
            f'  train seconds:   {incumbent.train_seconds:.1f} -> {candidate["train_seconds"]:.1f}',
