@@ -1,25 +1,41 @@
-"""What agent-written Python may use: an allow-list of imports and a few forbidden forms.
+"""A tripwire for agent-written Python: an import allow-list and a few forbidden forms.
+
+It is not the security boundary. The boundary is the operating system around every run of
+agent-written code (agent/sandbox.py and agent/executor.py: a filesystem sandbox,
+namespaces, limits) and the out-of-process scorer: the agent, which never imports
+candidate code, computes every metric from the logits a trial writes. This check fails
+early with a clear reason, `path:line: what is not allowed (why)`, for honest mistakes and
+for the doors a hostile proposer has been seen to try. Python has more doors than a static
+check can see; it refuses what it can name and leaves the rest to the boundary.
 
 Models and experiment configs need arithmetic, arrays and Flax, never processes, sockets,
-files, FFI or dynamic code. So the editable files may import only the modules below (the
-project's own editable packages included); everything else (os, subprocess, socket, urllib,
-ctypes, importlib, harness.datasets with its test split, sklearn, a package that is not a
-dependency) is refused by name. Inside the allowed packages, the parts that do file I/O, FFI,
-host callbacks or global configuration are refused, as are the builtins and dunder
-attributes that reach code or namespaces dynamically (eval, open, __import__, __globals__,
-__subclasses__, getattr with a computed name).
+files, FFI or dynamic code. So an editable file may import only the modules below (and the
+project's own editable packages); inside them, the parts that do file I/O, FFI, host
+callbacks or global configuration are refused, as are the builtins and dunder names that
+reach code or namespaces (eval, open, __import__, __globals__, __subclasses__). On top:
 
-This is a tripwire with clear reasons, checked before anything runs, not a proof: Python
-offers many doors and a static check sees only the spelled ones. The boundary is the
-executor's sandbox (scrubbed environment, limits, no network, namespaces); this check keeps
-the honest mistakes and the obvious escapes from ever reaching it.
+- no monkeypatching: nothing rooted at an imported name is assigned, deleted or setattr'd
+  (`jnp.maximum = f`, `del optax.adam`): an edit changes the code it shows, not the
+  libraries the harness in its process relies on;
+- modules are never values (`_j = jax`, `f(jax)`): a module is only the base of an
+  attribute, so every use of it is a dotted name this check can resolve;
+- dotted names are resolved against the real modules (imported lazily), so what a stdlib
+  module imported for itself is seen for what it is: `enum.bltns` is builtins and
+  `typing.operator` is operator, neither allowed;
+- no private (`_x`, except on self and cls) or dunder name in any spelling: attribute,
+  getattr's literal, a match pattern or a string constant.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
+import importlib
+import importlib.machinery
 import importlib.util
 import re
+import types
+import warnings
 from typing import Iterable, Iterator
 
 # Standard-library modules a model or config may import, exactly these names.
@@ -55,15 +71,23 @@ FORBIDDEN_BUILTINS = {
     'input': 'reads stdin', 'help': 'interactive help', 'license': 'reads files',
     'credits': 'reads files', 'copyright': 'reads files',
 }
-# Attribute names refused on any object: modules that reach the OS, and file I/O methods
-# (np.load, arr.tofile, arr.dump, arr.ctypes, ...), however the object was obtained.
+# Attribute names refused on any object: modules that reach the OS (bltns is enum's name
+# for builtins) and file I/O methods (np.load, arr.tofile, arr.dump, ...), however the
+# object was obtained.
 DANGEROUS_ATTRIBUTES = frozenset({
-    'os', 'sys', 'subprocess', 'builtins', 'socket', 'importlib', 'ctypes', 'ctypeslib',
-    'shutil', 'pathlib', 'pickle', 'marshal', 'inspect', 'posix', 'pty', 'runpy', 'types',
-    'multiprocessing', 'urllib', 'http', 'requests', 'linecache', 'tokenize', 'fileinput',
-    'tempfile', 'glob', 'mmap', 'fcntl', 'zipimport', 'pkgutil', 'gc', 'codecs', 'io',
-    'load', 'save', 'savez', 'savez_compressed', 'savetxt', 'loadtxt', 'genfromtxt',
-    'fromfile', 'tofile', 'fromregex', 'memmap', 'open_memmap', 'DataSource', 'dump',
+    'os', 'sys', 'subprocess', 'builtins', 'bltns', 'socket', 'importlib', 'ctypes',
+    'ctypeslib', 'shutil', 'pathlib', 'pickle', 'marshal', 'inspect', 'posix', 'pty', 'runpy',
+    'types', 'multiprocessing', 'urllib', 'http', 'requests', 'linecache', 'tokenize',
+    'fileinput', 'tempfile', 'glob', 'mmap', 'fcntl', 'zipimport', 'pkgutil', 'gc', 'codecs',
+    'io', 'load', 'save', 'savez', 'savez_compressed', 'savetxt', 'loadtxt', 'genfromtxt',
+    'fromfile', 'tofile', 'fromregex', 'memmap', 'open_memmap', 'DataSource', 'dump', 'open',
+})
+# The same for dynamic code and getters by computed name, as attributes of whatever holds
+# them (bltns.exec, operator.attrgetter). Not eval or compile: those are also nnx's
+# `model.eval()` and JAX's `lowered.compile()`.
+DYNAMIC_ATTRIBUTES = frozenset({
+    'exec', 'globals', 'locals', 'vars', 'breakpoint', 'getattr', 'setattr', 'delattr',
+    'import_module', 'attrgetter', 'methodcaller',
 })
 # Dunder attributes that are ordinary protocol; every other one (__globals__, __class__,
 # __subclasses__, __dict__, __code__, __builtins__, ...) is how sandbox escapes start.
@@ -75,9 +99,20 @@ SAFE_DUNDERS = frozenset({
     '__enter__', '__exit__',
 })
 SAFE_DUNDER_NAMES = frozenset({'__name__', '__doc__'})
-_ATTRIBUTE_BUILTINS = ('getattr', 'setattr', 'delattr')
+# A dunder in a string reaches no further than the same attribute spelled in code could;
+# '__main__' is for `if __name__ == '__main__'`.
+SAFE_DUNDER_STRINGS = SAFE_DUNDERS | {'__main__'}
+# getattr and friends are allowed only with a literal name (checked like an attribute);
+# hasattr only answers yes or no, so a computed name is harmless there.
+_ATTRIBUTE_BUILTINS = ('getattr', 'setattr', 'delattr', 'hasattr')
+_SETTERS = ('setattr', 'delattr')
+_SELF = ('self', 'cls')
 # A str.format field that walks into a dunder: '{0.__init__.__globals__}'.
 _FORMAT_DUNDER = re.compile(r'\{[^{}]*[.\[]__\w+__')
+_DUNDER_WORD = re.compile(r'(?<!\w)__\w+?__(?!\w)')
+_FORMAT_METHODS = ('format', 'format_map')
+_TEST_PARTS = frozenset({'test', 'tests', 'testing', 'conftest'})
+_MISSING = object()
 
 
 def allowed_modules() -> tuple[str, ...]:
@@ -98,19 +133,30 @@ def check_source(path: str, text: str,
     return [f'{path}:{e.lineno or 1}: syntax error: {e.msg}']
   checker = _Checker(path, allowed_modules(), tuple(project_packages))
   checker.check(tree)
-  return [problem for _, problem in sorted(checker.problems, key=lambda p: p[0])]
+  ordered = [problem for _, problem in sorted(checker.problems, key=lambda p: p[0])]
+  return list(dict.fromkeys(ordered))
 
 
 class _Checker:
-  """One pass over a module's AST; import aliases are collected first (imports may sit
-  below their uses in functions)."""
+  """One pass over a module's AST; imports, classes and names bound to imported things are
+  collected first (imports may sit below their uses in functions)."""
 
   def __init__(self, path: str, allowed: tuple[str, ...], project: tuple[str, ...]):
     self.path = path
     self.allowed = allowed
+    self.packages = tuple(m for m in allowed if m not in STDLIB)
+    # Top-level names of the allowed modules: a chain that passes through one of them
+    # (`layers.jax.config`, `m.typing.operator`) is checked from there as well.
+    self.tops = frozenset(m.split('.')[0] for m in allowed) - {'__future__'}
     self.project = project
     self.package = path[:-3].split('/')[:-1] if path.endswith('.py') else []
-    self.aliases: dict[str, str] = {}  # local name -> the dotted module path it stands for
+    self.aliases: dict[str, str] = {}  # local name -> the dotted path it was imported as
+    # Names and project paths bound to modules -> whether they may also be called: a
+    # lowercase name imported from a project package may be a submodule or a function.
+    self.modules: dict[str, bool] = {}
+    self.project_modules: dict[str, bool] = {}
+    self.imported: set[str] = set()  # imported names and plain aliases of them
+    self.classes: set[str] = set()  # classes defined in this file
     self.problems: list[tuple[tuple[int, int], str]] = []  # (where it ends, problem)
 
   def fail(self, node: ast.AST, what: str) -> None:
@@ -123,6 +169,9 @@ class _Checker:
     for node in ast.walk(tree):
       if isinstance(node, (ast.Import, ast.ImportFrom)):
         self._import(node)
+      elif isinstance(node, ast.ClassDef):
+        self.classes.add(node.name)
+    self._collect_imported(tree)
     for node in ast.walk(tree):
       self._node(node, parents)
 
@@ -130,9 +179,15 @@ class _Checker:
   def _import(self, node: ast.Import | ast.ImportFrom) -> None:
     if isinstance(node, ast.Import):
       for alias in node.names:
-        if self._module_ok(node, alias.name):
-          bound = alias.asname or alias.name.split('.')[0]
-          self.aliases[bound] = alias.name if alias.asname else bound
+        if not (self._module_ok(node, alias.name) and self._resolves(node, alias.name)):
+          continue
+        bound = alias.asname or alias.name.split('.')[0]
+        self.aliases[bound] = alias.name if alias.asname else bound
+        self.modules[bound] = False
+        parts = alias.name.split('.')
+        if parts[0] in self.project:
+          for i in range(1, len(parts) + 1):
+            self.project_modules['.'.join(parts[:i])] = False
       return
     module = self._absolute(node)
     if module is None or not self._module_ok(node, module):
@@ -142,8 +197,16 @@ class _Checker:
         self.fail(node, f"'from {module} import *' is not allowed (names must be explicit)")
         continue
       full = f'{module}.{alias.name}'
-      if self._name_ok(node, full) and self._attribute_ok(node, alias.name):
-        self.aliases[alias.asname or alias.name] = full
+      if not (self._name_ok(node, full) and self._resolves(node, full)
+              and self._attribute_ok(node, alias.name)):
+        continue
+      bound = alias.asname or alias.name
+      self.aliases[bound] = full
+      if module.split('.')[0] in self.project:
+        if (module in self.project and alias.name.islower()) or alias.name in self.tops:
+          self.project_modules[full] = self.modules[bound] = True
+      elif self._is_module(full):
+        self.modules[bound] = False
 
   def _absolute(self, node: ast.ImportFrom) -> str | None:
     if not node.level:
@@ -173,28 +236,68 @@ class _Checker:
     if private is not None:
       self.fail(node, f"'{full}' is not allowed (private part '{private}')")
       return False
-    for i in range(2, len(parts) + 1):
-      if '.'.join(parts[:i]) in FORBIDDEN_NAMES:
-        self.fail(node, f"'{'.'.join(parts[:i])}' is not allowed (file, FFI, host or global "
-                  'access)')
-        return False
+    forbidden = _forbidden_prefix(full)
+    if forbidden is not None:
+      self.fail(node, f"'{forbidden}' is not allowed (file, FFI, host or global access)")
+      return False
     return True
 
-  # ---- names and attributes -----------------------------------------------------------
+  def _resolves(self, node: ast.AST, full: str, last_only: bool = False) -> bool:
+    """The real module behind each step of `full` is allowed (`enum.bltns` is builtins).
+
+    With `last_only`, only the last step is reported: each shorter chain is its own node.
+    """
+    steps, refused = _resolve(full, self.packages)
+    if not refused or (last_only and steps != len(full.split('.')) - 1):
+      return not refused
+    if refused == full:
+      self.fail(node, f"the module '{full}' is not allowed (outside the allow-list, or tests)")
+    else:
+      self.fail(node, f"'{full}' is the module '{refused}', which is not allowed")
+    return False
+
+  def _collect_imported(self, tree: ast.AST) -> None:
+    """Imported names plus the names bound to a plain chain rooted at one (`L = nnx.Linear`)
+    or to `type(...)`: what an assignment through them would change is not this file's."""
+    bindings: list[tuple[ast.AST, ast.AST]] = []
+    for node in ast.walk(tree):
+      if isinstance(node, ast.Assign):
+        bindings += [(target, node.value) for target in node.targets]
+      elif isinstance(node, (ast.AnnAssign, ast.NamedExpr)) and node.value is not None:
+        bindings.append((node.target, node.value))
+      elif isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)):
+        bindings.append((node.target, node.iter))
+    self.imported |= set(self.aliases)  # |=: a string annotation's check keeps the file's
+    grew = True
+    while grew:
+      grew = False
+      for target, value in bindings:
+        if (isinstance(target, ast.Name) and target.id not in self.imported
+            and self._foreign(value)):
+          self.imported.add(target.id)
+          grew = True
+
+  def _foreign(self, node: ast.AST) -> bool:
+    """`node` may hang from an imported name, or from a class reached through type(...)."""
+    return any((isinstance(root, ast.Name) and root.id in self.imported)
+               or (isinstance(root, ast.Call) and isinstance(root.func, ast.Name)
+                   and root.func.id == 'type')
+               for root in _roots(node))
+
+  # ---- names, attributes, stores, strings ---------------------------------------------
   def _node(self, node: ast.AST, parents: dict[ast.AST, ast.AST]) -> None:
     if isinstance(node, ast.Name):
       self._name(node, parents)
     elif isinstance(node, ast.Attribute):
-      if self._attribute_ok(node, node.attr):
-        dotted = self._dotted(node)
-        if dotted is not None:
-          self._name_ok(node, dotted)
+      self._attribute(node, parents)
+    elif isinstance(node, ast.Subscript) and not isinstance(node.ctx, ast.Load):
+      self._store(node)
     elif isinstance(node, ast.MatchClass):
       for attr in node.kwd_attrs:
-        self._attribute_ok(node, attr)
+        if self._attribute_ok(node, attr):
+          self._private_ok(node, attr, None)
     elif isinstance(node, ast.Constant) and isinstance(node.value, str):
-      if _FORMAT_DUNDER.search(node.value):
-        self.fail(node, 'a format string that reaches a dunder attribute is not allowed')
+      self._string(node)
     elif isinstance(node, ast.arg) and node.annotation is not None:
       self._annotation(node.annotation)
     elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.returns:
@@ -207,16 +310,41 @@ class _Checker:
     if name in FORBIDDEN_BUILTINS:
       self.fail(node, f"'{name}' is not allowed ({FORBIDDEN_BUILTINS[name]})")
     elif name in _ATTRIBUTE_BUILTINS:
-      call = parents.get(node)
-      literal = (isinstance(call, ast.Call) and call.func is node and len(call.args) >= 2
-                 and isinstance(call.args[1], ast.Constant)
-                 and isinstance(call.args[1].value, str))
-      if not literal:
-        self.fail(node, f"'{name}' is allowed only as a call with a literal attribute name")
-      else:
-        self._attribute_ok(node, call.args[1].value)
+      self._attribute_builtin(node, parents.get(node))
     elif name.startswith('__') and name.endswith('__') and name not in SAFE_DUNDER_NAMES:
       self.fail(node, f"'{name}' is not allowed (interpreter internals)")
+    elif name in _SELF and isinstance(node.ctx, ast.Store):
+      self.fail(node, f"assigning to '{name}' is not allowed (it names a method's own object)")
+    elif name in self.modules and isinstance(node.ctx, ast.Load):
+      self._module_use(node, name, self.modules[name], parents)
+
+  def _attribute_builtin(self, node: ast.Name, call: ast.AST | None) -> None:
+    """getattr(obj, 'name') is checked like obj.name; setattr/delattr also like a store."""
+    name = node.id
+    literal = (isinstance(call, ast.Call) and call.func is node and len(call.args) >= 2
+               and isinstance(call.args[1], ast.Constant) and isinstance(call.args[1].value, str))
+    if not literal:
+      if name != 'hasattr':
+        self.fail(node, f"'{name}' is allowed only as a call with a literal attribute name")
+      return
+    target, attr = call.args[0], call.args[1].value
+    if not (self._attribute_ok(node, attr) and self._private_ok(node, attr, target)):
+      return
+    if name in _SETTERS:
+      self._patch_ok(node, target, attr, f'{name}({ast.unparse(target)}, {attr!r})')
+
+  def _attribute(self, node: ast.Attribute, parents: dict[ast.AST, ast.AST]) -> None:
+    if not (self._attribute_ok(node, node.attr)
+            and self._private_ok(node, node.attr, node.value)):
+      return
+    if not isinstance(node.ctx, ast.Load):
+      self._store(node)
+    value = node.value
+    if node.attr in _FORMAT_METHODS and not (isinstance(value, ast.Constant)
+                                             and isinstance(value.value, str)):
+      self.fail(node, f"'.{node.attr}' is allowed only on a string literal (a computed format "
+                'string can reach any attribute)')
+    self._chain(node, parents)
 
   def _attribute_ok(self, node: ast.AST, attr: str) -> bool:
     if attr.startswith('__') and attr.endswith('__') and attr not in SAFE_DUNDERS:
@@ -225,18 +353,96 @@ class _Checker:
     if attr in DANGEROUS_ATTRIBUTES:
       self.fail(node, f"attribute '{attr}' is not allowed (file, process or OS access)")
       return False
+    if attr in DYNAMIC_ATTRIBUTES:
+      self.fail(node, f"attribute '{attr}' is not allowed (dynamic code or attribute access)")
+      return False
     return True
 
-  def _dotted(self, node: ast.Attribute) -> str | None:
-    """`np.random.normal` -> 'numpy.random.normal' when the root is an imported name."""
-    parts: list[str] = []
-    current: ast.AST = node
-    while isinstance(current, ast.Attribute):
-      parts.append(current.attr)
-      current = current.value
-    if not isinstance(current, ast.Name) or current.id not in self.aliases:
-      return None
-    return '.'.join([self.aliases[current.id], *reversed(parts)])
+  def _private_ok(self, node: ast.AST, attr: str, target: ast.AST | None) -> bool:
+    """A private name (`_x`) is an object's own business: only self and cls reach theirs."""
+    if (attr.startswith('_') and not _is_dunder(attr)
+        and not (isinstance(target, ast.Name) and target.id in _SELF)):
+      self.fail(node, f"attribute '{attr}' is not allowed (private; only self and cls may "
+                'use their own)')
+      return False
+    return True
+
+  def _chain(self, node: ast.Attribute, parents: dict[ast.AST, ast.AST]) -> None:
+    """Checks the dotted name a chain spells: forbidden parts, the real modules behind it,
+    and a module used as a value."""
+    parts = _spelled(node)
+    if parts is None or any(p.startswith('_') and not _is_dunder(p) for p in parts[1:]):
+      return  # a private part was refused at its own node
+    load = isinstance(node.ctx, ast.Load)
+    imported = parts[0] in self.aliases
+    if imported:
+      parts = [*self.aliases[parts[0]].split('.'), *parts[1:]]
+      full = '.'.join(parts)
+      if parts[0] not in self.project:  # third-party or stdlib: the real modules decide
+        if full in FORBIDDEN_NAMES:
+          self.fail(node, f"'{full}' is not allowed (file, FFI, host or global access)")
+        elif self._resolves(node, full, last_only=True) and load and self._is_module(full):
+          self._module_use(node, ast.unparse(node), False, parents)
+        return
+      if full in self.project_modules and load:
+        self._module_use(node, ast.unparse(node), self.project_modules[full], parents)
+    # Through a project module, a parameter or an attribute: from each part that names an
+    # allowed module on (`layers.jax.config` is `jax.config`; `layers.jax` may be jax).
+    for start in (i for i, p in enumerate(parts) if p in self.tops):
+      tail = '.'.join(parts[start:])
+      if start == len(parts) - 1:
+        if imported and load:
+          self._module_use(node, ast.unparse(node), True, parents)
+      elif tail in FORBIDDEN_NAMES:
+        self.fail(node, f"'{tail}' is not allowed (file, FFI, host or global access)")
+      else:
+        self._resolves(node, tail, last_only=True)
+
+  def _is_module(self, full: str) -> bool:
+    return _resolve(full, self.packages)[0] == len(full.split('.'))
+
+  def _module_use(self, node: ast.AST, spelled: str, callable_: bool,
+                  parents: dict[ast.AST, ast.AST]) -> None:
+    """A module is only the base of an attribute (or, if it may be a function, called):
+    never stored, passed, returned or put in a container, so no alias hides where a dotted
+    name leads (`_j = jax; _j._src`)."""
+    parent = parents.get(node)
+    if isinstance(parent, ast.Attribute) and parent.value is node:
+      return
+    if callable_ and isinstance(parent, ast.Call) and parent.func is node:
+      return
+    if callable_:
+      self.fail(node, f"'{spelled}' may be a module: use it only as the base of an attribute "
+                f"('{spelled}.name') or call it")
+    else:
+      self.fail(node, f"'{spelled}' is a module: use it only as the base of an attribute "
+                f"('{spelled}.name'), never as a value")
+
+  def _store(self, node: ast.Attribute | ast.Subscript) -> None:
+    """Assignment to or deletion of an attribute or item."""
+    attr = node.attr if isinstance(node, ast.Attribute) else ''
+    self._patch_ok(node, node.value, attr, ast.unparse(node))
+
+  def _patch_ok(self, node: ast.AST, obj: ast.AST, attr: str, spelled: str) -> None:
+    """No monkeypatching: nothing reached from an imported name or through type() changes,
+    and a dunder is set only on this file's own classes (or self, cls)."""
+    if self._foreign(obj):
+      self.fail(node, f"changing '{spelled}' is not allowed (it belongs to an imported module, "
+                'class or function: no monkeypatching)')
+    elif _is_dunder(attr) and not (isinstance(obj, ast.Name) and obj.id not in self.imported
+                                   and (obj.id in _SELF or obj.id in self.classes)):
+      self.fail(node, f"changing '{spelled}' is not allowed (a dunder is set only on self, cls "
+                'or a class defined in this file)')
+
+  def _string(self, node: ast.Constant) -> None:
+    """A dunder in a string is a dunder reached another way (getattr, attrgetter, format)."""
+    if _FORMAT_DUNDER.search(node.value):
+      self.fail(node, 'a format string that reaches a dunder attribute is not allowed')
+      return
+    unsafe = next((w for w in _DUNDER_WORD.findall(node.value)
+                   if w not in SAFE_DUNDER_STRINGS), None)
+    if unsafe is not None:
+      self.fail(node, f"the string '{unsafe}' is not allowed (it names interpreter internals)")
 
   def _annotation(self, annotation: ast.AST) -> None:
     """String annotations are code to whoever evaluates them (typing.get_type_hints)."""
@@ -252,6 +458,92 @@ class _Checker:
       for i in range(problems, len(self.problems)):
         end, problem = self.problems[i]
         self.problems[i] = (end, f'{problem} (in a string annotation)')
+
+
+def _is_dunder(name: str) -> bool:
+  return len(name) > 4 and name.startswith('__') and name.endswith('__')
+
+
+def _roots(node: ast.AST) -> Iterator[ast.AST]:
+  """What a chain may hang from: `jnp` for `jnp.linalg.norm`, `a` for `a[0].b`, both `a`
+  and `b` for `(a or b).c`. A call's result is its own root: what it returns is not known."""
+  if isinstance(node, (ast.Attribute, ast.Subscript, ast.NamedExpr)):
+    yield from _roots(node.value)
+  elif isinstance(node, ast.IfExp):
+    yield from _roots(node.body)
+    yield from _roots(node.orelse)
+  elif isinstance(node, ast.BoolOp):
+    for value in node.values:
+      yield from _roots(value)
+  else:
+    yield node
+
+
+def _spelled(node: ast.Attribute) -> list[str] | None:
+  """`np.random.normal` -> ['np', 'random', 'normal']; None unless rooted at a name."""
+  parts: list[str] = []
+  current: ast.AST = node
+  while isinstance(current, ast.Attribute):
+    parts.append(current.attr)
+    current = current.value
+  if not isinstance(current, ast.Name):
+    return None
+  return [current.id, *reversed(parts)]
+
+
+def _forbidden_prefix(full: str) -> str | None:
+  parts = full.split('.')
+  return next((p for p in ('.'.join(parts[:i]) for i in range(2, len(parts) + 1))
+               if p in FORBIDDEN_NAMES), None)
+
+
+def _module_allowed(name: str, packages: tuple[str, ...]) -> bool:
+  """An allowed module, by its real name. Never a package's tests or conftest: they are no
+  model code, and importing one to look inside runs its setup (numpy.conftest sets env)."""
+  parts = name.split('.')
+  return name in STDLIB or (parts[0] in packages and _forbidden_prefix(name) is None
+                            and not any(p in _TEST_PARTS or p.startswith('test_') for p in parts))
+
+
+def _import_quietly(name: str) -> types.ModuleType:
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')
+    return importlib.import_module(name)
+
+
+@functools.lru_cache(maxsize=None)
+def _resolve(full: str, packages: tuple[str, ...]) -> tuple[int, str]:
+  """Walks `full` through the real modules: (how many leading parts are allowed modules,
+  the name of the refused module the next part is, or '').
+
+  Only allowed packages are imported (lazily, once), and their submodules when a chain
+  names one that is not loaded yet, so the answer does not depend on what happens to be
+  imported; project code is never imported. The walk stops at the first non-module.
+  """
+  parts = full.split('.')
+  if not _module_allowed(parts[0], packages):
+    return 0, ''
+  try:
+    current = _import_quietly(parts[0])
+  except Exception:  # not installed or broken: the trial's own import fails the same way
+    return 0, ''
+  for i, part in enumerate(parts[1:], 1):
+    value = vars(current).get(part, _MISSING)
+    if value is _MISSING and hasattr(current, '__path__'):
+      submodule = f'{current.__name__}.{part}'
+      if not _module_allowed(submodule, packages):  # refused by name: found, never imported
+        found = importlib.machinery.PathFinder.find_spec(submodule, current.__path__)
+        return i, submodule if found is not None else ''
+      try:
+        value = _import_quietly(submodule)
+      except Exception:
+        return i, ''
+    if not isinstance(value, types.ModuleType):
+      return i, ''
+    if not _module_allowed(value.__name__, packages):
+      return i, value.__name__
+    current = value
+  return len(parts), ''
 
 
 def _strings_outside_literal(node: ast.AST) -> Iterator[ast.Constant]:
