@@ -115,7 +115,7 @@ def cases(outside: Path) -> list[Case]:
           'memory limit', runtime=True),
       Case('nan_injection', replace_call(
           '  return _original_call(self, x, train=train, rngs=rngs) * float("nan")'),
-          'non-finite values', runtime=True),
+          'non-finite', runtime=True),
       Case('infinite_loop', replace_call('  while True:\n    pass'), 'timed out after',
            runtime=True),
   ]
