@@ -431,7 +431,7 @@ class TreeUsage:
 
   def __init__(self, root: int):
     self.root = root
-    self.cpu: dict[int, float] = {}
+    self.seen: dict[int, tuple[int, float, float]] = {}  # pid -> (parent, own, children's)
     self.max_rss_mb = 0.0
 
   def sample(self) -> None:
@@ -443,27 +443,33 @@ class TreeUsage:
     for pid, stat_ in stats.items():
       if stat_:
         children.setdefault(stat_[0], []).append(pid)
-    tree, todo = [], [self.root]
+    todo = [self.root]
     while todo:
       pid = todo.pop()
-      tree.append(pid)
       todo += children.get(pid, [])
-    for pid in tree:
       if stats.get(pid):
-        self.cpu[pid] = stats[pid][1] / self._CLOCK
+        parent, own, reaped = stats[pid]
+        self.seen[pid] = (parent, own / self._CLOCK, reaped / self._CLOCK)
         self.max_rss_mb = max(self.max_rss_mb, _peak_rss_mb(pid))
 
   def totals(self) -> dict[str, float]:
-    return {'cpu_seconds': sum(self.cpu.values()), 'max_rss_mb': self.max_rss_mb}
+    """Each process's own CPU time, plus what its reaped children used beyond what was
+    seen of them directly (so a child is counted once, even one that lived between two
+    samples)."""
+    cpu = 0.0
+    for pid, (_, own, reaped) in self.seen.items():
+      seen_children = sum(o + r for p, o, r in self.seen.values() if p == pid)
+      cpu += own + max(0.0, reaped - seen_children)
+    return {'cpu_seconds': cpu, 'max_rss_mb': self.max_rss_mb}
 
 
-def _proc_stat(pid: str) -> tuple[int, int] | None:
-  """(parent pid, CPU ticks of the process and its reaped children) from /proc/PID/stat."""
+def _proc_stat(pid: str) -> tuple[int, int, int] | None:
+  """(parent pid, own CPU ticks, reaped children's CPU ticks) from /proc/PID/stat."""
   try:
     fields = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
   except (OSError, IndexError):
     return None
-  return int(fields[1]), sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+  return int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -670,6 +676,7 @@ def _score(spec: TrialSpec, scorer: scoring.Scorer,
   except scoring.ScoringError as e:
     return ('invalid' if 'invariant' in str(e) else 'failed'), _one_line(str(e)), None
   sc.write_json(spec.workdir / SCORECARD, card)
+  (spec.workdir / CURVES).unlink(missing_ok=True)  # written fresh, never onto a planted file
   for point in card['curve']:
     sc.append_jsonl(spec.workdir / CURVES, point)
   if test is not None:

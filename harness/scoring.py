@@ -41,13 +41,22 @@ class ScoringError(ValueError):
 
 
 def _open_regular(path: Path, limit: int):
-  """Opens a file the trial wrote without following a symlink it may have planted."""
+  """Opens a file the trial wrote without following a symlink it may have planted: neither
+  the file nor its folder may be one (the folder above is the trusted side's)."""
   try:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, 'O_NONBLOCK', 0))
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+  except OSError as e:
+    raise ScoringError(f'{path.parent.name}/ cannot be opened as a plain folder: '
+                       f'{e.strerror}') from None
+  try:
+    fd = os.open(path.name, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, 'O_NONBLOCK', 0),
+                 dir_fd=folder)
   except FileNotFoundError:
     raise ScoringError(f'{path.name} is missing') from None
   except OSError as e:
     raise ScoringError(f'{path.name} cannot be opened: {e.strerror}') from None
+  finally:
+    os.close(folder)
   info = os.fstat(fd)
   if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
     os.close(fd)
@@ -129,6 +138,8 @@ def probe_violation(name: str, probe: Probe, probe_logits: np.ndarray,
 def val_steps(folder: Path) -> list[int]:
   """Steps for which the trial has written validation predictions, in order."""
   try:
+    if not stat.S_ISDIR(os.lstat(folder / PREDICTIONS).st_mode):
+      return []  # a symlink the trial planted: never followed
     names = os.listdir(folder / PREDICTIONS)
   except OSError:
     return []

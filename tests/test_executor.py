@@ -391,8 +391,6 @@ def test_a_symlink_or_fifo_planted_in_the_output_is_refused_not_followed(fake, t
     assert 'trial reports (None)' in outcome.reason  # the planted report went unread
 
 
-@pytest.mark.xfail(strict=True, reason='harness/scoring.py _open_regular refuses a symlink only '
-                   'as the last path component: a symlinked predictions/ folder is followed')
 def test_a_symlinked_predictions_folder_is_refused_not_followed(fake, tmp_path):
   """E.g. a trial pointing its predictions at the incumbent's, whose path it can guess, to
   claim the incumbent's quality at the cost of a trial that trains nothing."""
@@ -619,8 +617,6 @@ def test_trusted_costs_are_measured_by_the_parent_whatever_the_trial_reports(fak
 
 
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='TreeUsage reads /proc')
-@pytest.mark.xfail(strict=True, reason='agent/executor.py TreeUsage counts a reaped child twice: '
-                   'its own last sample plus the cutime/cstime _proc_stat adds to its parent')
 def test_the_cpu_of_a_child_the_trial_waited_for_is_counted_once(fake):
   spec = fake('''
       busy = 'import time\\ns = time.process_time()\\nwhile time.process_time() - s < 0.6: pass'
