@@ -7,6 +7,17 @@ rlimits a runaway trial fails alone instead of taking the machine down; with a c
 print loop cannot fill the disk. A trial's own failure is an outcome, never an exception:
 `run_trial` raises only for the caller's mistakes.
 
+Judged from outside: the trial writes predictions and a self-report into its `output/`
+folder, the only place it may write; this process (which never imports candidate code)
+scores them with `harness.scoring`, measures the trial's wall time, CPU time and peak RSS
+itself (`TreeUsage`), and writes the scorecard beside `output/`, never inside it.
+
+Filesystem: everything runs inside bubblewrap (`agent.sandbox`): the worktree and inputs
+read-only, `output/` writable, a private /tmp, nothing else of the machine's files but the
+system and the Python installation, the data's sources hidden. Where bwrap cannot run and
+the charter allows it (`filesystem_sandbox = "best_effort"`), the namespaces below are all
+there is, and each outcome's `sandbox` says so.
+
 Memory: `memory_mb` sets RLIMIT_DATA, not RLIMIT_AS. RLIMIT_AS counts every mapping,
 including PROT_NONE address-space reservations that use no memory: glibc reserves 64 MB per
 malloc arena (up to 8 per core), XLA reserves ranges, and the CUDA driver reserves host
@@ -28,8 +39,8 @@ SIGKILL a few seconds later). `max_processes` sets RLIMIT_NPROC, which counts th
 and every process of the same real user, not only the trial's; root ignores it. There is no
 RLIMIT_FSIZE: checkpoints are legitimately large, and the log's cap is kept by its reader.
 
-Namespaces (Linux): each trial (and each import check) runs under `unshare --pid --fork
---kill-child --mount-proc`, plus `--net` when the charter denies network, and plus `--user
+Namespaces without bwrap (Linux): each trial (and each import check) runs under `unshare
+--pid --fork --kill-child --mount-proc`, plus `--net` when the charter denies network, and plus `--user
 --map-root-user` when not root (unprivileged user namespaces). The network namespace has only
 a loopback device that is down, so no connection of any kind leaves it. In the PID namespace a
 small trusted init (`_INIT`) is PID 1 and the trial its child: when the trial ends, or the
