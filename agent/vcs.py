@@ -8,49 +8,131 @@ the worktree's metadata, the run's branch and refs. Why refs for rejected candid
 
 Put the worktree outside the checkout or under an ignored folder (e.g. `runs/`), and keep run
 outputs outside the worktree: `reset_to` deletes every untracked and ignored file in it.
+
+Why every git here is boxed in: code a trial runs once wrote `core.fsmonitor = <command>` into
+the user's `.git/config`, and the agent's next git ran that command outside the sandbox with
+the agent's whole environment, API keys included. The sandbox stops the write; this is the
+second layer. Every git command gets:
+
+- An environment built from nothing: PATH, LANG, LC_ALL and TZ are kept, nothing else of the
+  agent's (no API key, no GIT_DIR, GIT_CONFIG_* or GIT_EXTERNAL_DIFF). HOME=/dev/null,
+  GIT_CONFIG_GLOBAL=/dev/null and GIT_CONFIG_NOSYSTEM=1: no user or system config, attributes
+  or excludes, so only the repository's own files can name a command. GIT_TERMINAL_PROMPT=0
+  and --no-pager. GIT_ALLOW_PROTOCOL='' forbids every transport whatever protocol.*.allow
+  says: in a partial clone `cat-file -e` of a missing object fetches, which would run
+  remote.*.uploadpack, core.sshCommand, credential helpers or a remote helper.
+- Command-scope config (GIT_CONFIG_COUNT, which beats every config file):
+  core.fsmonitor=false (the attack: run on every index refresh); core.hooksPath=/dev/null (no
+  hook, the user's or a planted one, e.g. pre-commit, post-checkout, reference-transaction);
+  commit.gpgSign=false (gpg.program); submodule.recurse=false (checkout and reset stay out of
+  nested repositories); and for each `filter.<name>` the repository's config defines, empty
+  clean/smudge/process and required=false (add, status, checkout and reset run them; the names
+  are read with `git config --list` just before each command, so includes and worktree config
+  count).
+- Per command: `--no-ext-diff --no-textconv` on every diff (diff.external,
+  diff.<name>.command, diff.<name>.textconv). Nested repositories (one a trial made in the
+  worktree, or a submodule folder it filled) have config of their own that these overrides
+  miss, and git add and status run git inside them: status gets `--ignore-submodules=all`,
+  commits leave every nested repository out, and `reset_to` deletes untracked ones.
+
+What remains possible: git cannot be told to skip `.git/config`, so a setting outside this
+list still applies. Those known to run commands are unreachable here: editors (every commit
+passes -m), merge drivers (nothing here merges), aliases (built-in commands win over them).
+Settings that redirect rather than run: core.worktree points the user's checkout elsewhere,
+include.path can pull config from a file a trial can write, and the worktree's own `.git` file
+lives in the worktree, so rewritten it points the agent's git at another repository (whose
+filters are still neutralised, its core.worktree is not). `protected_config_digest` lets the
+loop notice a change to the files that carry such settings and stop the run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
 import re
 import subprocess
 from pathlib import Path, PurePosixPath
 
 DEFAULT_AUTHOR = 'research-agent <agent@localhost>'
 
-# The user's hooks never run on the agent's operations.
-_NO_HOOKS = 'core.hooksPath=/dev/null'
+# What git needs from the agent's environment: where programs are, the user's locale and zone.
+_KEPT_VARIABLES = ('PATH', 'LANG', 'LC_ALL', 'TZ')
+
+# Settings that make git run a command, each set to the value that stops it.
+_NEUTRAL_CONFIG = {
+    'core.fsmonitor': 'false',
+    'core.hooksPath': os.devnull,
+    'commit.gpgSign': 'false',
+    'submodule.recurse': 'false',
+}
+
+# A filter driver whose commands are empty does nothing, and must not fail the command for it.
+_NEUTRAL_FILTER = {'clean': '', 'smudge': '', 'process': '', 'required': 'false'}
+
+# Diffs show the stored bytes: no external diff program, no textconv command.
+_PLAIN_DIFF = ('--no-ext-diff', '--no-textconv')
 
 
 class VcsError(RuntimeError):
   """A git command failed; the message is one line naming the command and git's complaint."""
 
 
-def _git(cwd: Path, *args: str, config: tuple[str, ...] = ()) -> str:
-  """Runs `git -c <config>... <args>` in cwd and returns stdout; VcsError on failure."""
-  options = [part for setting in (_NO_HOOKS, *config) for part in ('-c', setting)]
+def _environment(config: dict[str, str]) -> dict[str, str]:
+  """Built from nothing, so no API key or git variable of the agent's reaches git."""
+  env = {name: os.environ[name] for name in _KEPT_VARIABLES if name in os.environ}
+  env.update(HOME=os.devnull, GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM='1',
+             GIT_TERMINAL_PROMPT='0', GIT_ALLOW_PROTOCOL='', GIT_CONFIG_COUNT=str(len(config)))
+  for i, (key, value) in enumerate(config.items()):  # unlike -c, keys may hold '='
+    env[f'GIT_CONFIG_KEY_{i}'], env[f'GIT_CONFIG_VALUE_{i}'] = key, value
+  return env
+
+
+def _run(cwd: Path, args: tuple[str, ...],
+         env: dict[str, str]) -> subprocess.CompletedProcess[str]:
   try:
-    result = subprocess.run(['git', *options, *args], cwd=cwd, check=True,
-                            capture_output=True, text=True)
-  except subprocess.CalledProcessError as error:
-    complaint = (error.stderr or '').strip() or (error.stdout or '').strip() or 'no output'
-    raise VcsError(f'git {args[0]} failed in {cwd}: {complaint.splitlines()[0]}') from None
+    return subprocess.run(['git', '--no-pager', *args], cwd=cwd, env=env, capture_output=True,
+                          text=True)
   except FileNotFoundError:
     raise VcsError('git is not installed or not on PATH') from None
+
+
+def _checked(cwd: Path, args: tuple[str, ...], env: dict[str, str]) -> str:
+  result = _run(cwd, args, env)
+  if result.returncode:
+    complaint = result.stderr.strip() or result.stdout.strip() or 'no output'
+    raise VcsError(f'git {args[0]} failed in {cwd}: {complaint.splitlines()[0]}')
   return result.stdout
+
+
+def git_environment(cwd: Path, config: dict[str, str] | None = None) -> dict[str, str]:
+  """The whole environment the agent's git gets in cwd: scrubbed, with every command-running
+  setting of the repository neutralised, then config (e.g. the commit identity) on top."""
+  listing = _checked(cwd, ('config', '--list', '-z'), _environment(_NEUTRAL_CONFIG))
+  keys = (entry.split('\n', 1)[0] for entry in listing.split('\0'))
+  drivers = sorted({key.rsplit('.', 1)[0] for key in keys
+                    if key.startswith('filter.') and key.count('.') >= 2})
+  filters = {f'{driver}.{key}': value for driver in drivers
+             for key, value in _NEUTRAL_FILTER.items()}
+  return _environment({**filters, **_NEUTRAL_CONFIG, **(config or {})})
+
+
+def _git(cwd: Path, *args: str, config: dict[str, str] | None = None) -> str:
+  """Runs git with args in cwd, boxed in as the module docstring says; VcsError on failure."""
+  return _checked(cwd, args, git_environment(cwd, config))
 
 
 def _git_ok(cwd: Path, *args: str) -> bool:
   """Runs a git query whose answer is its exit status."""
-  return subprocess.run(['git', *args], cwd=cwd, capture_output=True).returncode == 0
+  return _run(cwd, args, git_environment(cwd)).returncode == 0
 
 
-def _parse_author(author: str) -> tuple[str, str]:
+def _identity(author: str) -> dict[str, str]:
+  """The commit identity as config, from "Name <email>"."""
   match = re.fullmatch(r'\s*(.+?)\s*<([^<>]+)>\s*', author)
   if not match:
     raise VcsError(f'author must look like "Name <email>", got {author!r}')
-  return match.group(1), match.group(2)
+  return {'user.name': match.group(1), 'user.email': match.group(2)}
 
 
 def repo_root(path: Path) -> Path:
@@ -80,7 +162,7 @@ def parent(repo: Path, sha: str) -> str:
 
 def changed_files(repo: Path, a: str, b: str) -> list[str]:
   """Paths that differ between two commits (renames shown as delete + add)."""
-  out = _git(Path(repo), 'diff', '--no-renames', '--name-only', '-z', a, b)
+  out = _git(Path(repo), 'diff', *_PLAIN_DIFF, '--no-renames', '--name-only', '-z', a, b)
   return sorted(p for p in out.split('\0') if p)
 
 
@@ -98,7 +180,7 @@ class Worktree:
   path: Path
   branch: str
 
-  def _git(self, *args: str, config: tuple[str, ...] = ()) -> str:
+  def _git(self, *args: str, config: dict[str, str] | None = None) -> str:
     return _git(self.path, *args, config=config)
 
   def head(self) -> str:
@@ -106,7 +188,8 @@ class Worktree:
 
   def is_clean(self) -> bool:
     """No tracked change and no untracked file that is not ignored."""
-    return not self._git('status', '--porcelain', '--untracked-files=all').strip()
+    return not self._git('status', '--porcelain', '--untracked-files=all',
+                         '--ignore-submodules=all').strip()
 
   def write_files(self, files: dict[str, str | None]) -> None:
     """Writes (or, for None, deletes) files given relative to the worktree."""
@@ -125,30 +208,39 @@ class Worktree:
       raise VcsError(f'refusing to write {relative!r}: not a plain path inside the worktree')
     return self.path.joinpath(*parts)
 
+  def _nested_repositories(self) -> list[str]:
+    """Folders under the worktree that hold a repository of their own."""
+    found = []
+    for folder, subfolders, files in os.walk(self.path):
+      if folder != str(self.path) and '.git' in subfolders + files:
+        found.append(Path(folder).relative_to(self.path).as_posix())
+        subfolders.clear()
+    return found
+
   def commit(self, message: str, author: str = DEFAULT_AUTHOR) -> str:
     """Commits every change, deletions included, and returns the new sha."""
-    name, email = _parse_author(author)
-    self._git('add', '--all')
-    if _git_ok(self.path, 'diff', '--cached', '--quiet'):
+    identity = _identity(author)
+    # git add would run git inside a nested repository (e.g. one a trial made), under its
+    # own config; the agent never edits one, so they are left out of every commit.
+    nested = [f':(exclude,literal){path}' for path in self._nested_repositories()]
+    self._git('add', '--all', '--', '.', *nested)
+    if _git_ok(self.path, 'diff', *_PLAIN_DIFF, '--cached', '--quiet'):
       raise VcsError(f'git commit refused in {self.path}: nothing to commit')
-    identity = (f'user.name={name}', f'user.email={email}', 'commit.gpgsign=false')
     self._git('commit', '--quiet', '-m', message, config=identity)
     return self.head()
 
   def amend_message(self, message: str, author: str = DEFAULT_AUTHOR) -> str:
     """Rewrites HEAD's message only (same tree), e.g. to add the verdict; returns the new sha."""
-    name, email = _parse_author(author)
-    identity = (f'user.name={name}', f'user.email={email}', 'commit.gpgsign=false')
     self._git('commit', '--quiet', '--amend', '--allow-empty', '--only', '-m', message,
-              config=identity)
+              config=_identity(author))
     return self.head()
 
   def tree(self, rev: str = 'HEAD') -> str:
     return self._git('rev-parse', f'{rev}^{{tree}}').strip()
 
   def diff(self, a: str, b: str) -> str:
-    """The unified diff from a to b, free of the user's colour and external-diff settings."""
-    return self._git('diff', '--no-color', '--no-ext-diff', a, b)
+    """The unified diff from a to b, free of the user's colour, external-diff and textconv."""
+    return self._git('diff', '--no-color', *_PLAIN_DIFF, a, b)
 
   def keep_ref(self, ref: str, sha: str) -> None:
     """Points a full ref (e.g. refs/agent/<run-id>/rejected/<n>) at sha so gc never drops it."""
@@ -157,9 +249,10 @@ class Worktree:
     self._git('update-ref', ref, sha)
 
   def reset_to(self, sha: str) -> None:
-    """Makes the worktree exactly sha: branch moved back, every untracked file removed."""
+    """Makes the worktree exactly sha: branch moved back, every untracked file removed, nested
+    repositories too (-ff)."""
     self._git('reset', '--quiet', '--hard', sha)
-    self._git('clean', '-fdxq')
+    self._git('clean', '-ffdxq')
 
   def advance_branch(self, sha: str) -> None:
     """Fast-forwards the run's branch to sha and checks it out here; refuses to rewrite history."""
@@ -210,3 +303,28 @@ def create_worktree(repo: Path, worktree: Path, branch: str, start: str = 'HEAD'
   else:
     _git(repo, 'worktree', 'add', '--quiet', '-b', branch, str(worktree), start)
   return Worktree(repo, worktree, branch)
+
+
+def protected_config_digest(repo: Path) -> str:
+  """A sha256 over the repository's files that can make git run code: its config, every
+  worktree's config.worktree, info/attributes and the hooks folder (names and content).
+
+  Trial code cannot legitimately touch any of them, so the loop compares this before and after
+  each trial and stops the run on a change: the settings git cannot be told to skip are seen.
+  """
+  common = Path(repo, _git(Path(repo), 'rev-parse', '--git-common-dir').strip()).resolve()
+  hooks = sorted(path for path in (common / 'hooks').rglob('*') if not path.is_dir())
+  paths = [common / 'config', common / 'config.worktree',
+           *sorted(common.glob('worktrees/*/config.worktree')), common / 'info' / 'attributes',
+           *hooks]
+  digest = hashlib.sha256()
+  for path in paths:
+    name = path.relative_to(common).as_posix().encode()
+    digest.update(b'%d:%s' % (len(name), name))
+    try:
+      content = path.read_bytes()
+    except OSError:  # missing, or a dangling link: recorded as missing
+      digest.update(b'-')
+    else:
+      digest.update(b'%d:%s' % (len(content), content))
+  return digest.hexdigest()
