@@ -72,6 +72,7 @@ from pathlib import Path
 from typing import IO, Any, Callable, Literal, Mapping
 
 from agent import sandbox as fs_sandbox
+from agent import vcs
 from harness import scorecard as sc
 from harness import scoring
 from harness.datasets import source_paths
@@ -291,25 +292,48 @@ def _run_code(worktree: Path, code_and_args: list[str], timeout_s: float,
   return (None if timed_out else returncode), log.tail()
 
 
-def _set_limit(kind: int, soft: int, hard: int) -> None:
-  """Never asks for more than the current hard limit (only root could raise it)."""
-  current_hard = resource.getrlimit(kind)[1]
-  if current_hard != resource.RLIM_INFINITY:
-    hard = min(hard, current_hard)
-  resource.setrlimit(kind, (min(soft, hard), hard))
-
-
-def _apply_limits(sandbox: Sandbox) -> None:
-  """Runs in the forked child before exec (preexec_fn): only setrlimit calls, no locks.
-
-  The limits are inherited by unshare, the init and the trial below it.
-  """
+def _limits(sandbox: Sandbox) -> list[tuple[int, str, int, int]]:
+  """(resource, prlimit's name for it, soft, hard) for each limit the sandbox sets; never
+  more than the current hard limit (only root could raise it)."""
+  wanted = []
   if sandbox.cpu_seconds:
-    _set_limit(resource.RLIMIT_CPU, sandbox.cpu_seconds, sandbox.cpu_seconds + _CPU_KILL_AFTER_S)
+    wanted.append((resource.RLIMIT_CPU, 'cpu', sandbox.cpu_seconds,
+                   sandbox.cpu_seconds + _CPU_KILL_AFTER_S))
   if sandbox.memory_mb:
-    _set_limit(resource.RLIMIT_DATA, sandbox.memory_mb << 20, sandbox.memory_mb << 20)
+    wanted.append((resource.RLIMIT_DATA, 'data', sandbox.memory_mb << 20,
+                   sandbox.memory_mb << 20))
   if sandbox.max_processes:
-    _set_limit(resource.RLIMIT_NPROC, sandbox.max_processes, sandbox.max_processes)
+    wanted.append((resource.RLIMIT_NPROC, 'nproc', sandbox.max_processes,
+                   sandbox.max_processes))
+  limits = []
+  for kind, name, soft, hard in wanted:
+    current_hard = resource.getrlimit(kind)[1]
+    if current_hard != resource.RLIM_INFINITY:
+      hard = min(hard, current_hard)
+    limits.append((kind, name, min(soft, hard), hard))
+  return limits
+
+
+def _limited(command: list[str], sandbox: Sandbox) -> tuple[list[str], Any]:
+  """The command under the sandbox's rlimits, and a preexec_fn where one is needed.
+
+  Where util-linux's `prlimit` exists the limits are set by it, just before it execs the
+  command: no Python runs between fork and exec (unsafe once JAX's threads run in this
+  process). Elsewhere (macOS) a preexec_fn sets them. Limits are inherited by everything
+  the command starts.
+  """
+  limits = _limits(sandbox)
+  prlimit = shutil.which('prlimit')
+  if not limits:
+    return command, None
+  if prlimit:
+    return [prlimit, *(f'--{name}={soft}:{hard}' for _, name, soft, hard in limits), '--',
+            *command], None
+
+  def apply() -> None:
+    for kind, _, soft, hard in limits:
+      resource.setrlimit(kind, (soft, hard))
+  return command, apply
 
 
 # PID 1 of the trial's PID namespace: starts the trial as its only child, reaps orphans, and
@@ -418,10 +442,10 @@ def _start(argv: list[str], cwd: Path, env: dict[str, str], sandbox: Sandbox,
   else:
     iso = dataclasses.replace(isolation(sandbox.isolate_network), description=described)
     command = [*iso.prefix, *argv]
+  command, preexec = _limited(command, sandbox)
   proc = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          start_new_session=True,
-                          preexec_fn=functools.partial(_apply_limits, sandbox))
+                          start_new_session=True, preexec_fn=preexec)
   return proc, iso
 
 
@@ -681,7 +705,7 @@ def _score(spec: TrialSpec, scorer: scoring.Scorer,
   seeds = list(range(spec.first_seed, spec.first_seed + spec.seeds))
   try:
     card = scoring.scorecard(scorer, spec.output, seeds=seeds, trusted=trusted,
-                             code=sc.code_provenance(spec.worktree))
+                             code=vcs.provenance(spec.worktree))
     test = (scoring.test_scorecard(scorer, spec.output, card)
             if 'test' in scorer.targets.labels and card['status'] == 'ok' else None)
   except scoring.ScoringError as e:

@@ -206,6 +206,15 @@ class Loop:
     self.session_start = time.monotonic()
     self.direction = 'max'
     self.data: dict[str, tuple[Path, trial_inputs.Targets]] = {}  # experiment -> its data
+    self.git_digest = vcs.protected_config_digest(repo)
+
+  def _check_repository(self, after: str) -> None:
+    """Stops the run if the repository's git settings (config, hooks, attributes) changed
+    while agent-written code ran: the next git command could run what was planted."""
+    if vcs.protected_config_digest(self.repo) != self.git_digest:
+      raise RunHalted(f'the repository\'s git settings (.git/config, hooks or attributes) '
+                      f'changed during {after}: stopping before any further git command; '
+                      f'inspect {self.repo / ".git"} before resuming')
 
   # ---- data ---------------------------------------------------------------------------
   def _prepare_data(self, final: bool = False) -> None:
@@ -222,6 +231,7 @@ class Loop:
         dataset = dataset_config(self.worktree.path, self.config.experiment, self._sandbox())
       except ValueError as e:
         raise BaselineError(str(e)) from None
+      self._check_repository('resolving the experiment\'s dataset')
       self.state.data = {'dataset': dataset}
     dataset = self.state.data['dataset']
     fingerprints = self._write_inputs(self.config.experiment, dataset, final)
@@ -293,7 +303,9 @@ class Loop:
                      isolate_network=box.isolate_network, inputs=inputs,
                      require_filesystem=box.require_filesystem)
     scorer = scoring.Scorer(targets, self.config.seeds)
-    return self.execute(spec, scorer=scorer, on_curve=on_curve)
+    outcome = self.execute(spec, scorer=scorer, on_curve=on_curve)
+    self._check_repository(f'the trial in {workdir}')
+    return outcome
 
   def _sandbox(self) -> Sandbox:
     """The charter's bounds for everything that runs agent-written code."""
@@ -387,6 +399,7 @@ class Loop:
     self.worktree.write_files(dict(proposal.changes))
     import_error = import_check(self.worktree.path, sorted(proposal.changes),
                                 timeout_s=min(120.0, self._timeout()), sandbox=self._sandbox())
+    self._check_repository(f'the import check of trial {trial}')
     if import_error:
       self.worktree.reset_to(incumbent.commit)
       self._record_guard_rejection(trial, proposal, f'the edited code does not import: '

@@ -160,6 +160,19 @@ def parent(repo: Path, sha: str) -> str:
   return resolve(repo, f'{sha}^')
 
 
+def provenance(path: Path) -> dict[str, str | bool | None]:
+  """The commit and tree checked out at path and whether it has uncommitted changes: the
+  scorecard's `code`, read with the agent's safe git (never the harness's plain one, which
+  would run in the agent's process with its whole environment)."""
+  try:
+    return {'commit': resolve(path, 'HEAD'), 'tree': _git(Path(path), 'rev-parse',
+                                                         'HEAD^{tree}').strip(),
+            'dirty': bool(_git(Path(path), 'status', '--porcelain', '--untracked-files=no',
+                               '--ignore-submodules=all').strip())}
+  except VcsError:
+    return {'commit': None, 'tree': None, 'dirty': None}
+
+
 def changed_files(repo: Path, a: str, b: str) -> list[str]:
   """Paths that differ between two commits (renames shown as delete + add)."""
   out = _git(Path(repo), 'diff', *_PLAIN_DIFF, '--no-renames', '--name-only', '-z', a, b)

@@ -144,12 +144,12 @@ def run_agent(ctx: Context, rep: int, seed: int, budget: Budget, say: Say,
                      start_commit=trials.git(ctx.workspace, 'rev-parse', 'HEAD'))
   journal.append('run_started', {'config': dataclasses.asdict(config)})
 
-  def execute(spec: TrialSpec, on_curve=None) -> TrialOutcome:
+  def execute(spec: TrialSpec, scorer=None, on_curve=None) -> TrialOutcome:
     timeout = budget.timeout(spec.timeout_s)
     if timeout <= 0:
       return TrialOutcome('timeout', None, [], 0.0, None, spec.workdir / 'trial.log', '',
                           'no compute budget left to start this run')
-    return budget.charge(trials.execute(dataclasses.replace(spec, timeout_s=timeout),
+    return budget.charge(trials.execute(dataclasses.replace(spec, timeout_s=timeout), scorer,
                                         on_curve=on_curve))
 
   loop = Loop(ctx.workspace, run_dir, charter or ctx.charter, HeuristicProposer(seed=seed),

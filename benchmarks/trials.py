@@ -31,7 +31,9 @@ import ml_collections
 
 from agent import config_edit
 from agent.executor import LOG, OnCurve, TrialOutcome, TrialSpec, run_trial
-from harness import scorecard
+from harness import scorecard, trial_inputs
+from harness.datasets import load_task
+from harness.scoring import Scorer
 from harness.train import ConfigError, train_and_evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,10 +73,14 @@ def load_config(path: Path) -> ml_collections.ConfigDict:
   return module.get_config()
 
 
-def execute(spec: TrialSpec, on_curve: OnCurve | None = None) -> TrialOutcome:
-  """agent.executor.run_trial's contract, run in this process when the code allows it."""
+def execute(spec: TrialSpec, scorer: Scorer | None = None,
+            on_curve: OnCurve | None = None) -> TrialOutcome:
+  """agent.executor.run_trial's contract, run in this process when the code allows it
+  (then it scores itself, with the labels it loads: benchmark trials are trusted code)."""
   if spec.overrides or not runs_here(spec.worktree):
-    return run_trial(spec, on_curve=on_curve)
+    if scorer is None or spec.inputs is None:
+      return _sandboxed(spec, on_curve)
+    return run_trial(spec, scorer, on_curve=on_curve)
   workdir = Path(spec.workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   if any(workdir.iterdir()):
@@ -109,7 +115,8 @@ def execute(spec: TrialSpec, on_curve: OnCurve | None = None) -> TrialOutcome:
     return outcome('bad_input', None, f'error: cannot load --config: {e}', 2)
   with mock.patch.object(scorecard, 'append_jsonl', hook):
     try:
-      card = train_and_evaluate(config, workdir, num_seeds=spec.seeds, eval_test=spec.eval_test)
+      with_test = spec.eval_test or bool(spec.inputs and (spec.inputs / 'predict_test.npy').exists())
+      card = train_and_evaluate(config, workdir, num_seeds=spec.seeds, eval_test=with_test)
     except _Stop as stop:
       return outcome(stop.status, None, stop.reason, None, stop.step)
     except ConfigError as e:
@@ -117,6 +124,18 @@ def execute(spec: TrialSpec, on_curve: OnCurve | None = None) -> TrialOutcome:
     except Exception as e:  # a crash in training is the trial's outcome, as in a subprocess
       return outcome('failed', None, ' '.join(str(e).split())[:300] or type(e).__name__, 1)
   return outcome(card['status'], card, f'finished: {card["status"]}', 0)
+
+
+def _sandboxed(spec: TrialSpec, on_curve: OnCurve | None) -> TrialOutcome:
+  """A trial whose code cannot be imported here, run as the agent runs one: inputs written
+  from the experiment's data beside its workdir, scored here with the labels."""
+  config = load_config(spec.worktree / spec.experiment)
+  inputs, targets = trial_inputs.build(load_task(config.dataset), config.dataset.to_dict(),
+                                       with_test=spec.eval_test)
+  folder = spec.workdir.with_name(f'{spec.workdir.name}-inputs')
+  trial_inputs.write(folder, inputs)
+  return run_trial(dataclasses.replace(spec, inputs=folder, eval_test=False),
+                   Scorer(targets, spec.seeds), on_curve=on_curve)
 
 
 def git(repo: Path, *args: str) -> str:

@@ -31,7 +31,7 @@ from harness.checkpoints import Checkpointer
 from harness.history import History
 from harness.optimizers import make_optimizer
 from harness.runners import ChunkRunner
-from harness.steps import Program, SeedKeys, build_program, predict
+from harness.steps import SeedKeys, build_program, predict
 from harness.tb_writer import MetricsWriter
 
 CODE_ROOT = Path(__file__).resolve().parent.parent
