@@ -17,7 +17,7 @@ from agent import config_edit, knobs
 from agent.charter import load_charter
 from agent.executor import TrialOutcome
 from agent.journal import Journal
-from agent.loop import Loop, RunConfig, RunState
+from agent.loop import Loop, RunConfig, RunHalted, RunState
 from agent.proposal import NoProposal, Observation, Proposal, ProposalFailed
 from tests.agent_workspace import (TINY_EXPERIMENT, fake_scorecard, git, make_workspace,
                                    write_scorecard)
@@ -258,3 +258,92 @@ def test_a_trial_that_saw_other_data_is_rejected_however_good_it_looks(tmp_path)
   assert not verdict['accepted'] and verdict['reason_code'] == 'data_changed'
   assert 'fingerprints differ' in verdict['rationale']
   assert loop.worktree.head() == loop.config.start_commit
+
+
+# ---- where a change is judged; what the run pins and watches ------------------------------
+ROOT_MODELS = Path(__file__).resolve().parent.parent / 'models'
+
+
+def test_a_tie_in_code_the_experiment_never_runs_is_not_kept_as_a_simplification(tmp_path):
+  """Deleting the causal mask of the transformer is a tie on digits (an MLP): without the
+  rule it would pass as a simplification; it must be judged where the code runs."""
+  source = (ROOT_MODELS / 'transformer.py').read_text()
+  assert 'mask' in source
+  lines = source.splitlines(keepends=True)
+  shorter = ''.join(line for line in lines if 'mask' not in line or 'def ' in line)
+  proposer = ScriptedProposer([('drop_mask', lambda obs: ('models/transformer.py', shorter))])
+  _, loop, journal = make_loop(tmp_path, proposer, SimulatedRunner(independent=0.0), trials=1)
+  loop.run()
+  verdict = journal.last('verdict').payload
+  assert not verdict['accepted'] and verdict['reason_code'] == 'unused_code'
+  assert 'models/transformer.py is not run by experiments/digits_mlp.py' in verdict['rationale']
+
+
+def test_a_winner_that_changes_shared_code_is_also_judged_on_the_experiments_that_run_it(
+    tmp_path):
+  class Breaks(SimulatedRunner):
+    """The candidate wins on digits and fails on every other experiment."""
+    def __call__(self, spec, scorer=None, on_curve=None):
+      outcome = super().__call__(spec, scorer, on_curve)
+      if spec.experiment != TINY_EXPERIMENT and 'elsewhere/' in str(spec.workdir) and (
+          spec.workdir.name == 'candidate'):
+        return dataclasses.replace(outcome, status='invalid', scorecard=None,
+                                   reason='invariant broken (probe_causal): reads ahead')
+      return outcome
+
+  def shared_and_lr(obs: Observation):
+    return {'models/layers.py': obs.files['models/layers.py'] + '\n# shared note\n',
+            obs.experiment: config_edit.set_value(obs.files[obs.experiment],
+                                                  'optimizer.learning_rate', 1e-2)}
+
+  class Both(ScriptedProposer):
+    def propose(self, observation):
+      proposal = super().propose(observation)
+      return dataclasses.replace(proposal, changes=shared_and_lr(observation))
+
+  runner = Breaks(effect_per_lr={1e-2: 0.05})
+  _, loop, journal = make_loop(tmp_path, Both([('lr_and_layers', set_lr(1e-2))]), runner,
+                               trials=1)
+  loop.run()
+  verdict = journal.last('verdict').payload
+  assert not verdict['accepted'] and verdict['reason_code'] == 'breaks_elsewhere'
+  assert 'reads ahead' in verdict['rationale']
+  judged = [r.payload['experiment'] for r in journal.records('confirm_finished')
+            if 'experiment' in r.payload]
+  assert judged[0] in ('experiments/charlm_transformer.py', 'experiments/mnist1d_mlp.py')
+  pinned = [r.payload for r in journal.records('data')]
+  assert pinned[0]['dataset']['name'] == 'digits' and 'experiment' in pinned[1]
+
+
+def test_the_run_pins_its_data_and_trials_get_inputs_without_labels(tmp_path):
+  seen = []
+
+  class Records(SimulatedRunner):
+    def __call__(self, spec, scorer=None, on_curve=None):
+      seen.append((spec.inputs, scorer))
+      return super().__call__(spec, scorer, on_curve)
+
+  _, loop, journal = make_loop(tmp_path, ScriptedProposer([]), Records(), trials=1)
+  loop.run()
+  data = journal.last('data').payload
+  assert data['dataset']['name'] == 'digits' and set(data['fingerprints']) == {
+      'train', 'val', 'test'}
+  inputs, scorer = seen[0]
+  assert sorted(p.name for p in inputs.iterdir()) == [
+      'predict_probe_batch.npy', 'predict_val.npy', 'task.json', 'train_x.npy', 'train_y.npy']
+  assert 'val' in scorer.targets.labels and 'test' not in scorer.targets.labels
+
+
+def test_a_change_to_the_repositorys_git_settings_during_a_trial_halts_the_run(tmp_path):
+  class Plants(SimulatedRunner):
+    def __call__(self, spec, scorer=None, on_curve=None):
+      if 'trials' in str(spec.workdir):  # as if a trial had escaped its sandbox
+        config = spec.worktree.parent.parent.parent / '.git' / 'config'
+        config.write_text(config.read_text() + '[core]\n\tfsmonitor = /tmp/planted\n')
+      return super().__call__(spec, scorer, on_curve)
+
+  _, loop, journal = make_loop(tmp_path, ScriptedProposer([('lr_up', set_lr(1e-2))]),
+                               Plants(), trials=1)
+  with pytest.raises(RunHalted, match='git settings'):
+    loop.run()
+  assert not journal.records('verdict')  # nothing after the trial ran, git included
