@@ -50,7 +50,8 @@ PROJECT_PACKAGES = ('models', 'experiments')
 # Parts of the allowed packages that reach files, FFI, the host, the network or global state.
 FORBIDDEN_NAMES = frozenset({
     'numpy.lib', 'numpy.ctypeslib', 'numpy.f2py', 'numpy.distutils', 'numpy.testing',
-    'numpy.core', 'numpy.rec', 'numpy.memmap', 'numpy.DataSource', 'numpy.load',
+    'numpy.core', 'numpy.rec', 'numpy.ma.mrecords', 'numpy.memmap', 'numpy.DataSource',
+    'numpy.load',
     'numpy.save', 'numpy.savez', 'numpy.savez_compressed', 'numpy.savetxt', 'numpy.loadtxt',
     'numpy.genfromtxt', 'numpy.fromfile', 'numpy.fromregex',
     'jax.ffi', 'jax.extend', 'jax.profiler', 'jax.distributed', 'jax.config', 'jax.monitoring',
@@ -81,10 +82,11 @@ DANGEROUS_ATTRIBUTES = frozenset({
     'fileinput', 'tempfile', 'glob', 'mmap', 'fcntl', 'zipimport', 'pkgutil', 'gc', 'codecs',
     'io', 'load', 'save', 'savez', 'savez_compressed', 'savetxt', 'loadtxt', 'genfromtxt',
     'fromfile', 'tofile', 'fromregex', 'memmap', 'open_memmap', 'DataSource', 'dump', 'open',
+    'openfile',  # numpy.ma.mrecords.openfile opens any path
+    'compile',  # jit(f).lower(x).compile({'xla_dump_to': ...}) writes where it is told
 })
 # The same for dynamic code and getters by computed name, as attributes of whatever holds
-# them (bltns.exec, operator.attrgetter). Not eval or compile: those are also nnx's
-# `model.eval()` and JAX's `lowered.compile()`.
+# them (bltns.exec, operator.attrgetter). Not eval: that is also nnx's `model.eval()`.
 DYNAMIC_ATTRIBUTES = frozenset({
     'exec', 'globals', 'locals', 'vars', 'breakpoint', 'getattr', 'setattr', 'delattr',
     'import_module', 'attrgetter', 'methodcaller',
@@ -429,6 +431,9 @@ class _Checker:
     if self._foreign(obj):
       self.fail(node, f"changing '{spelled}' is not allowed (it belongs to an imported module, "
                 'class or function: no monkeypatching)')
+    elif not all(isinstance(root, ast.Name) for root in _roots(obj)):
+      self.fail(node, f"changing '{spelled}' is not allowed (only objects reached from a name "
+                'are changed: a container or call result may hold an imported class)')
     elif _is_dunder(attr) and not (isinstance(obj, ast.Name) and obj.id not in self.imported
                                    and (obj.id in _SELF or obj.id in self.classes)):
       self.fail(node, f"changing '{spelled}' is not allowed (a dunder is set only on self, cls "

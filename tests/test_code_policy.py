@@ -314,3 +314,15 @@ def test_the_projects_own_packages_are_importable_and_can_be_extended():
 def test_every_problem_is_reported_on_one_line():
   found = problems('import os\nimport subprocess\neval("1")\n')
   assert len(found) == 3 and all('\n' not in p for p in found)
+
+
+@pytest.mark.parametrize('source, words', [
+    ('from numpy.ma.mrecords import openfile\nopenfile("/etc/passwd")\n', 'numpy.ma.mrecords'),
+    ('import numpy as np\nnp.ma.mrecords.openfile("x")\n', 'numpy.ma.mrecords'),
+    ('import jax\njax.jit(abs).lower(1.0).compile({"xla_dump_to": "/x"})\n', "'compile'"),
+    ('import jax.numpy as jnp\n[type(jnp.zeros(1))][0].argmax = abs\n', 'argmax'),
+    ('def make():\n  return object()\nmake().x = 1\n', 'reached from a name'),
+])
+def test_doors_found_past_the_first_policy_are_closed(source, words):
+  found = problems(source)
+  assert found and any(words in p for p in found), found
