@@ -565,6 +565,9 @@ class _CappedLog:
 
   def drain(self, pipe: IO[bytes]) -> threading.Thread:
     def run() -> None:
+      # Ctrl-C must reach the main thread: a signal the kernel hands to this thread (while
+      # the main one blocks signals around vfork) would leave Python's handler waiting.
+      signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
       with pipe:
         for line in iter(functools.partial(pipe.readline, _LINE_BYTES), b''):
           self.write(line)

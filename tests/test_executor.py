@@ -15,7 +15,6 @@ filesystem boundary itself are skipped without it.
 
 from __future__ import annotations
 
-import _thread
 import io
 import json
 import math
@@ -505,7 +504,7 @@ def test_ctrl_c_in_the_parent_kills_the_trials_whole_group_and_propagates(fake):
       (WORKDIR / 'started').write_text('')
       time.sleep(600)
       ''')
-  timer = threading.Timer(1.0, _thread.interrupt_main)
+  timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))  # a real Ctrl-C
   timer.start()
   with pytest.raises(KeyboardInterrupt):
     run(spec)
