@@ -9,7 +9,12 @@ double-counting a trial, and the worktree is reset to the incumbent the journal 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
+import json
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -103,6 +108,87 @@ def _mean(values: list[float | None]) -> float:
   return sum(finite) / len(finite) if len(finite) == len(values) and finite else float('nan')
 
 
+HEARTBEAT = 'heartbeat.json'
+HEARTBEAT_S = 5.0
+
+
+def heartbeat_of(run_dir: Path) -> dict[str, Any]:
+  """The last heartbeat a session of this run wrote ({} if none or unreadable)."""
+  try:
+    beat = json.loads((run_dir / HEARTBEAT).read_text())
+  except (OSError, ValueError):
+    return {}
+  return beat if isinstance(beat, dict) else {}
+
+
+class _SessionClock:
+  """Wall time spent in the run's sessions, from the journal alone plus the heartbeat: a
+  session that ended says how long it ran; one killed (kill -9, power loss) counts from its
+  start to its last sign of life (its last record, or its heartbeat if later), so the
+  minute budget survives any number of kills."""
+
+  def __init__(self, heartbeat: dict[str, Any]):
+    self.heartbeat = heartbeat
+    self.start: tuple[int, float] | None = None  # (seq, time) of the open session
+    self.last = 0.0
+
+  def see(self, record: Any) -> float:
+    """Seconds to add to the elapsed total once `record` is seen."""
+    now = _seconds(record.ts)
+    added = 0.0
+    if record.kind == 'session_started':
+      added = self.close()
+      self.start = (record.seq, now)
+    elif record.kind == 'session_ended' and self.start is not None:
+      added, self.start = float(record.payload['elapsed_seconds']), None
+    self.last = now
+    return added
+
+  def close(self) -> float:
+    """The open session's time, if it never ended (killed, or running now)."""
+    if self.start is None:
+      return 0.0
+    seq, began = self.start
+    self.start = None
+    end = self.last
+    if self.heartbeat.get('session') == seq and isinstance(self.heartbeat.get('time'), str):
+      end = max(end, _seconds(self.heartbeat['time']))
+    return max(0.0, end - began)
+
+
+def _seconds(iso: str) -> float:
+  return datetime.datetime.fromisoformat(iso).timestamp()
+
+
+class Heartbeat:
+  """Writes the session's last sign of life every few seconds (beside the journal, outside
+  any trial's reach), so the time of a session killed mid-trial is not lost."""
+
+  def __init__(self, run_dir: Path, session: int):
+    self.path, self.session = run_dir / HEARTBEAT, session
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._beat, name='heartbeat', daemon=True)
+    self._thread.start()
+
+  def _beat(self) -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})  # main's Ctrl-C
+    while not self._stop.wait(HEARTBEAT_S):
+      self.write()
+
+  def write(self) -> None:
+    tmp = self.path.with_suffix('.tmp')
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='microseconds')
+    try:
+      tmp.write_text(json.dumps({'session': self.session, 'time': now}))
+      tmp.replace(self.path)
+    except OSError:
+      pass  # a missed beat costs at most HEARTBEAT_S of budget accounting
+
+  def stop(self) -> None:
+    self._stop.set()
+    self._thread.join()
+
+
 @dataclasses.dataclass
 class RunState:
   """Where a run stands, rebuilt from its journal."""
@@ -127,8 +213,10 @@ class RunState:
       raise ValueError(f'{journal.path} does not start with a run_started record')
     state = cls(RunConfig(**records[0].payload['config']))
     proposals: dict[int, dict[str, Any]] = {}
+    clock = _SessionClock(heartbeat_of(journal.path.parent))
     for record in records:
       payload = record.payload
+      state.elapsed_before += clock.see(record)
       if record.kind == 'data' and 'experiment' not in payload:
         state.data = payload
       if record.kind == 'baseline':
@@ -137,8 +225,6 @@ class RunState:
         state.compute_seconds += payload.get('wall_seconds', 0.0)
       if record.kind == 'proposal':
         proposals[record.trial] = payload
-      elif record.kind == 'session_ended':
-        state.elapsed_before += payload['elapsed_seconds']
       elif record.kind in ('verdict', 'guard_rejected', 'proposal_failed'):
         state.count(record.trial, payload, proposals.pop(record.trial, {}))
       elif record.kind == 'review':
@@ -147,6 +233,7 @@ class RunState:
         state.book(payload)
       elif record.kind == 'run_finished':
         state.finished = True
+    state.elapsed_before += clock.close()
     state.pending = next(iter(proposals.values()), None)
     if state.pending is not None:
       state.pending = {**state.pending, 'trial': min(proposals)}
@@ -201,10 +288,13 @@ class Loop:
     self.proposer, self.journal, self.state = proposer, journal, state
     self.execute, self.say = execute, print_fn
     self.config = state.config
+    journal.anchor_with(vcs.anchor_writer(repo, self.config.run_id))
     self.worktree = vcs.create_worktree(repo, run_dir / 'worktree', f'agent/{self.config.run_id}',
                                         start=self.config.start_commit)
     self.session_start = time.monotonic()
     self.direction = 'max'
+    session = self.journal.append('session_started', {'pid': os.getpid()})
+    self.heartbeat = Heartbeat(run_dir, session.seq)
     self.data: dict[str, tuple[Path, trial_inputs.Targets]] = {}  # experiment -> its data
     self.git_digest = vcs.protected_config_digest(repo)
 
@@ -562,15 +652,17 @@ class Loop:
     if cand_fresh.status != 'ok' or inc_fresh.status != 'ok':
       return _rejection('confirm_failed', f'The confirmation runs did not finish '
                         f'({cand_fresh.status}/{inc_fresh.status}).'), candidate, extra
-    fresh_pair = decide_lib.SeedResults(
-        ArmRecord.from_scorecard(incumbent.commit, trial_dir / 'confirm_incumbent',
-                                 inc_fresh.scorecard).arm(),
-        ArmRecord.from_scorecard(commit, trial_dir / 'confirm_candidate',
-                                 cand_fresh.scorecard).arm(), self._metric_name())
+    confirm_arms = {'incumbent': ArmRecord.from_scorecard(
+                        incumbent.commit, trial_dir / 'confirm_incumbent', inc_fresh.scorecard),
+                    'candidate': ArmRecord.from_scorecard(
+                        commit, trial_dir / 'confirm_candidate', cand_fresh.scorecard)}
+    fresh_pair = decide_lib.SeedResults(confirm_arms['incumbent'].arm(),
+                                        confirm_arms['candidate'].arm(), self._metric_name())
     pooled = decide_lib.pool(screen, fresh_pair)
     verdict = decide_lib.decide(pooled, direction, policy, diff_lines=added - removed,
                                 stage='confirm')
     extra['confirm_seeds'] = list(range(fresh, fresh + self.config.seeds))
+    extra['confirm_arms'] = {k: dataclasses.asdict(a) for k, a in confirm_arms.items()}
     return verdict, candidate, extra
 
   # ---- end of run ----------------------------------------------------------------------
@@ -590,6 +682,7 @@ class Loop:
     return results
 
   def end_session(self, reason: str) -> None:
+    self.heartbeat.stop()
     self.journal.append('session_ended', {'reason': reason,
                                           'elapsed_seconds': time.monotonic() - self.session_start})
 

@@ -17,20 +17,25 @@ paths), so it reaches the terminal only through `untrusted.terminal_safe`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
+import os
+import re
 import sys
+import tempfile
 import time
 import zlib
 from pathlib import Path
-from typing import TextIO
+from typing import Iterator, TextIO
 
 from absl import app, flags
 
 from agent import audit, report, review, vcs
 from agent.charter import CharterError, load_charter
+from agent.executor import Sandbox, SandboxUnavailable, dataset_config, require_sandbox
 from agent.journal import Journal
 from agent.llm_client import LLMFatalError
-from agent.executor import Sandbox, SandboxUnavailable, require_sandbox
 from agent.loop import BaselineError, Loop, RunConfig, RunHalted, RunState
 from agent.proposal import Proposer
 from agent.proposers.llm import LLMProposer
@@ -69,6 +74,9 @@ _BUDGET_COMPUTE = flags.DEFINE_float('budget_compute_seconds', None,
                                      'Trial process seconds; default: the charter\'s.')
 _FINAL_EVAL = flags.DEFINE_bool('final_eval', True, 'Evaluate start and final on fresh seeds '
                                 'and the test split at the end.')
+
+
+LOCK = 'agent.lock'
 
 
 class UsageError(Exception):
@@ -113,10 +121,22 @@ def _repo() -> Path:
     raise UsageError(f'--workspace is not a git repository: {e}') from e
 
 
+RUN_ID = re.compile(r'[A-Za-z0-9][A-Za-z0-9._-]{0,63}')
+
+
+def _check_run_id(run_id: str) -> str:
+  """A run id names a folder under runs/ and a git branch: a strict pattern, checked before
+  anything is written (no '..', no '/', no spaces)."""
+  if not RUN_ID.fullmatch(run_id) or '..' in run_id or run_id.endswith(('.', '.lock')):
+    raise UsageError(f'--run_id {run_id!r} must be 1-64 letters, digits, ".", "_" or "-", '
+                     'starting with a letter or digit')
+  return run_id
+
+
 def _run_dir(repo: Path, must_exist: bool) -> Path:
   if not _RUN_ID.value:
     raise UsageError('--run_id is required')
-  run_dir = repo / 'runs' / _RUN_ID.value
+  run_dir = repo / 'runs' / _check_run_id(_RUN_ID.value)
   if must_exist and not (run_dir / 'journal.sqlite').exists():
     raise UsageError(f'no run {_RUN_ID.value!r} under {repo / "runs"}')
   return run_dir
@@ -133,14 +153,27 @@ def cmd_run() -> int:
   if not charter.is_editable(experiment):
     raise UsageError(f'experiment {experiment} is outside the charter\'s editable scope')
   _check_sandbox(charter)
-  run_id = _RUN_ID.value or time.strftime('%Y%m%d-%H%M%S')
+  run_id = _check_run_id(_RUN_ID.value or time.strftime('%Y%m%d-%H%M%S'))
   run_dir = repo / 'runs' / run_id
-  if run_dir.exists():
+  if (run_dir / 'journal.sqlite').exists():
     raise UsageError(f'run {run_id} already exists: use `resume --run_id={run_id}`')
   start = vcs.resolve(repo, 'HEAD')
-  if vcs.show_file(repo, start, experiment) != (repo / experiment).read_text():
+  committed = vcs.file_at(repo, start, experiment)
+  if committed is None:
+    raise UsageError(f'experiment {experiment} is not committed at {start[:10]}: the run '
+                     'starts from the last commit')
+  if committed != (repo / experiment).read_text():
     print(f'note: {experiment} has uncommitted changes; the run starts from the committed '
           f'version at {start[:10]}', file=sys.stderr)
+  _check_experiment(repo, start, experiment, charter)
+  with _exclusive(run_dir):
+    if (run_dir / 'journal.sqlite').exists():
+      raise UsageError(f'run {run_id} already exists: use `resume --run_id={run_id}`')
+    return _start_run(repo, run_dir, run_id, experiment, start, charter)
+
+
+def _start_run(repo: Path, run_dir: Path, run_id: str, experiment: str, start: str,
+               charter) -> int:
   b = charter.budget
   config = RunConfig(run_id=run_id, experiment=experiment, proposer=_PROPOSER.value,
                      seeds=_SEEDS.value or charter.trial.seeds,
@@ -158,11 +191,50 @@ def cmd_run() -> int:
   return _drive(repo, run_dir, journal)
 
 
+@contextlib.contextmanager
+def _exclusive(run_dir: Path) -> Iterator[None]:
+  """One agent process per run: an advisory lock held for the life of the process (the
+  kernel drops it when the process dies, kill -9 included); a second one is refused."""
+  run_dir.mkdir(parents=True, exist_ok=True)
+  fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    os.close(fd)
+    raise UsageError(f'run {run_dir.name} is in use by another agent process: wait for it '
+                     'to end, or stop it, then try again') from None
+  try:
+    yield
+  finally:
+    os.close(fd)
+
+
+def _check_experiment(repo: Path, start: str, experiment: str, charter) -> None:
+  """The experiment must parse and build (in the sandbox, as committed) before a run, its
+  branch or its worktree exist: a broken one is bad input, exit 2, nothing made."""
+  try:
+    compile(vcs.show_file(repo, start, experiment), experiment, 'exec', dont_inherit=True)
+  except SyntaxError as e:
+    raise UsageError(f'{experiment}:{e.lineno or 1}: syntax error: {e.msg}') from None
+  with tempfile.TemporaryDirectory(prefix='agent-check-') as folder:
+    vcs.export(repo, start, Path(folder))
+    try:
+      dataset_config(Path(folder), experiment, _sandbox_of(charter))
+    except ValueError as e:
+      raise UsageError(str(e)) from None
+
+
+def _sandbox_of(charter) -> Sandbox:
+  t = charter.trial
+  return Sandbox(memory_mb=t.memory_mb, cpu_seconds=round(t.cpu_minutes * 60),
+                 max_processes=t.max_processes, isolate_network=not t.network,
+                 require_filesystem=t.filesystem_sandbox == 'required')
+
+
 def _check_sandbox(charter) -> None:
   """Refuses to start (exit 2, one line) where the charter's sandbox cannot run."""
   try:
-    require_sandbox(Sandbox(isolate_network=not charter.trial.network,
-                            require_filesystem=charter.trial.filesystem_sandbox == 'required'))
+    require_sandbox(_sandbox_of(charter))
   except SandboxUnavailable as e:
     raise UsageError(str(e)) from None
 
@@ -181,11 +253,15 @@ def _llm_settings() -> dict | None:
 def cmd_resume() -> int:
   repo = _repo()
   run_dir = _run_dir(repo, must_exist=True)
-  return _drive(repo, run_dir, Journal.open(run_dir / 'journal.sqlite'))
+  with _exclusive(run_dir):
+    return _drive(repo, run_dir, Journal.open(run_dir / 'journal.sqlite'))
 
 
 def _drive(repo: Path, run_dir: Path, journal: Journal) -> int:
-  state = RunState.replay(journal)
+  try:
+    state = RunState.replay(journal)
+  except ValueError as e:
+    raise UsageError(f'the run cannot be resumed: {e}') from None
   charter = load_charter(repo / 'WORKSPACE.md')
   _check_sandbox(charter)
   branch = f'agent/{state.config.run_id}'
@@ -253,7 +329,8 @@ def _decide(argv: list[str], approved: bool) -> int:
     raise UsageError(f'usage: {argv[1]} N --run_id=ID (N: the trial number `review` shows)')
   repo = _repo()
   run_dir = _run_dir(repo, must_exist=True)
-  show(review.decide(_journal(), repo, run_dir, int(argv[2]), approved, _WHY.value))
+  with _exclusive(run_dir):
+    show(review.decide(_journal(), repo, run_dir, int(argv[2]), approved, _WHY.value))
   return 0
 
 

@@ -4,7 +4,8 @@ Why a worktree: the agent edits, commits and hard-resets there, so the user's ch
 files, index and HEAD) is never touched; the only things added to the user's repository are
 the worktree's metadata, the run's branch and refs. Why refs for rejected candidates: a
 `git reset --hard` alone lets gc delete the diff of a failed experiment; a ref under
-`refs/agent/<run-id>/...` keeps it reviewable forever.
+`refs/agent/<run-id>/...` keeps it reviewable forever. `refs/agent/<run-id>/anchor` holds the
+run journal's head (see `anchor_ref`), so the journal has a witness outside its own file.
 
 Put the worktree outside the checkout or under an ignored folder (e.g. `runs/`), and keep run
 outputs outside the worktree: `reset_to` deletes every untracked and ignored file in it.
@@ -48,11 +49,15 @@ loop notice a change to the files that carry such settings and stop the run.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import io
 import os
 import re
 import subprocess
+import tarfile
 from pathlib import Path, PurePosixPath
+from typing import Callable
 
 DEFAULT_AUTHOR = 'research-agent <agent@localhost>'
 
@@ -88,17 +93,18 @@ def _environment(config: dict[str, str]) -> dict[str, str]:
   return env
 
 
-def _run(cwd: Path, args: tuple[str, ...],
-         env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _run(cwd: Path, args: tuple[str, ...], env: dict[str, str],
+         stdin: str | None = None) -> subprocess.CompletedProcess[str]:
   try:
     return subprocess.run(['git', '--no-pager', *args], cwd=cwd, env=env, capture_output=True,
-                          text=True)
+                          text=True, input=stdin)
   except FileNotFoundError:
     raise VcsError('git is not installed or not on PATH') from None
 
 
-def _checked(cwd: Path, args: tuple[str, ...], env: dict[str, str]) -> str:
-  result = _run(cwd, args, env)
+def _checked(cwd: Path, args: tuple[str, ...], env: dict[str, str],
+             stdin: str | None = None) -> str:
+  result = _run(cwd, args, env, stdin)
   if result.returncode:
     complaint = result.stderr.strip() or result.stdout.strip() or 'no output'
     raise VcsError(f'git {args[0]} failed in {cwd}: {complaint.splitlines()[0]}')
@@ -158,6 +164,20 @@ def show_file(repo: Path, sha: str, path: str) -> str:
 def parent(repo: Path, sha: str) -> str:
   """The first parent of a commit."""
   return resolve(repo, f'{sha}^')
+
+
+def export(repo: Path, rev: str, dest: Path) -> None:
+  """The committed tree of rev, written into dest (`git archive`): a commit's files without a
+  worktree, e.g. to check an experiment before a run exists."""
+  try:
+    result = subprocess.run(['git', '--no-pager', 'archive', '--format=tar', rev], cwd=repo,
+                            env=git_environment(Path(repo)), capture_output=True)
+  except FileNotFoundError:
+    raise VcsError('git is not installed or not on PATH') from None
+  if result.returncode:
+    raise VcsError(f'git archive failed in {repo}: {result.stderr.decode(errors="replace")}')
+  with tarfile.open(fileobj=io.BytesIO(result.stdout)) as archive:
+    archive.extractall(dest, filter='data')
 
 
 def provenance(path: Path) -> dict[str, str | bool | None]:
@@ -341,3 +361,35 @@ def protected_config_digest(repo: Path) -> str:
     else:
       digest.update(b'%d:%s' % (len(content), content))
   return digest.hexdigest()
+
+
+def anchor_ref(run_id: str) -> str:
+  """Where a run's journal head is kept in git (Journal.anchor_with writes it, `verify` reads
+  it): a journal cut short or re-hashed wholesale no longer matches it."""
+  return f'refs/agent/{run_id}/anchor'
+
+
+def anchor_writer(repo: Path, run_id: str) -> Callable[[str], None]:
+  """What Journal.anchor_with takes for a run: writes the text to the run's anchor ref."""
+  return functools.partial(write_text_ref, Path(repo), anchor_ref(run_id))
+
+
+def write_text_ref(repo: Path, ref: str, text: str) -> None:
+  """Points ref at a blob holding text: two git commands, cheap enough after every record."""
+  env = git_environment(Path(repo))
+  blob = _checked(Path(repo), ('hash-object', '-w', '--no-filters', '--stdin'), env,
+                  stdin=text).strip()
+  _checked(Path(repo), ('update-ref', ref, blob), env)
+
+
+def read_text_ref(repo: Path, ref: str) -> str | None:
+  """The text of the blob ref points at, or None where there is no such ref or blob."""
+  result = _run(Path(repo), ('cat-file', 'blob', ref), git_environment(Path(repo)))
+  return None if result.returncode else result.stdout
+
+
+def ref_commit(repo: Path, ref: str) -> str | None:
+  """The commit a full ref names, or None where the ref does not exist."""
+  result = _run(Path(repo), ('rev-parse', '--verify', '--quiet', f'{ref}^{{commit}}'),
+                git_environment(Path(repo)))
+  return None if result.returncode else result.stdout.strip()
