@@ -58,6 +58,7 @@ import dataclasses
 import functools
 import json
 import logging
+import math
 import os
 import re
 import resource
@@ -441,12 +442,23 @@ def _start(argv: list[str], cwd: Path, env: dict[str, str], sandbox: Sandbox,
     iso = Isolation((), sandbox.isolate_network, words, True)
   else:
     iso = dataclasses.replace(isolation(sandbox.isolate_network), description=described)
-    command = [*iso.prefix, *argv]
+    setpriv = shutil.which('setpriv')  # without bwrap, this is what dies with the agent
+    command = [*([setpriv, '--pdeathsig', 'KILL'] if setpriv else []), *iso.prefix, *argv]
   command, preexec = _limited(command, sandbox)
   proc = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           start_new_session=True, preexec_fn=preexec)
   return proc, iso
+
+
+def _bounded(argv: list[str], timeout_s: float) -> list[str]:
+  """argv under coreutils' `timeout`, inside the sandbox: the trial cannot outlive its time
+  limit even if nothing outside is left to enforce it. Set past the executor's own limit,
+  which normally ends the trial first (with its grace period)."""
+  timeout = shutil.which('timeout')
+  if timeout is None:
+    return argv
+  return [timeout, '--signal=KILL', f'{math.ceil(timeout_s + KILL_GRACE_S + 30)}', *argv]
 
 
 def _reap(proc: subprocess.Popen, iso: Isolation) -> int:
@@ -760,8 +772,8 @@ def run_trial(spec: TrialSpec, scorer: scoring.Scorer, on_curve: OnCurve | None 
   curves = ScoredCurve(scorer, spec.output)
   start = time.monotonic()
   try:
-    proc, iso = _start(spec.command(), spec.worktree, trial_env(spec), spec.sandbox,
-                       spec.mounts())
+    proc, iso = _start(_bounded(spec.command(), spec.timeout_s), spec.worktree,
+                       trial_env(spec), spec.sandbox, spec.mounts())
   except BaseException:
     log.close()
     raise

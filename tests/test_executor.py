@@ -767,8 +767,9 @@ def test_where_namespaces_are_unavailable_trials_still_run_and_say_so(fake, tmp_
                       'exit 1\n')
   refusing.chmod(0o755)
   monkeypatch.setattr(executor.fs_sandbox, 'available', lambda: 'bwrap is not installed')
-  monkeypatch.setattr(executor.shutil, 'which',
-                      lambda name: None if unshare == 'absent' else str(refusing))
+  real_which = executor.shutil.which
+  monkeypatch.setattr(executor.shutil, 'which', lambda name: real_which(name) if name != 'unshare'
+                      else None if unshare == 'absent' else str(refusing))
   executor.isolation.cache_clear()
   try:
     outcome = run(fake('point(1); finish()'))
@@ -913,3 +914,13 @@ def test_the_real_harness_runs_under_the_executor(tmp_path):
   assert (spec.workdir / 'scorecard.json').exists()
   assert not (spec.output / 'scorecard.json').exists()  # a trial writes predictions only
   assert 'trained 20 steps' in outcome.log_tail
+
+
+def test_inside_its_sandbox_a_trial_is_bounded_by_its_own_time_limit(tmp_path):
+  """Even with no agent left to enforce it (kill -9), coreutils' timeout ends the trial,
+  a little after the executor's own limit would have."""
+  argv = executor._bounded([sys.executable, '-c', 'pass'], timeout_s=5)
+  if executor.shutil.which('timeout') is None:
+    pytest.skip('coreutils timeout is not installed')
+  assert argv[1:3] == ['--signal=KILL', str(5 + int(executor.KILL_GRACE_S) + 30)]
+  assert argv[3:] == [sys.executable, '-c', 'pass']
