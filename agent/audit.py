@@ -1,31 +1,49 @@
-"""`verify`: does a run's record still match what it claims, link by link?
+"""`verify`: is a run's record true, not only intact?
 
-The journal's hash chain shows that no record was edited; this module checks that the
-records still match the world they describe: every kept commit exists and changes exactly
-the recorded diff on top of the incumbent it was compared against, and every metric the
-decisions used is what the trial's scorecard file says (the file's hash is in the record,
-so a scorecard edited after the fact is caught too). The first inconsistency is reported in
-one line naming the record; None means the run verifies.
+The journal's hash chain shows that no record was edited in place. This module checks the
+records against what the chain cannot vouch for:
+
+- each verdict is recomputed with the charter's rule recorded in `run_started` (agent.decide)
+  from the arms the journal holds: the incumbent as it stood when the trial ran, the
+  candidate, and for a confirmed winner the fresh-seed pair. A flipped `accepted`, another
+  reason code, a rewritten rationale or other numbers contradict the recomputation;
+- every arm matches its scorecard file (whose sha256 is recorded), every scorecard's summary
+  (mean, std) matches its per-seed values, and the final scorecards match `final_eval`;
+- git: every trial's commit changes exactly the recorded diff on top of the incumbent it was
+  judged against, every rejected or waiting trial's ref names that commit, and the run's
+  branch is at the journal's incumbent (or at the candidate of the trial in progress);
+- the anchor: the journal head's number and hash, written into git after every record
+  (Journal.anchor_with), still name this journal's records, so a journal cut short or
+  re-hashed wholesale is caught.
+
+What it cannot catch: someone who rewrites the journal, the scorecard files and the run's git
+refs consistently leaves nothing to contradict. The first inconsistency is reported in one
+line naming the record (or the branch or anchor); None means the run verifies.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import math
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from agent import decide as decide_lib
 from agent import diffs, vcs
+from agent.charter import Acceptance, Objective, Tradeoffs
 from agent.journal import Journal, Record
-from harness.scorecard import SCORECARD, TEST_SCORECARD, read_json
-
+from agent.loop import ArmRecord
+from harness.scorecard import SCORECARD, TEST_SCORECARD, json_safe, read_json, summarize
 
 Check = Callable[[], None]
+NAN = float('nan')
+_CHECKED = (KeyError, OSError, TypeError, ValueError, vcs.VcsError)
 
 
 class Inconsistency(Exception):
-  """One mismatch between a record and the repository or the files."""
+  """One mismatch between a record and the repository, the files or the rule."""
 
 
 def verify_run(repo: Path, journal: Journal) -> str | None:
@@ -33,39 +51,255 @@ def verify_run(repo: Path, journal: Journal) -> str | None:
   problem = journal.verify()
   if problem:
     return problem
-  for record, check in _checks(repo, journal.records(), journal.path.parent):
+  records = journal.records()
+  if not records or records[0].kind != 'run_started':
+    return f'{journal.path} does not start with a run_started record'
+  for where, check in _checks(repo, records, journal.path.parent):
     try:
       check()
-    except (Inconsistency, OSError, vcs.VcsError, KeyError, ValueError) as e:
-      return f'record {record.seq} (kind={record.kind}, trial {record.trial}): {e}'
-  return None
+    except (Inconsistency, *_CHECKED) as e:
+      return f'{where}: {e}'
+  ref = vcs.anchor_ref(records[0].payload['config']['run_id'])
+  text = vcs.read_text_ref(repo, ref)
+  problem = ('it is missing, so nothing outside the journal vouches for its length and hashes'
+             if text is None else journal.anchor_problem(text))
+  return f'journal anchor {ref}: {problem}' if problem else None
 
 
-def _checks(repo: Path, records: list[Record], run_dir: Path) -> Iterator[tuple[Record, Check]]:
-  """Each record's checks, in journal order, with the incumbent each verdict was judged on."""
-  started = {r.trial: r.payload for r in records if r.kind == 'trial_started'}
-  approved = {r.payload['trial'] for r in records if r.kind == 'review' and r.payload['approved']}
-  incumbent = ''
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """The charter's acceptance rule, as `run_started` recorded its settings."""
+  policy: decide_lib.AcceptancePolicy
+  objective: Objective
+  confirm: bool
+
+  @classmethod
+  def recorded(cls, settings: dict[str, Any] | None) -> Rule:
+    """Mirrors Loop._policy, from the recorded settings instead of the charter file."""
+    if not settings:
+      raise Inconsistency('run_started records no charter settings, so no verdict can be '
+                          'recomputed')
+    try:
+      a, t = Acceptance(**settings['acceptance']), Tradeoffs(**settings['tradeoffs'])
+      objective = Objective(**settings['objective'])
+    except (KeyError, TypeError) as e:
+      raise Inconsistency(f'the charter settings in run_started do not parse: {e}') from None
+    policy = decide_lib.AcceptancePolicy(
+        alpha=a.alpha, noise_multiplier=a.noise_multiplier, min_delta=a.min_delta,
+        max_time_ratio=t.max_time_ratio, time_ratio_min_gain=t.time_ratio_min_gain,
+        max_memory_mb=t.max_memory_mb, max_latency_ratio=t.max_latency_ratio,
+        reject_nonfinite=t.reject_nonfinite)
+    return cls(policy, objective, a.confirm_on_fresh_seeds)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Expected:
+  """The verdict the rule gives; where the loop's own words carry a detail the journal does
+  not hold (a trial's failure, another experiment's numbers), `rationale` is a part the
+  recorded rationale must contain rather than all of it."""
+  accepted: bool
+  code: str
+  rationale: str
+  exact: bool = False
+  numbers: tuple[float, float, float] = (NAN, NAN, NAN)  # gain, noise floor, p-value
+
+  @classmethod
+  def of(cls, verdict: decide_lib.Verdict) -> _Expected:
+    return cls(verdict.accepted, verdict.reason_code, verdict.rationale, True,
+               (verdict.gain, verdict.noise_floor, verdict.p_value))
+
+
+def _where(record: Record) -> str:
+  return f'record {record.seq} (kind={record.kind}, trial {record.trial})'
+
+
+def _checks(repo: Path, records: list[Record], run_dir: Path) -> Iterator[tuple[str, Check]]:
+  """Each record's checks in journal order, with the state each verdict was judged in, then
+  the run's branch."""
+  config = records[0].payload['config']
+  settings = records[0].payload.get('charter')
+  incumbent: dict[str, Any] = {'commit': config['start_commit']}  # the arm, once measured
+  started: dict[int, dict[str, Any]] = {}
+  finished: dict[int, dict[str, Any]] = {}
+  confirmed: dict[int, dict[str, Any]] = {}
+  waiting: dict[int, dict[str, Any]] = {}
+  in_progress = ''  # the commit of a trial that started and has no verdict yet
   for record in records:
-    p = record.payload
+    p, where, trial = record.payload, _where(record), record.trial
     if record.kind == 'run_started':
-      incumbent = p['config']['start_commit']
-      yield record, functools.partial(_commit_exists, repo, incumbent)
+      yield where, functools.partial(_commit_exists, repo, incumbent['commit'])
+      yield where, functools.partial(Rule.recorded, settings)
     elif record.kind == 'baseline':
-      yield record, functools.partial(_arm_matches_scorecard, p['arm'])
+      yield where, functools.partial(_arm_matches_scorecard, p['arm'], incumbent['commit'])
+      incumbent = p['arm']
+    elif record.kind == 'trial_started':
+      started[trial], in_progress = p, p['commit']
+    elif record.kind == 'trial_finished':
+      finished[trial] = p
+    elif record.kind == 'confirm_finished' and 'first_seed' in p:
+      confirmed[trial] = p
     elif record.kind == 'verdict':
-      yield record, functools.partial(_commit_exists, repo, p.get('commit', ''))
-      if p.get('candidate'):
-        yield record, functools.partial(_arm_matches_scorecard, p['candidate'])
-      if p['accepted'] or p.get('awaiting_review'):
-        diff = started.get(record.trial, {}).get('diff')
-        yield record, functools.partial(_commit_is_diff, repo, p['commit'], diff, incumbent)
-      if p['accepted'] or record.trial in approved:
-        incumbent = p['commit']
+      in_progress = ''
+      yield from ((where, check) for check in _verdict_checks(
+          repo, config['run_id'], settings, incumbent, p, trial, started.get(trial),
+          finished.get(trial), confirmed.get(trial)))
+      if p.get('awaiting_review'):
+        waiting[trial] = p
+      elif p['accepted']:
+        incumbent = p['candidate']
+    elif record.kind == 'review':
+      verdict = waiting.pop(trial, None)
+      yield where, functools.partial(_review_fits, repo, config['run_id'], p, verdict)
+      if verdict is not None and p['approved']:
+        incumbent = verdict['candidate']
     elif record.kind == 'final_eval':
-      yield record, functools.partial(_final_matches, run_dir, p)
+      yield where, functools.partial(_final_matches, run_dir, p, incumbent['commit'],
+                                     config['start_commit'])
+  branch = f'agent/{config["run_id"]}'
+  yield f'branch {branch}', functools.partial(_branch_at_incumbent, repo, branch,
+                                              incumbent['commit'], in_progress)
 
 
+def _verdict_checks(repo: Path, run_id: str, settings: dict[str, Any] | None,
+                    incumbent: dict[str, Any], verdict: dict[str, Any], trial: int,
+                    started: dict[str, Any] | None, finished: dict[str, Any] | None,
+                    confirmed: dict[str, Any] | None) -> Iterator[Check]:
+  """The commit, the arms against their files, the rule, then the trial's ref."""
+  commit, diff = verdict.get('commit', ''), (started or {}).get('diff')
+  yield functools.partial(_commit_exists, repo, commit)
+  if verdict.get('candidate'):
+    yield functools.partial(_arm_matches_scorecard, verdict['candidate'], commit)
+  for name, arm in (verdict.get('confirm_arms') or {}).items():
+    ran = incumbent['commit'] if name == 'incumbent' else verdict.get('ran_commit')
+    yield functools.partial(_arm_matches_scorecard, arm, ran)
+  yield functools.partial(_commit_is_diff, repo, commit, diff, incumbent['commit'])
+  yield functools.partial(_verdict_follows_rule, settings, incumbent, verdict, diff, finished,
+                          confirmed)
+  if verdict.get('awaiting_review'):
+    yield functools.partial(_ref_names, repo, f'refs/agent/{run_id}/pending/{trial}', commit)
+  elif not verdict['accepted']:
+    yield functools.partial(_ref_names, repo, f'refs/agent/{run_id}/rejected/{trial}', commit)
+
+
+# ---- the rule -------------------------------------------------------------------------------
+def _verdict_follows_rule(settings: dict[str, Any] | None, incumbent: dict[str, Any],
+                          verdict: dict[str, Any], diff: str | None,
+                          finished: dict[str, Any] | None,
+                          confirmed: dict[str, Any] | None) -> None:
+  if finished is None or finished['status'] != verdict.get('status'):
+    raise Inconsistency(f'the verdict says the trial ended {verdict.get("status")!r}, its '
+                        f'trial_finished record says {(finished or {}).get("status")!r}')
+  expected = _recompute(Rule.recorded(settings), incumbent, verdict, diff or '', finished,
+                        confirmed)
+  claimed = bool(verdict['accepted'] or verdict.get('awaiting_review'))
+  if (claimed, verdict['reason_code']) != (expected.accepted, expected.code):
+    raise Inconsistency(f'the verdict says {_says(claimed, verdict["reason_code"])}, but the '
+                        f'charter\'s rule on the recorded arms gives '
+                        f'{_says(expected.accepted, expected.code)}')
+  rationale = verdict['rationale']
+  if (rationale != expected.rationale) if expected.exact else (expected.rationale not in rationale):
+    raise Inconsistency(f'the rationale is not what the charter\'s rule gives on the recorded '
+                        f'arms: {expected.rationale[:160]!r}')
+  for name, value in zip(('gain', 'noise_floor', 'p_value'), expected.numbers):
+    if not _close(verdict[name], value):
+      raise Inconsistency(f'the verdict\'s {name} is {verdict[name]}, the rule gives {value}')
+
+
+def _says(accepted: bool, code: str) -> str:
+  return f'{"accepted" if accepted else "rejected"} ({code})'
+
+
+def _recompute(rule: Rule, incumbent: dict[str, Any], verdict: dict[str, Any], diff: str,
+               finished: dict[str, Any], confirmed: dict[str, Any] | None) -> _Expected:
+  """The verdict Loop._evaluate reaches on these arms: screen, confirm, then elsewhere."""
+  if not verdict.get('candidate'):  # the trial did not finish with a scorecard
+    status = finished['status']
+    code = {'pruned': 'pruned', 'invalid': 'invariant'}.get(status, status)
+    return _Expected(False, code, finished.get('reason') or '')
+  inc, cand = ArmRecord(**incumbent), ArmRecord(**verdict['candidate'])
+  if cand.fingerprints != inc.fingerprints:
+    return _Expected(False, 'data_changed', 'fingerprints differ')
+  card = read_json(Path(inc.workdir) / SCORECARD)
+  metric = card['metric']['name']
+  direction = rule.objective.resolve_direction(card['metric']['direction'])
+  _, added, removed = diffs.diff_stats(diff)
+  screen = decide_lib.SeedResults(inc.arm(), cand.arm(), metric)
+  result = decide_lib.decide(screen, direction, rule.policy, diff_lines=added - removed)
+  if result.accepted and rule.confirm:
+    if confirmed is None:
+      raise Inconsistency('the screen passed, but no confirm_finished record follows it')
+    statuses = f'{confirmed["candidate"]}/{confirmed["incumbent"]}'
+    if statuses != 'ok/ok':
+      return _Expected(False, 'confirm_failed', f'({statuses})')
+    arms = verdict.get('confirm_arms')
+    if not arms:
+      raise Inconsistency('the verdict records no confirmation arms, so its pooled decision '
+                          'cannot be recomputed')
+    fresh = decide_lib.SeedResults(ArmRecord(**arms['incumbent']).arm(),
+                                   ArmRecord(**arms['candidate']).arm(), metric)
+    result = decide_lib.decide(decide_lib.pool(screen, fresh), direction, rule.policy,
+                               diff_lines=added - removed, stage='confirm')
+  if not result.accepted:
+    return _Expected.of(result)
+  # A winner is also judged where its code runs (Loop._judge_elsewhere): whether the
+  # experiment runs a changed file needs a checkout, and the other experiments' numbers are
+  # not in the journal, so these two rejections are checked for their form only.
+  if verdict['reason_code'] == 'unused_code' and result.reason_code in ('simplification',
+                                                                          'efficiency'):
+    return _Expected(False, 'unused_code', result.rationale)
+  failures = [f for f in (verdict.get('elsewhere') or {}).values() if f != 'held']
+  if failures:
+    return _Expected(False, 'breaks_elsewhere', failures[0])
+  return _Expected.of(result)
+
+
+# ---- files ----------------------------------------------------------------------------------
+def _arm_matches_scorecard(arm: dict[str, Any], commit: str | None = None) -> None:
+  if commit is not None and arm['commit'] != commit:
+    raise Inconsistency(f'the arm in {arm["workdir"]} ran {arm["commit"][:10]}, not '
+                        f'{commit[:10]}')
+  path = Path(arm['workdir']) / SCORECARD
+  if not path.exists():
+    raise Inconsistency(f'scorecard {path} is missing')
+  digest = arm.get('scorecard_sha256')
+  if digest and hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+    raise Inconsistency(f'scorecard {path} changed after it was recorded (sha256 differs)')
+  card = read_json(path)
+  _same(arm['per_seed'], card['val_metric']['per_seed'], f'{path}: val_metric.per_seed')
+  _summary_holds(card['val_metric'], f'{path}: val_metric')
+  _same(arm['train_seconds'], card['train_seconds'], f'{path}: train_seconds')
+  if arm['fingerprints'] != card['data']['fingerprints']:
+    raise Inconsistency(f'{path}: data fingerprints differ from the record')
+
+
+def _final_matches(run_dir: Path, final: dict[str, Any], incumbent: str, start: str) -> None:
+  commits = final.get('commit') or {}
+  if (commits.get('baseline'), commits.get('final')) != (start, incumbent):
+    raise Inconsistency(f'the final evaluation ran {commits}, not the start commit '
+                        f'{start[:10]} and the incumbent {incumbent[:10]}')
+  for name in ('baseline', 'final'):
+    result = final[name]
+    if result.get('status') != 'ok':
+      continue
+    for file, key, recorded in ((SCORECARD, 'val_metric', result['val']),
+                                (TEST_SCORECARD, 'test_metric', result['test'])):
+      path = run_dir / 'final' / name / file
+      summary = read_json(path)[key]
+      _summary_holds(summary, f'{path}: {key}')
+      for field in ('per_seed', 'mean', 'std'):
+        _same(recorded[field], summary[field], f'{path}: {key}.{field}')
+
+
+def _summary_holds(summary: dict[str, Any], what: str) -> None:
+  """mean and std are those of per_seed, as harness.scorecard.summarize writes them."""
+  expected = json_safe(summarize(_numbers(summary['per_seed'])))
+  for field in ('mean', 'std'):
+    if not _close(summary[field], expected[field]):
+      raise Inconsistency(f'{what}.{field} is {summary[field]}, but its per_seed values give '
+                          f'{expected[field]}')
+
+
+# ---- git ------------------------------------------------------------------------------------
 def _commit_exists(repo: Path, commit: str) -> None:
   if not commit or not vcs.object_exists(repo, commit):
     raise Inconsistency(f'commit {commit[:10] or "(none)"} is not in the repository')
@@ -86,42 +320,49 @@ def _commit_is_diff(repo: Path, commit: str, recorded: str | None, incumbent: st
                         f'({len(actual)} vs {len(recorded)} characters of diff)')
 
 
-def _arm_matches_scorecard(arm: dict[str, Any]) -> None:
-  path = Path(arm['workdir']) / SCORECARD
-  if not path.exists():
-    raise Inconsistency(f'scorecard {path} is missing')
-  digest = arm.get('scorecard_sha256')
-  if digest and hashlib.sha256(path.read_bytes()).hexdigest() != digest:
-    raise Inconsistency(f'scorecard {path} changed after it was recorded (sha256 differs)')
-  card = read_json(path)
-  _same(arm['per_seed'], card['val_metric']['per_seed'], f'{path}: val_metric.per_seed')
-  _same(arm['train_seconds'], card['train_seconds'], f'{path}: train_seconds')
-  if arm['fingerprints'] != card['data']['fingerprints']:
-    raise Inconsistency(f'{path}: data fingerprints differ from the record')
+def _ref_names(repo: Path, ref: str, commit: str) -> None:
+  actual = vcs.ref_commit(repo, ref)
+  if actual != commit:
+    raise Inconsistency(f'{ref} is missing' if actual is None else
+                        f'{ref} names {actual[:10]}, the journal recorded {commit[:10]}')
 
 
-def _final_matches(run_dir: Path, final: dict[str, Any]) -> None:
-  for name in ('baseline', 'final'):
-    result = final[name]
-    if result.get('status') != 'ok':
-      continue
-    workdir = run_dir / 'final' / name
-    _same(result['val']['per_seed'], read_json(workdir / SCORECARD)['val_metric']['per_seed'],
-          f'{workdir / SCORECARD}: val_metric.per_seed')
-    _same(result['test']['per_seed'],
-          read_json(workdir / TEST_SCORECARD)['test_metric']['per_seed'],
-          f'{workdir / TEST_SCORECARD}: test_metric.per_seed')
+def _review_fits(repo: Path, run_id: str, review: dict[str, Any],
+                 verdict: dict[str, Any] | None) -> None:
+  if verdict is None or verdict['commit'] != review['commit']:
+    raise Inconsistency(f'a review of trial {review["trial"]} ({review["commit"][:10]}), which '
+                        f'does not await review')
+  if not review['approved']:
+    _ref_names(repo, f'refs/agent/{run_id}/rejected/{review["trial"]}', review['commit'])
 
 
+def _branch_at_incumbent(repo: Path, branch: str, incumbent: str, in_progress: str) -> None:
+  """At the incumbent; or, while a trial runs (or was killed), at its candidate: the
+  incumbent plus the recorded change (its message may already carry the verdict)."""
+  head = vcs.ref_commit(repo, f'refs/heads/{branch}')
+  if head is None:
+    raise Inconsistency('the branch is missing')
+  if head == incumbent or (in_progress and vcs.parent(repo, head) == incumbent
+                           and not vcs.changed_files(repo, head, in_progress)):
+    return
+  raise Inconsistency(f'the branch is at {head[:10]}, not at the journal\'s incumbent '
+                      f'{incumbent[:10]}')
+
+
+# ---- numbers --------------------------------------------------------------------------------
 def _same(recorded: Any, actual: Any, what: str) -> None:
-  """Numbers equal up to float noise; the journal stores NaN as the string 'nan'."""
   a, b = _numbers(recorded), _numbers(actual)
-  if len(a) != len(b) or any(not (x == y or (math.isnan(x) and math.isnan(y))
-                                  or math.isclose(x, y, rel_tol=1e-12, abs_tol=1e-15))
-                             for x, y in zip(a, b)):
+  if len(a) != len(b) or not all(_close(x, y) for x, y in zip(a, b)):
     raise Inconsistency(f'{what} is {actual}, the journal recorded {recorded}')
+
+
+def _close(x: Any, y: Any) -> bool:
+  """Equal up to float noise; NaN equals NaN (the journal stores it as 'nan', JSON as null)."""
+  x, y = _numbers(x)[0], _numbers(y)[0]
+  return x == y or (math.isnan(x) and math.isnan(y)) or math.isclose(x, y, rel_tol=1e-12,
+                                                                     abs_tol=1e-15)
 
 
 def _numbers(value: Any) -> list[float]:
   values = value if isinstance(value, list) else [value]
-  return [float('nan') if v is None else float(v) for v in values]
+  return [NAN if v is None else float(v) for v in values]

@@ -3,6 +3,8 @@
 Why SQLite: embedded, crash-safe, queryable by a person with the `sqlite3` shell. Why a hash
 chain: a reviewer signing off on a run must be able to tell that nobody edited a verdict after
 the fact; SQL triggers stop accidental edits, the chain exposes deliberate ones (`verify`).
+A chain can be cut short or re-hashed wholesale, so the head's number and hash are also kept
+outside the file, in the run's git (`anchor_with`), and `verify` compares the two.
 
 Each record hashes `prev_hash + canonical_json([seq, ts, kind, trial, payload])`; the first
 record's prev_hash is GENESIS. Payloads are stored as canonical JSON (sorted keys, no spaces,
@@ -32,7 +34,7 @@ import math
 import numbers
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 GENESIS = '0' * 64
 
@@ -110,6 +112,11 @@ def _describe(seq: int, kind: str, trial: int | None) -> str:
   return f'record {seq} (kind={kind}{trial_part})'
 
 
+def anchor_text(record: Record) -> str:
+  """What an anchor outside the journal holds: the head record's number and hash."""
+  return f'{record.seq} {record.hash}\n'
+
+
 def _to_record(row: tuple) -> Record:
   seq, ts, kind, trial, payload, prev_hash, digest = row
   return Record(seq, ts, kind, trial, json.loads(payload), prev_hash, digest)
@@ -139,6 +146,7 @@ class Journal:
   def __init__(self, connection: sqlite3.Connection, path: Path):
     self._db = connection
     self.path = path
+    self._anchor: Callable[[str], None] | None = None
 
   @classmethod
   def open(cls, path: str | Path) -> Journal:
@@ -168,7 +176,49 @@ class Journal:
     except BaseException:
       self._db.execute('ROLLBACK')
       raise
-    return Record(seq, ts, kind, trial, stored_payload, prev_hash, digest)
+    record = Record(seq, ts, kind, trial, stored_payload, prev_hash, digest)
+    if self._anchor is not None:
+      self._anchor(anchor_text(record))
+    return record
+
+  def anchor_with(self, write: Callable[[str], None]) -> None:
+    """Hands `write` the head's number and hash now and after every append, to keep outside
+    this file (the run's git: vcs.write_text_ref). The chain proves no record was edited in
+    place; the anchor shows one cut off the end or a chain re-hashed wholesale
+    (`anchor_problem`). It is written after the record commits, so a kill between the two
+    leaves it one record behind, never ahead."""
+    self._anchor = write
+    head = self.head()
+    if head is not None:
+      write(anchor_text(head))
+
+  def anchor_problem(self, text: str) -> str | None:
+    """Why the journal does not match an anchor's text, or None when it does: it holds the
+    record the anchor names, with that hash, and at most one record after it (the one a
+    process killed before it moved the anchor may have left). Assumes the chain holds."""
+    try:
+      number, digest = text.split()
+      seq = int(number)
+    except ValueError:
+      return f'the anchor is not "<record number> <hash>": {text[:80]!r}'
+    head = self.head()
+    count = head.seq if head else 0
+    if count < seq:
+      return (f'the journal ends at record {count}, but its anchor names record {seq}: '
+              f'records were removed')
+    row = self._db.execute('SELECT hash FROM records WHERE seq = ?', (seq,)).fetchone()
+    if row is None or row[0] != digest:
+      return (f'record {seq} does not have the hash its anchor names ({digest[:12]}): the '
+              f'journal was rewritten')
+    if count > seq + 1:
+      return (f'records {seq + 1}..{count} were written without moving the anchor (at record '
+              f'{seq})')
+    return None
+
+  def head(self) -> Record | None:
+    """The last record, or None in an empty journal."""
+    row = self._db.execute(f'SELECT {_COLUMNS} FROM records ORDER BY seq DESC LIMIT 1').fetchone()
+    return _to_record(row) if row else None
 
   def records(self, kind: str | None = None, trial: int | None = None) -> list[Record]:
     """Records in order, optionally filtered by kind and/or trial."""

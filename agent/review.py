@@ -70,6 +70,7 @@ def decide(journal: Journal, repo: Path, run_dir: Path, trial: int, approved: bo
     worktree.reset_to(verdict['commit'])
   else:
     worktree.keep_ref(f'refs/agent/{run_id}/rejected/{trial}', verdict['commit'])
+  journal.anchor_with(vcs.anchor_writer(repo, run_id))
   journal.append('review', {'trial': trial, 'approved': approved, 'why': why,
                             'reviewer': reviewer, 'commit': verdict['commit']}, trial=trial)
   word = 'approved' if approved else 'rejected'

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from harness.scorecard import summarize
 from tests.conftest import ROOT
 
 COPIED = ('harness', 'models', 'agent', 'experiments', 'WORKSPACE.md', 'pyproject.toml')
@@ -55,7 +56,7 @@ def fake_scorecard(per_seed: list[float], *, steps: int = 60, train_seconds: flo
       'status': 'diverged' if nonfinite else 'ok', 'task': 'digits',
       'metric': {'name': 'accuracy', 'direction': 'max'},
       'seeds': list(range(len(per_seed))), 'steps': steps, 'steps_completed': steps,
-      'val_metric': {'per_seed': per_seed, 'mean': sum(per_seed) / len(per_seed), 'std': 0.0},
+      'val_metric': summarize(per_seed),
       'val_loss': {'per_seed': [1.0] * len(per_seed), 'mean': 1.0, 'std': 0.0},
       'train_loss': {'per_seed': [0.5] * len(per_seed), 'mean': 0.5, 'std': 0.0},
       'train_seconds': train_seconds, 'step_latency_ms': {'p50': 1.0, 'p95': 1.0},

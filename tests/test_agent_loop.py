@@ -96,9 +96,11 @@ def make_loop(tmp_path, proposer, runner, trials, charter_text=None, **config):
   config = RunConfig(run_id='r1', experiment=TINY_EXPERIMENT, proposer=proposer.name, seeds=3,
                      budget_trials=trials, budget_minutes=60, budget_compute_seconds=0,
                      start_commit=git(repo, 'rev-parse', 'HEAD'), **config)
-  journal.append('run_started', {'config': dataclasses.asdict(config)})
-  loop = Loop(repo, run_dir, load_charter(repo / 'WORKSPACE.md'), proposer, journal,
-              RunState.replay(journal), execute=runner, print_fn=lambda _: None)
+  charter = load_charter(repo / 'WORKSPACE.md')
+  settings = {k: v for k, v in dataclasses.asdict(charter).items() if k != 'prose'}
+  journal.append('run_started', {'config': dataclasses.asdict(config), 'charter': settings})
+  loop = Loop(repo, run_dir, charter, proposer, journal, RunState.replay(journal),
+              execute=runner, print_fn=lambda _: None)
   return repo, loop, journal
 
 

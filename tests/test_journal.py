@@ -157,3 +157,34 @@ def test_a_killed_writer_keeps_every_committed_record(tmp_path):
   with Journal.open(path) as journal:
     assert len(journal.records(kind='budget')) == 20
     assert journal.verify() is None
+
+
+def test_the_anchor_follows_every_append_and_exposes_a_cut_or_a_rehash(tmp_path):
+  path = tmp_path / 'journal.sqlite'
+  anchors: list[str] = []
+  with Journal.open(path) as journal:
+    _fill(journal)
+    journal.anchor_with(anchors.append)  # the head at once, then after every append
+    for trial in (1, 2):
+      journal.append('budget', {'trials': trial})
+    head = journal.head()
+    assert [a.split()[0] for a in anchors] == ['6', '7', '8']
+    assert anchors[-1] == f'{head.seq} {head.hash}\n'
+    assert journal.anchor_problem(anchors[-1]) is None
+    assert journal.anchor_problem(anchors[1]) is None  # killed before it moved: one behind
+    assert journal.anchor_problem(anchors[0]) == (
+        'records 7..8 were written without moving the anchor (at record 6)')
+  _tamper(path, 'DELETE FROM records WHERE seq > 5')
+  with Journal.open(path) as journal:
+    assert journal.verify() is None
+    assert journal.anchor_problem(anchors[-1]) == (
+        'the journal ends at record 5, but its anchor names record 8: records were removed')
+  path.unlink()
+  with Journal.open(path) as rewritten:  # the same records, new timestamps: a valid new chain
+    _fill(rewritten)
+    for trial in (1, 2):
+      rewritten.append('budget', {'trials': trial})
+    assert rewritten.verify() is None
+    assert rewritten.anchor_problem(anchors[-1]).startswith(
+        'record 8 does not have the hash its anchor names')
+    assert 'not "<record number> <hash>"' in rewritten.anchor_problem('garbage')
