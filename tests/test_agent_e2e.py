@@ -57,10 +57,17 @@ def test_run_prints_the_summary_and_leaves_a_verifiable_record(tmp_path):
   assert bad.returncode == 1 and 'record 1' in bad.stdout
 
 
+# Starts the agent with SIGINT at its default, so Ctrl-C works even when the tests run as a
+# background job of a shell without job control (which starts them with SIGINT ignored, and
+# Python keeps an ignored SIGINT ignored).
+_WITH_SIGINT = ('import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); '
+                'os.execv(sys.executable, [sys.executable, *sys.argv[1:]])')
+
+
 def _start(repo: Path, *args: str) -> subprocess.Popen:
   env = {**os.environ, 'PYTHONPATH': str(repo)}
-  return subprocess.Popen([sys.executable, '-m', 'agent.main', *args, '--run_id=k',
-                           '--nofinal_eval', f'--workspace={repo}'],
+  return subprocess.Popen([sys.executable, '-c', _WITH_SIGINT, '-m', 'agent.main', *args,
+                           '--run_id=k', '--nofinal_eval', f'--workspace={repo}'],
                           cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, start_new_session=True)
 

@@ -504,11 +504,17 @@ def test_ctrl_c_in_the_parent_kills_the_trials_whole_group_and_propagates(fake):
       (WORKDIR / 'started').write_text('')
       time.sleep(600)
       ''')
+  # Python ignores SIGINT when it starts with it ignored (a background job of a shell
+  # without job control: a CI runner may be one); a Ctrl-C test needs the usual handler.
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
   timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))  # a real Ctrl-C
   timer.start()
-  with pytest.raises(KeyboardInterrupt):
-    run(spec)
-  timer.join()
+  try:
+    with pytest.raises(KeyboardInterrupt):
+      run(spec)
+  finally:
+    timer.join()
+    signal.signal(signal.SIGINT, previous)
   assert (spec.output / 'started').exists() and _all_gone(str(spec.workdir))
 
 
