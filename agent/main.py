@@ -314,8 +314,9 @@ def cmd_log() -> int:
 
 def cmd_verify() -> int:
   problem = audit.verify_run(_repo(), _journal())
-  show(problem or 'run verified: the hash chain holds, every kept commit carries its recorded '
-        'diff, every recorded metric matches its scorecard')
+  show(problem or 'run verified: the hash chain holds and matches its anchor in git, every '
+        'verdict follows from its recorded evidence under the charter\'s rule, every commit and '
+        'ref carries its recorded diff, every recorded metric matches its scorecard')
   return 1 if problem else 0
 
 
