@@ -165,15 +165,16 @@ def cmd_run() -> int:
   if committed != (repo / experiment).read_text():
     print(f'note: {experiment} has uncommitted changes; the run starts from the committed '
           f'version at {start[:10]}', file=sys.stderr)
+  llm = _llm_settings()
   _check_experiment(repo, start, experiment, charter)
   with _exclusive(run_dir):
     if (run_dir / 'journal.sqlite').exists():
       raise UsageError(f'run {run_id} already exists: use `resume --run_id={run_id}`')
-    return _start_run(repo, run_dir, run_id, experiment, start, charter)
+    return _start_run(repo, run_dir, run_id, experiment, start, charter, llm)
 
 
 def _start_run(repo: Path, run_dir: Path, run_id: str, experiment: str, start: str,
-               charter) -> int:
+               charter, llm: dict | None) -> int:
   b = charter.budget
   config = RunConfig(run_id=run_id, experiment=experiment, proposer=_PROPOSER.value,
                      seeds=_SEEDS.value or charter.trial.seeds,
@@ -184,7 +185,7 @@ def _start_run(repo: Path, run_dir: Path, run_id: str, experiment: str, start: s
                      start_commit=start,
                      budget_tokens=(b.tokens if _BUDGET_TOKENS.value is None
                                     else _BUDGET_TOKENS.value),
-                     review=_REVIEW.value, llm=_llm_settings())
+                     review=_REVIEW.value, llm=llm)
   journal = Journal.open(run_dir / 'journal.sqlite')
   settings = {k: v for k, v in dataclasses.asdict(charter).items() if k != 'prose'}
   journal.append('run_started', {'config': dataclasses.asdict(config), 'charter': settings})
