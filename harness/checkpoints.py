@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+TMP_SUFFIX = '.orbax-checkpoint-tmp'  # Orbax's name for a step it has not finished writing
 
 
 class Checkpointer:
@@ -15,7 +18,8 @@ class Checkpointer:
   def __init__(self, directory: Path, max_to_keep: int = 2):
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                            enable_async_checkpointing=True)
-    self._manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
+    self._directory = Path(directory).absolute()
+    self._manager = ocp.CheckpointManager(self._directory, options=options)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -31,6 +35,11 @@ class Checkpointer:
     return restored.state, restored.history
 
   def close(self) -> None:
-    """Waits for pending async saves: a process must not exit mid-write."""
-    self._manager.wait_until_finished()
-    self._manager.close()
+    """Waits for pending async saves: a process must not exit mid-write. A save that failed
+    (a full disk) leaves no partial step behind, and the space it took is free again."""
+    try:
+      self._manager.wait_until_finished()
+    finally:
+      self._manager.close()
+      for partial in self._directory.glob(f'*{TMP_SUFFIX}*'):
+        shutil.rmtree(partial, ignore_errors=True)

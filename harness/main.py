@@ -1,23 +1,31 @@
 r"""Trains one experiment on K seeds and writes its scorecard.
 
   python -m harness.main --config=experiments/mnist1d_mlp.py --workdir=/tmp/w \
-      [--config.optimizer.learning_rate=3e-3] [--seeds=3] [--resume] [--eval_test]
+      [--config.optimizer.learning_rate=3e-3] [--seeds=3] [--resume | --overwrite] \
+      [--eval_test] [--verbosity=1]
 
 Exit codes: 0 finished (status ok or diverged, see the scorecard), 1 the run failed
-while training, 2 bad input (flags, config, workdir); bad input writes no scorecard.
+while training (the scorecard says so, or is absent when not even that could be written;
+the traceback is in DIR/error.log), 2 bad input (flags, config, workdir): nothing in the
+workdir is changed. An error is one `error:` line, the last on stderr; library log lines
+(JAX, Orbax) reach stderr only with --verbosity=1.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import logging as py_logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from harness import scorecard as sc
-from harness.train import ConfigError, train_and_evaluate
+from harness.train import ERROR_LOG, ConfigError, is_output, train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
@@ -25,16 +33,23 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for scorecard, events
 _SEEDS = flags.DEFINE_integer('seeds', 1, 'Seeds trained together (vmapped) in this process.',
                               lower_bound=1)
 _RESUME = flags.DEFINE_bool('resume', False, 'Continue from the latest checkpoint in workdir.')
+_OVERWRITE = flags.DEFINE_bool(
+    'overwrite', False, 'Delete what an earlier run wrote in workdir (and nothing else) before '
+    'training; without it or --resume, a workdir that is not empty is refused.')
 _EVAL_TEST = flags.DEFINE_bool('eval_test', False,
                                'After training, score the test split into test_scorecard.json.')
 _INPUTS = flags.DEFINE_string(
     'inputs', None, 'Run as an agent\'s trial: read the training data and the inputs to '
     'predict from this folder (no labels), write predictions and report.json, no scorecard.')
+# The harness's own code, as imported (log records carry these paths; the venv may lie
+# beside it in the same folder).
+_OWN_CODE = tuple(str(Path(__file__).absolute().parent.parent / package) + os.sep
+                  for package in ('harness', 'models'))
 
 
 def fail(message: str, code: int = 2) -> None:
   """One line on stderr and a distinct exit code: bad input never looks like a result."""
-  print(f'error: {message}', file=sys.stderr)
+  print(f'error: {" ".join(message.split())}', file=sys.stderr)
   sys.exit(code)
 
 
@@ -66,20 +81,86 @@ def _config():
   return config
 
 
+def _names(names: list[str], shown: int = 3) -> str:
+  more = f' and {len(names) - shown} more' if len(names) > shown else ''
+  return ', '.join(repr(n) for n in names[:shown]) + more
+
+
 def _workdir() -> Path:
+  """The workdir, refused (changing nothing) when an earlier run's output would be mixed
+  into this one's: only --resume continues it, only --overwrite replaces it."""
   if not _WORKDIR.value:
     fail('--workdir is required')
+  if _RESUME.value and _OVERWRITE.value:
+    fail('--resume continues the run in workdir and --overwrite replaces it: pass one')
   workdir = Path(_WORKDIR.value).absolute()
   try:
     workdir.mkdir(parents=True, exist_ok=True)
   except OSError as e:
     fail(f'cannot create workdir {workdir}: {e.strerror}')
-  if not os.access(workdir, os.W_OK | os.X_OK):
-    fail(f'workdir {workdir} is not writable')
+  if not os.access(workdir, os.R_OK | os.W_OK | os.X_OK):
+    fail(f'workdir {workdir} is not readable and writable')
+  entries = sorted(os.listdir(workdir))
+  if entries and not _RESUME.value:
+    if not _OVERWRITE.value:
+      fail(f'workdir {workdir} is not empty ({_names(entries)}): pass --resume to continue '
+           'its run, --overwrite to replace it, or use a new workdir')
+    foreign = [name for name in entries if not is_output(name)]
+    if foreign:
+      fail(f'--overwrite deletes only what a run writes, and workdir {workdir} also holds '
+           f'{_names(foreign)}: use a new workdir')
   return workdir
 
 
+class _LibraryLines(py_logging.Filter):
+  """Keeps library log lines off stderr unless --verbosity asks for them: Orbax writes ~60
+  per checkpoint, and logs a full disk as tracebacks from its threads before the harness
+  reports it, so an error's line would not be the last. Their warnings and errors are kept
+  for a failed run's error.log."""
+
+  def __init__(self) -> None:
+    super().__init__()
+    self.kept: collections.deque[py_logging.LogRecord] = collections.deque(maxlen=100)
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    if record.pathname.startswith(_OWN_CODE) or logging.level_debug():
+      return True
+    if record.levelno >= py_logging.WARNING:
+      self.kept.append(record)
+    return False
+
+
+def _keep_traceback(workdir: Path, library: _LibraryLines) -> Path | None:
+  """The failure's traceback (after the library's warnings), in the workdir rather than on
+  stderr, whose last line is the error; None when it cannot be written (a full disk)."""
+  logging.debug('training failed', exc_info=True)  # on stderr too with --verbosity=1
+  handler = logging.get_absl_handler()
+  lines = [handler.format(record) for record in library.kept] + [traceback.format_exc()]
+  path = workdir / ERROR_LOG
+  try:
+    sc.write_atomically(path, '\n'.join(lines).encode())
+  except OSError:
+    return None
+  return path
+
+
+def _record_failure(workdir: Path, error: str) -> bool:
+  """The scorecard says the run failed; when even that cannot be written (a full disk),
+  there is none, never an earlier one that says ok. False when none could be written."""
+  with contextlib.suppress(OSError):
+    (workdir / sc.TEST_SCORECARD).unlink(missing_ok=True)
+  try:
+    sc.write_json(workdir / sc.SCORECARD, {'status': 'failed', 'error': error})
+  except OSError:
+    with contextlib.suppress(OSError):
+      (workdir / sc.SCORECARD).unlink(missing_ok=True)
+    return False
+  return True
+
+
 def main(argv: list[str]) -> None:
+  library = _LibraryLines()
+  logging.get_absl_handler().addFilter(library)
   if len(argv) > 1:
     fail(f'unexpected arguments: {" ".join(argv[1:])}')
   config = _config()
@@ -87,14 +168,16 @@ def main(argv: list[str]) -> None:
   try:
     inputs = Path(_INPUTS.value).absolute() if _INPUTS.value else None
     card = train_and_evaluate(config, workdir, num_seeds=_SEEDS.value, resume=_RESUME.value,
-                              eval_test=_EVAL_TEST.value, inputs_dir=inputs)
+                              eval_test=_EVAL_TEST.value, inputs_dir=inputs,
+                              overwrite=_OVERWRITE.value)
   except ConfigError as e:
     fail(str(e))
   except Exception as e:  # a crashed run still leaves a scorecard that says so
-    logging.exception('training failed')
-    if not _INPUTS.value:
-      sc.write_json(workdir / sc.SCORECARD, {'status': 'failed', 'error': _one_line(e)})
-    fail(f'training failed: {_one_line(e)}', code=1)
+    error = _one_line(e)
+    unrecorded = not _INPUTS.value and not _record_failure(workdir, error)
+    log = _keep_traceback(workdir, library)
+    fail(f'training failed: {error}' + ('; no scorecard could be written' if unrecorded else '')
+         + (f' (traceback in {log})' if log else ''), code=1)
   if _INPUTS.value:
     print(f"trained {card['steps_completed']} steps; predictions in {workdir}")
     return

@@ -89,17 +89,40 @@ def json_safe(value: Any) -> Any:
   return value
 
 
+def write_atomically(path: Path, data: bytes | memoryview) -> None:
+  """Writes `path` through a temporary file beside it and a rename: a reader sees the old
+  file or the new one, never half of one, and a failed write (a full disk) leaves `path` as
+  it was and no temporary file behind. The error names `path`, not the temporary file."""
+  path = Path(path)
+  tmp = path.with_name(f'.{path.name}.tmp')
+  try:
+    with tmp.open('wb') as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())  # else a crash just after the rename may leave an empty file
+    os.replace(tmp, path)
+  except BaseException as e:
+    tmp.unlink(missing_ok=True)
+    if isinstance(e, OSError) and e.errno is not None:
+      raise OSError(e.errno, e.strerror, str(path)) from e
+    raise
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
-  """Writes atomically so a reader never sees half a scorecard."""
-  tmp = path.with_suffix(path.suffix + '.tmp')
-  tmp.write_text(json.dumps(json_safe(data), indent=2, sort_keys=True, allow_nan=False) + '\n')
-  os.replace(tmp, path)
+  """Atomically (`write_atomically`), so a reader never sees half a scorecard."""
+  text = json.dumps(json_safe(data), indent=2, sort_keys=True, allow_nan=False) + '\n'
+  write_atomically(path, text.encode())
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-  with path.open('a') as f:
-    f.write(json.dumps(json_safe(record), sort_keys=True, allow_nan=False) + '\n')
-    f.flush()
+  try:
+    with path.open('a') as f:
+      f.write(json.dumps(json_safe(record), sort_keys=True, allow_nan=False) + '\n')
+      f.flush()
+  except OSError as e:  # a failed write names no file; the error line should
+    if e.errno is None or e.filename is not None:
+      raise
+    raise OSError(e.errno, e.strerror, str(path)) from e
 
 
 def read_json(path: Path) -> dict[str, Any]:

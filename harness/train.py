@@ -12,8 +12,11 @@ asked (`eval_test` by hand; test inputs in `inputs_dir` for the agent's final ev
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,29 @@ from harness.steps import SeedKeys, build_program, predict
 from harness.tb_writer import MetricsWriter
 
 CODE_ROOT = Path(__file__).resolve().parent.parent
+CHECKPOINTS = 'checkpoints'
+ERROR_LOG = 'error.log'  # harness.main: the traceback of a failed run
+# What a run leaves in its workdir; --overwrite deletes these and nothing else.
+OUTPUTS = frozenset({sc.SCORECARD, sc.TEST_SCORECARD, sc.CURVES, scoring.REPORT,
+                     scoring.PROGRESS, scoring.PREDICTIONS, CHECKPOINTS, ERROR_LOG})
+
+
+def is_output(name: str) -> bool:
+  """Whether a workdir entry is something a run writes: a known name, an event file, or the
+  temporary file of a known name's write that was interrupted."""
+  temporary = name.endswith('.tmp') and name.removesuffix('.tmp').lstrip('.') in OUTPUTS
+  return name in OUTPUTS or temporary or name.startswith('events.out.tfevents.')
+
+
+def clear_outputs(workdir: Path) -> None:
+  """Deletes what an earlier run left in `workdir` (--overwrite); anything else stays."""
+  for entry in workdir.iterdir():
+    if not is_output(entry.name):
+      continue
+    if entry.is_dir() and not entry.is_symlink():
+      shutil.rmtree(entry)
+    else:
+      entry.unlink()
 
 
 class ConfigError(ValueError):
@@ -91,29 +117,33 @@ def _save_predictions(workdir: Path, name: str, logits: np.ndarray, kind: str) -
   logits (positions x vocabulary per row) are stored as float16 to halve their size."""
   if kind == 'language_model':
     logits = logits.astype(np.float16)
+  buffer = io.BytesIO()
+  np.save(buffer, logits)  # numpy's own file writes lose the errno of a full disk
   folder = workdir / scoring.PREDICTIONS
   folder.mkdir(exist_ok=True)
-  tmp = folder / f'.{name}.tmp'
-  with tmp.open('wb') as f:
-    np.save(f, logits)
-  tmp.replace(folder / name)
+  sc.write_atomically(folder / name, buffer.getbuffer())
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
                        num_seeds: int = 1, resume: bool = False, eval_test: bool = False,
-                       inputs_dir: Path | None = None) -> dict[str, Any]:
+                       inputs_dir: Path | None = None, overwrite: bool = False
+                       ) -> dict[str, Any]:
   """Trains `num_seeds` seeds (train.seed, train.seed+1, ...), writes predictions and the
   report; by hand (no `inputs_dir`) also scores them and returns the scorecard, else the
-  report."""
+  report. `overwrite` clears an earlier run's output, once the config is known to be good."""
   workdir = Path(workdir).absolute()
   seeds = [int(config.train.seed) + i for i in range(num_seeds)]
   inputs, scorer, program, keys = _setup(config, inputs_dir, eval_test, seeds)
-  ckpt = Checkpointer(workdir / 'checkpoints')
+  if overwrite:
+    clear_outputs(workdir)
+  ckpt = Checkpointer(workdir / CHECKPOINTS)
   carry = jax.jit(program.init)(keys.init)
   history = History(num_seeds=num_seeds)
   restored_step = ckpt.latest_step() if resume else None
   if not resume and restored_step is None and ckpt.latest_step() is not None:
     raise ConfigError(f'{workdir} already holds checkpoints: pass --resume or use a new workdir')
+  for final in (sc.SCORECARD, sc.TEST_SCORECARD, scoring.REPORT):
+    (workdir / final).unlink(missing_ok=True)  # an earlier attempt's result is not this one's
   if restored_step is not None:
     carry, saved = ckpt.restore(restored_step, carry)
     history = History.from_json(saved)
@@ -155,20 +185,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
                           inputs.kind)
     report = _report(config, inputs, seeds, history, runner.cost_info, carry, total)
     sc.write_json(workdir / scoring.REPORT, report)
-    if scorer is None:
-      return report
-    card = scoring.scorecard(scorer, workdir, seeds=seeds, trusted=None,
-                             code=sc.code_provenance(CODE_ROOT))
-    writer.hparams(config.to_dict(), {'hparams/val_metric': card['val_metric']['mean'],
-                                      'hparams/val_loss': card['val_loss']['mean'],
-                                      'hparams/train_seconds': card['train_seconds']})
-    sc.write_json(workdir / sc.SCORECARD, card)
-    if eval_test and not history.diverged:
-      sc.write_json(workdir / sc.TEST_SCORECARD, scoring.test_scorecard(scorer, workdir, card))
-  finally:
+    result = report
+    if scorer is not None:
+      result = card = scoring.scorecard(scorer, workdir, seeds=seeds, trusted=None,
+                                        code=sc.code_provenance(CODE_ROOT))
+      writer.hparams(config.to_dict(), {'hparams/val_metric': card['val_metric']['mean'],
+                                        'hparams/val_loss': card['val_loss']['mean'],
+                                        'hparams/train_seconds': card['train_seconds']})
+      sc.write_json(workdir / sc.SCORECARD, card)
+      if eval_test and not history.diverged:
+        sc.write_json(workdir / sc.TEST_SCORECARD, scoring.test_scorecard(scorer, workdir, card))
+  except BaseException:
+    with contextlib.suppress(Exception):  # the error that stopped the run is the one to report
+      _close(writer, ckpt)
+    raise
+  _close(writer, ckpt)
+  return result
+
+
+def _close(writer: MetricsWriter, ckpt: Checkpointer) -> None:
+  """Flushes the events and waits for pending checkpoint saves, each even if the other fails
+  (a full disk): a process must not exit mid-write."""
+  try:
     writer.close()
+  finally:
     ckpt.close()
-  return card
 
 
 def _score_point(scorer: scoring.Scorer, workdir: Path, history: History,

@@ -1,13 +1,18 @@
-"""The binaries as a user runs them: the harness on bad input, kill -9 and --resume; the
-agent's reports and progress lines on a journal full of terminal escapes."""
+"""The binaries as a user runs them: the harness on bad input, kill -9 and --resume, a workdir
+already in use and a full disk (each error one line, the last on stderr); the agent's reports
+and progress lines on a journal full of terminal escapes."""
 
 import dataclasses
+import errno
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -19,8 +24,29 @@ from harness import scorecard as sc
 from tests.agent_workspace import git
 from tests.conftest import ROOT, load_experiment, run_binary, tiny
 from tests.test_agent_loop import ScriptedProposer, SimulatedRunner, make_loop, touch
+from tests.test_train import temporary_files
 
 EXPERIMENT = '--config=experiments/mnist1d_mlp.py'
+TINY = ['--config.train.steps=40', '--config.train.eval_every=20',
+        '--config.train.checkpoint_every=40']
+# The harness's own progress line (absl's format): the only line of ours an error may follow.
+PROGRESS = re.compile(r'I\d{4} [\d:.]+ +\d+ train\.py:\d+\] '
+                      r'(step \d+: train loss |Resumed from step \d+$)')
+
+
+def assert_one_error_line(stderr: str, *, progress: bool = False) -> str:
+  """stderr ends with one `error:` line and holds nothing else: no traceback, no library
+  log lines, and progress lines only from a run that trained before it failed."""
+  lines = stderr.splitlines()
+  assert lines and lines[-1].startswith('error: '), stderr
+  before = lines[:-1]
+  assert all(progress and PROGRESS.match(line) for line in before), stderr
+  return lines[-1]
+
+
+def _tree(folder: Path) -> dict[str, bytes | None]:
+  return {str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes()
+          for p in sorted(folder.rglob('*'))}
 
 
 @pytest.mark.parametrize('args, message', [
@@ -34,9 +60,7 @@ EXPERIMENT = '--config=experiments/mnist1d_mlp.py'
 def test_bad_input_is_one_line_exit_2_and_no_scorecard(tmp_path, args, message):
   result = run_binary(*args, f'--workdir={tmp_path / "w"}')
   assert result.returncode == 2, result.stderr
-  lines = [l for l in result.stderr.splitlines() if l.startswith('error: ')]
-  assert len(lines) == 1 and message in lines[0]
-  assert 'Traceback' not in result.stderr
+  assert message in assert_one_error_line(result.stderr)
   assert not (tmp_path / 'w' / sc.SCORECARD).exists()
 
 
@@ -44,7 +68,8 @@ def test_unwritable_workdir_is_bad_input(tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('not a directory')
   result = run_binary(EXPERIMENT, f'--workdir={blocker / "w"}')
-  assert result.returncode == 2 and 'cannot create workdir' in result.stderr
+  assert result.returncode == 2
+  assert 'cannot create workdir' in assert_one_error_line(result.stderr)
 
 
 def _finished_checkpoints(workdir):
@@ -80,6 +105,131 @@ def test_a_run_killed_after_its_first_checkpoint_resumes_to_the_same_result(tmp_
   assert a['stability']['loss_spikes'] == b['stability']['loss_spikes']
   curve_lines = (killed / sc.CURVES).read_text().splitlines()
   assert [json.loads(l)['step'] for l in curve_lines] == list(range(100, 6001, 100))
+
+
+@pytest.mark.parametrize('earlier, flag', [
+    ({sc.SCORECARD: '{"status": "ok"}'}, None),  # a finished run that kept no checkpoints
+    ({'predictions/val-000000020.npy': 'x'}, None),
+    ({'checkpoints': None}, None),
+    ({'events.out.tfevents.1.host': 'x'}, None),
+    ({'notes.txt': 'mine'}, None),
+    ({sc.SCORECARD: '{"status": "ok"}', 'notes.txt': 'mine'}, '--overwrite'),
+])
+def test_a_workdir_that_is_not_empty_is_refused_and_left_as_it_was(tmp_path, earlier, flag):
+  workdir = tmp_path / 'w'
+  for name, text in earlier.items():
+    (workdir / name).parent.mkdir(parents=True, exist_ok=True)
+    if text is None:
+      (workdir / name).mkdir()
+    else:
+      (workdir / name).write_text(text)
+  before = _tree(workdir)
+  result = run_binary(EXPERIMENT, f'--workdir={workdir}', *([flag] if flag else []), *TINY)
+  assert result.returncode == 2, result.stderr
+  line = assert_one_error_line(result.stderr)
+  if flag:  # --overwrite deletes what a run writes, never a file of the user's
+    assert "'notes.txt'" in line and 'new workdir' in line
+  else:
+    assert '--resume' in line and '--overwrite' in line
+  assert _tree(workdir) == before
+
+
+def test_overwrite_replaces_an_earlier_run_and_resume_is_not_combined_with_it(tmp_path):
+  workdir = tmp_path / 'w'
+  assert run_binary(EXPERIMENT, f'--workdir={workdir}', '--eval_test', *TINY).returncode == 0
+  both = run_binary(EXPERIMENT, f'--workdir={workdir}', '--resume', '--overwrite', *TINY)
+  assert both.returncode == 2 and 'pass one' in assert_one_error_line(both.stderr)
+  shorter = ['--config.train.steps=20', '--config.train.eval_every=20',
+             '--config.train.checkpoint_every=20']
+  again = run_binary(EXPERIMENT, f'--workdir={workdir}', '--overwrite', *shorter)
+  assert again.returncode == 0, again.stderr
+  assert sorted(workdir.glob('predictions/val-*')) == [workdir / 'predictions/val-000000020.npy']
+  assert not (workdir / sc.TEST_SCORECARD).exists()
+  assert len(list(workdir.glob('events.out.tfevents.*'))) == 1
+  assert os.listdir(workdir / 'checkpoints') == ['20']
+  assert json.loads((workdir / sc.SCORECARD).read_text())['steps_completed'] == 20
+
+
+# A run whose writes fail as on a filling disk: fsync of the named files reports ENOSPC.
+ENOSPC_AT = """
+import errno, os, runpy, sys
+names, calls, real = sys.argv.pop(1).split(','), [], os.fsync
+def fsync(fd):
+  path = os.readlink(f'/proc/self/fd/{fd}')
+  calls.append(path)
+  if any(path.endswith(f'.{n}.tmp') and calls.count(path) >= int(k) for n, k in
+         (name.split(':') for name in names)):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+  real(fd)
+os.fsync = fsync
+runpy.run_module('harness.main', run_name='__main__', alter_sys=True)
+"""
+
+
+def test_a_failed_write_after_the_scorecard_leaves_no_ok_scorecard(tmp_path):
+  """The ok scorecard is written, the test scorecard is not (the disk fills), and then not
+  even the failed scorecard: none is left rather than one that says ok."""
+  workdir = tmp_path / 'w'
+  result = subprocess.run(
+      [sys.executable, '-c', ENOSPC_AT, f'{sc.TEST_SCORECARD}:1,{sc.SCORECARD}:2', EXPERIMENT,
+       f'--workdir={workdir}', '--eval_test', *TINY], cwd=ROOT, capture_output=True, text=True,
+      env={**os.environ, 'PYTHONPATH': str(ROOT)}, timeout=300)
+  assert result.returncode == 1, result.stderr
+  line = assert_one_error_line(result.stderr, progress=True)
+  assert 'No space left on device' in line and sc.TEST_SCORECARD in line
+  assert 'no scorecard could be written' in line and 'error.log' in line
+  assert not (workdir / sc.SCORECARD).exists() and not (workdir / sc.TEST_SCORECARD).exists()
+  assert 'Traceback' in (workdir / 'error.log').read_text()
+  assert temporary_files(workdir) == []
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A real 2 MB filesystem (tmpfs; needs root), unmounted afterwards."""
+  mount = tmp_path / 'disk'
+  mount.mkdir()
+  if shutil.which('mount') is None:
+    pytest.skip('no mount command here')
+  done = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', str(mount)],
+                        capture_output=True, text=True)
+  if done.returncode != 0:
+    pytest.skip(f'cannot mount a tmpfs here: {done.stderr.strip()}')
+  try:
+    yield mount
+  finally:
+    subprocess.run(['umount', '--lazy', str(mount)], check=True)
+
+
+def _fill(disk: Path) -> None:
+  with (disk / 'filler').open('wb', buffering=0) as f:
+    with pytest.raises(OSError) as full:
+      while True:
+        f.write(b'\0' * 4096)
+  assert full.value.errno == errno.ENOSPC
+
+
+def test_a_full_disk_is_one_error_line_and_never_a_stale_ok_scorecard(small_disk):
+  workdir = small_disk / 'w'
+  first = run_binary(EXPERIMENT, f'--workdir={workdir}', '--seeds=3', *TINY)
+  assert first.returncode == 0, first.stderr
+  _fill(small_disk)
+  longer = ['--config.train.steps=80', *TINY[1:]]
+  result = run_binary(EXPERIMENT, f'--workdir={workdir}', '--seeds=3', '--resume', *longer)
+  assert result.returncode == 1, result.stderr
+  line = assert_one_error_line(result.stderr, progress=True)
+  assert line.startswith('error: training failed: ') and 'No space left on device' in line
+  card = workdir / sc.SCORECARD
+  if card.exists():  # when the disk had room for it
+    assert json.loads(card.read_text())['status'] == 'failed'
+  assert temporary_files(workdir) == []
+
+
+def test_a_disk_full_from_the_start_is_one_error_line(small_disk):
+  _fill(small_disk)
+  result = run_binary(EXPERIMENT, f'--workdir={small_disk / "w"}', *TINY, timeout=120)
+  assert result.returncode == 1, result.stderr
+  assert 'No space left on device' in assert_one_error_line(result.stderr, progress=True)
+  assert temporary_files(small_disk) == []
 
 
 # ---- the agent's terminal output -------------------------------------------------------

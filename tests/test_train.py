@@ -1,14 +1,22 @@
 """End-to-end runs of each shipped experiment at tiny step counts, in process."""
 
+import errno
 import json
 import math
+import os
+import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
+from tensorboardX import record_writer
 
 from harness import scorecard as sc
+from harness.tb_writer import MetricsWriter
 from harness.train import ConfigError, train_and_evaluate
-from tests.conftest import load_experiment, tiny
+from tests.conftest import ROOT, load_experiment, tiny
+
+SHIPPED = sorted(p.stem for p in (ROOT / 'experiments').glob('*.py') if p.stem != '__init__')
 
 SCORECARD_FIELDS = {
     'status', 'task', 'metric', 'seeds', 'val_metric', 'val_loss', 'train_loss', 'steps',
@@ -37,6 +45,20 @@ def test_each_experiment_runs_end_to_end_and_writes_every_field(tmp_path, name):
   if name == 'charlm_transformer':
     assert on_disk['metric'] == {'name': 'bits_per_byte', 'direction': 'min'}
     assert 0 < card['val_metric']['mean'] < 8.5
+
+
+@pytest.mark.parametrize('name', SHIPPED)
+def test_every_shipped_experiment_trains_as_shipped(tmp_path, name):
+  """Only the step count is cut, to one chunk and one evaluation (the charlm config at its
+  first checkpoint takes ~40 s on 2 cores); the harness checks eval_every against
+  checkpoint_every on every run, so a config that cannot run as shipped fails here."""
+  config = load_experiment(name)
+  config.train.steps = config.train.eval_every
+  card = train_and_evaluate(config, tmp_path, eval_test=True)
+  assert card['status'] == 'ok' and card['steps_completed'] == config.train.eval_every
+  assert math.isfinite(card['val_metric']['mean']) and math.isfinite(card['val_loss']['mean'])
+  test_card = json.loads((tmp_path / sc.TEST_SCORECARD).read_text())
+  assert math.isfinite(test_card['test_metric']['mean'])
 
 
 def test_seeds_differ_and_repeat(tmp_path, mnist1d_tiny):
@@ -122,3 +144,63 @@ def test_summaries_use_the_sample_standard_deviation():
   summary = sc.summarize([1.0, 2.0, 3.0])
   assert summary['mean'] == 2.0 and math.isclose(summary['std'], 1.0)
   assert sc.summarize([5.0])['std'] == 0.0
+
+
+# ---- a full disk ------------------------------------------------------------------------
+def temporary_files(folder: Path) -> list[str]:
+  """Ours (`.name.tmp`) and Orbax's (`step.orbax-checkpoint-tmp`), left by a failed write."""
+  return [str(p) for p in folder.rglob('*') if p.name.endswith('.tmp') or '-tmp' in p.name]
+
+
+def _fsync_fails_for(monkeypatch, *names: str) -> None:
+  """A disk that fills while `names` are written: their fsync reports ENOSPC, as a real
+  filesystem may (ext4, NFS) when the data reaches it."""
+  real = os.fsync
+  def fsync(fd: int) -> None:
+    if os.readlink(f'/proc/self/fd/{fd}').endswith(tuple(f'.{n}.tmp' for n in names)):
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    real(fd)
+  monkeypatch.setattr(os, 'fsync', fsync)
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary_one(tmp_path, monkeypatch):
+  path = tmp_path / sc.SCORECARD
+  sc.write_json(path, {'status': 'ok'})
+  _fsync_fails_for(monkeypatch, sc.SCORECARD)
+  with pytest.raises(OSError, match='No space left') as raised:
+    sc.write_json(path, {'status': 'failed'})
+  assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(path)
+  assert json.loads(path.read_text()) == {'status': 'ok'}
+  assert temporary_files(tmp_path) == []
+
+
+def test_a_full_disk_at_the_scorecard_leaves_no_stale_scorecard(tmp_path, mnist1d_tiny,
+                                                               monkeypatch):
+  train_and_evaluate(mnist1d_tiny, tmp_path, eval_test=True)
+  assert json.loads((tmp_path / sc.SCORECARD).read_text())['status'] == 'ok'
+  _fsync_fails_for(monkeypatch, sc.SCORECARD)
+  with pytest.raises(OSError, match='No space left'):
+    train_and_evaluate(mnist1d_tiny, tmp_path, eval_test=True, resume=True)
+  # The earlier attempt's results are gone, not left to pass for this one's.
+  assert not (tmp_path / sc.SCORECARD).exists() and not (tmp_path / sc.TEST_SCORECARD).exists()
+  assert temporary_files(tmp_path) == []
+
+
+def test_an_event_file_that_cannot_be_written_fails_the_run_instead_of_hanging_it(
+    tmp_path, monkeypatch):
+  writer = MetricsWriter(tmp_path)
+  def full(self, data):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+  monkeypatch.setattr(record_writer.RecordWriter, 'write', full)  # in tensorboardX's thread
+  raised = []
+  def log_forever():
+    try:
+      for step in range(10**6):  # tensorboardX's queue holds 10 events
+        writer.scalars(step, {'train/loss': 1.0})
+    except OSError as e:
+      raised.append(e)
+  thread = threading.Thread(target=log_forever, daemon=True)
+  thread.start()
+  thread.join(timeout=60)
+  assert not thread.is_alive(), 'logging blocked on the dead writer thread'
+  assert raised[0].errno == errno.ENOSPC and 'events.out.tfevents' in raised[0].filename
