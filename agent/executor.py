@@ -100,8 +100,8 @@ REASON_CHARS = 300
 _READER_JOIN_S = 5.0
 _LINE_BYTES = 1 << 16
 _CPU_KILL_AFTER_S = 5  # RLIMIT_CPU hard limit above the soft one, so SIGXCPU comes first
-_MEMORY_SIGNS = re.compile(r"MemoryError|bad_alloc|Cannot allocate memory|can't start new "
-                           r"thread|RESOURCE_EXHAUSTED|[Oo]ut of memory")
+_MEMORY_SIGNS = re.compile(r"MemoryError|bad_alloc|Cannot allocate memory|Unable to allocate|"
+                           r"can't start new thread|RESOURCE_EXHAUSTED|[Oo]ut of memory")
 _MEMORY_SIGNALS = (signal.SIGKILL, signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS)
 
 

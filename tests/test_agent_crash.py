@@ -76,14 +76,14 @@ def test_ten_kills_at_random_moments_lose_nothing_and_count_nothing_twice(tmp_pa
   """kill -9 of the agent's PID alone, `resume` started at once, ten times; then two
   concurrent resumes; then a resume to the end. Nothing of the run outlives its agent, and
   the minute budget keeps the time of the killed sessions."""
-  repo = make_workspace(tmp_path, steps=120)
+  repo = make_workspace(tmp_path)
   journal_path = repo / 'runs/k/journal.sqlite'
   rng = random.Random(7)
   started = time.time()
   proc = _start(repo, 'run', f'--experiment={TINY_EXPERIMENT}', '--budget_trials=2',
                 '--seeds=2')
   for _ in range(10):
-    time.sleep(rng.uniform(1.0, 6.0))
+    time.sleep(rng.uniform(0.5, 3.0))
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     deadline = time.time() + 10
@@ -100,7 +100,7 @@ def test_ten_kills_at_random_moments_lose_nothing_and_count_nothing_twice(tmp_pa
   elapsed = RunState.replay(journal).elapsed_before
   journal.close()
   # each session's start-up before its first record is not seen; the rest is
-  assert killed_for - 10 * 4 <= elapsed <= killed_for + 1, (elapsed, killed_for)
+  assert killed_for - 10 * 2 <= elapsed <= killed_for + 1, (elapsed, killed_for)
 
   rival = _start(repo, 'resume')  # two agents on one run: exactly one may go on
   _, rival_err = rival.communicate(timeout=120)

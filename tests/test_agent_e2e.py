@@ -87,7 +87,7 @@ def _wait_for_trial(repo: Path, proc: subprocess.Popen, trial: int) -> None:
 
 
 def test_ctrl_c_and_kill_9_during_trials_resume_without_losing_or_repeating_one(tmp_path):
-  repo = make_workspace(tmp_path, steps=400)
+  repo = make_workspace(tmp_path, steps=200)
   journal_path = repo / 'runs/k/journal.sqlite'
   proc = _start(repo, 'run', f'--experiment={TINY_EXPERIMENT}', '--budget_trials=2',
                 '--seeds=2')
