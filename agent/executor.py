@@ -72,6 +72,7 @@ import time
 from pathlib import Path
 from typing import IO, Any, Callable, Literal, Mapping
 
+from agent import charter
 from agent import sandbox as fs_sandbox
 from agent import vcs
 from harness import scorecard as sc
@@ -113,6 +114,13 @@ class Sandbox:
   max_processes: int = 0
   isolate_network: bool = True
   require_filesystem: bool = True  # False: run without bubblewrap where it cannot run
+
+  @classmethod
+  def of(cls, trial: 'charter.Trial') -> 'Sandbox':
+    """The charter's bounds ([trial]) for everything that runs agent-written code."""
+    return cls(memory_mb=trial.memory_mb, cpu_seconds=round(trial.cpu_minutes * 60),
+               max_processes=trial.max_processes, isolate_network=not trial.network,
+               require_filesystem=trial.filesystem_sandbox == 'required')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -398,11 +398,7 @@ class Loop:
     return outcome
 
   def _sandbox(self) -> Sandbox:
-    """The charter's bounds for everything that runs agent-written code."""
-    t = self.charter.trial
-    return Sandbox(memory_mb=t.memory_mb, cpu_seconds=round(t.cpu_minutes * 60),
-                   max_processes=t.max_processes, isolate_network=not t.network,
-                   require_filesystem=t.filesystem_sandbox == 'required')
+    return Sandbox.of(self.charter.trial)
 
   def run(self) -> str:
     """Runs until a stop rule fires; returns the reason."""

@@ -220,22 +220,15 @@ def _check_experiment(repo: Path, start: str, experiment: str, charter) -> None:
   with tempfile.TemporaryDirectory(prefix='agent-check-') as folder:
     vcs.export(repo, start, Path(folder))
     try:
-      dataset_config(Path(folder), experiment, _sandbox_of(charter))
+      dataset_config(Path(folder), experiment, Sandbox.of(charter.trial))
     except ValueError as e:
       raise UsageError(str(e)) from None
-
-
-def _sandbox_of(charter) -> Sandbox:
-  t = charter.trial
-  return Sandbox(memory_mb=t.memory_mb, cpu_seconds=round(t.cpu_minutes * 60),
-                 max_processes=t.max_processes, isolate_network=not t.network,
-                 require_filesystem=t.filesystem_sandbox == 'required')
 
 
 def _check_sandbox(charter) -> None:
   """Refuses to start (exit 2, one line) where the charter's sandbox cannot run."""
   try:
-    require_sandbox(_sandbox_of(charter))
+    require_sandbox(Sandbox.of(charter.trial))
   except SandboxUnavailable as e:
     raise UsageError(str(e)) from None
 

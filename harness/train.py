@@ -80,7 +80,10 @@ def _inputs(config: ml_collections.ConfigDict, inputs_dir: Path | None, eval_tes
   """The trial's inputs, and the scorer when this process may hold the labels (by hand)."""
   dataset = config.dataset.to_dict()
   if inputs_dir is not None:
-    inputs = trial_inputs.read(inputs_dir)
+    try:
+      inputs = trial_inputs.read(inputs_dir)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      raise ConfigError(f'--inputs {inputs_dir} is not a folder of trial inputs: {e}') from e
     if dataset != inputs.dataset:
       raise ConfigError(f'config.dataset {dataset} differs from the data this run was given '
                         f'({inputs.dataset}); the data is not editable')

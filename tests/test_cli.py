@@ -56,6 +56,7 @@ def _tree(folder: Path) -> dict[str, bytes | None]:
     ([EXPERIMENT, '--config.model.name=resnet'], 'Unknown model name'),
     ([EXPERIMENT, '--no_such_flag=1'], 'no_such_flag'),
     ([EXPERIMENT, '--seeds=0'], 'seeds'),
+    ([EXPERIMENT, '--inputs=/nonexistent/inputs'], 'not a folder of trial inputs'),
 ])
 def test_bad_input_is_one_line_exit_2_and_no_scorecard(tmp_path, args, message):
   result = run_binary(*args, f'--workdir={tmp_path / "w"}')
