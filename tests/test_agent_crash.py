@@ -106,10 +106,12 @@ def test_ten_kills_at_random_moments_lose_nothing_and_count_nothing_twice(tmp_pa
   _, rival_err = rival.communicate(timeout=120)
   if rival.returncode == 2:
     assert 'in use by another agent' in rival_err
-    proc.communicate(timeout=600)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]  # exactly one of the two goes on, to the end
   else:  # the rival won the lock: then the other one was refused
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 2 and 'in use by another agent' in err
+    assert rival.returncode == 0, rival_err[-2000:]
   final = agent(repo, 'resume', '--run_id=k', '--nofinal_eval')
   assert final.returncode == 0, final.stderr[-2000:]
 
