@@ -31,14 +31,15 @@ from typing import Iterator, TextIO
 
 from absl import app, flags
 
-from agent import audit, report, review, vcs
 from agent.charter import CharterError, load_charter
-from agent.executor import Sandbox, SandboxUnavailable, dataset_config, require_sandbox
-from agent.journal import Journal
-from agent.llm_client import LLMFatalError
-from agent.loop import BaselineError, Loop, RunConfig, RunHalted, RunState
-from agent.proposal import Proposer
-from agent.proposers.llm import LLMProposer
+from agent.loop import BaselineError, Loop, RunHalted
+from agent.proposing.llm import LLMProposer
+from agent.proposing.llm_client import LLMFatalError
+from agent.proposing.proposal import Proposer
+from agent.recording import audit, report, review, vcs
+from agent.recording.journal import Journal
+from agent.recording.state import RunConfig, RunState
+from agent.safety.executor import Sandbox, SandboxUnavailable, dataset_config, require_sandbox
 from agent.untrusted import terminal_safe
 
 COMMANDS = ('run', 'resume', 'status', 'log', 'verify', 'review', 'approve', 'reject')
@@ -98,7 +99,7 @@ def say(line: str) -> None:
 def make_proposer(config: RunConfig, repo: Path) -> Proposer:
   """The run's proposer, rebuilt from its recorded settings (an LLM's key from the env)."""
   if config.proposer == 'llm':
-    from agent.llm_client import LLMClient
+    from agent.proposing.llm_client import LLMClient
     s = config.llm or {}
     try:
       client = LLMClient(s['api'], s['base_url'], s['model'], key_env=s['key_env'],
@@ -107,7 +108,7 @@ def make_proposer(config: RunConfig, repo: Path) -> Proposer:
       raise UsageError(f'the LLM proposer\'s settings are not usable: {e}') from e
     return LLMProposer(client, input_price_per_mtok=s['price_input'],
                        output_price_per_mtok=s['price_output'])
-  from agent.proposers.heuristic import HeuristicProposer
+  from agent.proposing.heuristic import HeuristicProposer
   if config.proposer != 'heuristic':
     raise UsageError(f'unknown proposer {config.proposer!r}')
   return HeuristicProposer(stats_path=repo / 'runs' / 'proposer_stats.json',

@@ -22,8 +22,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from agent import decide as decide_lib
 from agent.charter import load_charter
+from agent.judging import decide as decide_lib
 from benchmarks import report, search, trials
 from benchmarks.trials import Say
 from harness.train import train_and_evaluate

@@ -26,13 +26,16 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from agent import knobs, vcs
 from agent.charter import Charter, load_charter
-from agent.executor import TrialOutcome, TrialSpec
-from agent.journal import Journal
-from agent.loop import FINAL_FIRST_SEED, BaselineError, Loop, RunConfig, RunState
-from agent.proposal import NoProposal, Observation, TrialSummary
-from agent.proposers.heuristic import HeuristicProposer
+from agent.editing import knobs
+from agent.loop import FINAL_FIRST_SEED, BaselineError, Loop
+from agent.proposing.heuristic import HeuristicProposer
+from agent.proposing.proposal import NoProposal, Observation
+from agent.recording import vcs
+from agent.recording.journal import Journal
+from agent.recording.state import RunConfig, RunState
+from agent.recording.state import TrialSummary
+from agent.safety.executor import TrialOutcome, TrialSpec
 from benchmarks import report, space, trials
 from benchmarks.trials import Budget, Files, Say
 

@@ -1,6 +1,6 @@
 """The search space random search and Optuna TPE sample: the experiment's own knobs.
 
-It is built from agent.knobs.inventory of the starting experiment, so the baselines search
+It is built from agent.editing.knobs.inventory of the starting experiment, so the baselines search
 the knobs the agent's proposer edits, in the categories it may tune, with ranges around the
 starting values inside the proposer's hard bounds. The model family is one more dimension
 (the MLP, or the convolutional family the proposer switches to), with each family's
@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from agent import config_edit, knobs
-from agent.config_edit import ConfigEdit, Scalar
-from agent.proposers import heuristic as h
+from agent.editing import config_edit, knobs
+from agent.editing.config_edit import ConfigEdit, Scalar
+from agent.proposing import heuristic as h
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / 'models'
 FAMILY = 'model.name'

@@ -5,7 +5,7 @@ start-up on a 2-core CPU (benchmark 2 measures it), the same for every method; i
 budget of a minute or two that would drown what differs between methods. `execute` keeps
 the executor's contract (TrialSpec in, TrialOutcome out, `on_curve` may prune, a timeout),
 so agent.loop.Loop runs on it unchanged. A trial whose harness/ or models/ differ from this
-checkout's (a source edit) cannot be imported here and goes to agent.executor.run_trial.
+checkout's (a source edit) cannot be imported here and goes to agent.safety.executor.run_trial.
 
 The harness has no per-evaluation callback, so pruning and timeouts hook the one call
 train_and_evaluate makes after every evaluation, `harness.scorecard.append_jsonl`, for the
@@ -29,8 +29,8 @@ from unittest import mock
 
 import ml_collections
 
-from agent import config_edit
-from agent.executor import LOG, OnCurve, TrialOutcome, TrialSpec, run_trial
+from agent.editing import config_edit
+from agent.safety.executor import LOG, OnCurve, TrialOutcome, TrialSpec, run_trial
 from harness import scorecard, trial_inputs
 from harness.datasets import load_task
 from harness.scoring import Scorer
@@ -75,7 +75,7 @@ def load_config(path: Path) -> ml_collections.ConfigDict:
 
 def execute(spec: TrialSpec, scorer: Scorer | None = None,
             on_curve: OnCurve | None = None) -> TrialOutcome:
-  """agent.executor.run_trial's contract, run in this process when the code allows it
+  """agent.safety.executor.run_trial's contract, run in this process when the code allows it
   (then it scores itself, with the labels it loads: benchmark trials are trusted code)."""
   if spec.overrides or not runs_here(spec.worktree):
     if scorer is None or spec.inputs is None:

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 from agent import main as agent_main
-from agent.journal import Journal
-from agent.loop import RunState
+from agent.recording.journal import Journal
+from agent.recording.state import RunState
 from tests.agent_workspace import TINY_EXPERIMENT, git, make_workspace
 from tests.test_agent_e2e import _start, agent, verdict_trials
 

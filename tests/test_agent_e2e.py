@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from agent.journal import Journal
+from agent.recording.journal import Journal
 from tests.agent_workspace import TINY_EXPERIMENT, git, make_workspace
 
 

@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent import config_edit, knobs
 from agent.charter import load_charter
-from agent.executor import TrialOutcome
-from agent.journal import Journal
-from agent.loop import Loop, RunConfig, RunHalted, RunState
-from agent.proposal import NoProposal, Observation, Proposal, ProposalFailed
+from agent.editing import config_edit, knobs
+from agent.loop import Loop, RunHalted
+from agent.proposing.proposal import NoProposal, Observation, Proposal, ProposalFailed
+from agent.recording.journal import Journal
+from agent.recording.state import RunConfig, RunState
+from agent.safety.executor import TrialOutcome
 from tests.agent_workspace import (TINY_EXPERIMENT, fake_scorecard, git, make_workspace,
                                    write_scorecard)
 

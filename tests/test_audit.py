@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from agent import review, vcs
-from agent.audit import Rule, verify_run
 from agent.charter import load_charter
-from agent.journal import Journal
 from agent.loop import Loop
+from agent.recording import review, vcs
+from agent.recording.audit import Rule, verify_run
+from agent.recording.journal import Journal
 from harness.scorecard import TEST_SCORECARD, summarize
 from tests.agent_workspace import git
 from tests.test_agent_e2e import agent

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.proposers.bandit import POOLED_WEIGHT, Bandit
+from agent.proposing.bandit import POOLED_WEIGHT, Bandit
 
 
 def share(bandit: Bandit, candidates: list[str], op: str, n: int = 200, **kwargs) -> float:

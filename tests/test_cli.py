@@ -18,8 +18,9 @@ import pytest
 
 from agent import main as agent_main
 from agent.charter import load_charter
-from agent.journal import Journal
-from agent.loop import Loop, RunConfig, RunState
+from agent.loop import Loop
+from agent.recording.journal import Journal
+from agent.recording.state import RunConfig, RunState
 from harness import scorecard as sc
 from tests.agent_workspace import git
 from tests.conftest import ROOT, load_experiment, run_binary, tiny

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from agent import code_policy
+from agent.safety import code_policy
 from tests.conftest import ROOT
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config_edit import (
-    ConfigEdit, EditError, add_value, apply_edits, literal_code, remove_value, set_value)
+from agent.editing.config_edit import (
+                                       ConfigEdit, EditError, add_value, apply_edits, literal_code, remove_value, set_value)
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST1D = (ROOT / 'experiments' / 'mnist1d_mlp.py').read_text()
@@ -139,7 +139,7 @@ def test_switching_family_gives_exactly_the_new_models_keys(tmp_path):
   model = load(new, tmp_path).model
   assert (model.name, model.channels, model.pooling) == ('cnn1d', 32, 'flatten')
   if (ROOT / 'models' / 'cnn.py').exists():
-    from agent.knobs import model_signature
+    from agent.editing.knobs import model_signature
     assert set(model) - {'name'} == set(model_signature(ROOT / 'models', 'cnn1d'))
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from agent.decide import (AcceptancePolicy, ArmResult, SeedResults, decide, noise_floor,
-                          paired_test, pool, should_prune)
+from agent.judging.decide import (AcceptancePolicy, ArmResult, SeedResults, decide, noise_floor,
+                                  paired_test, pool, should_prune)
 
 INCUMBENT = (0.800, 0.810, 0.805)  # std 0.005 -> noise floor 2 * 0.005 * sqrt(2/3) = 0.00816
 POLICY = AcceptancePolicy()

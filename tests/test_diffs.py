@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from agent.diffs import DiffError, changed_paths, diff_stats, parse_diff, unified_diff
+from agent.editing.diffs import DiffError, changed_paths, diff_stats, parse_diff, unified_diff
 
 OLD = 'a = 1\nb = 2\nc = 3\n'
 NEW = 'a = 1\nb = 20\nc = 3\nd = 4\n'

@@ -3,8 +3,8 @@ and errors precise enough to send back to the model."""
 
 import pytest
 
-from agent import diffs
-from agent.edit_formats import EditFormatError, parse_answer
+from agent.editing import diffs
+from agent.proposing.edit_formats import EditFormatError, parse_answer
 
 CONFIG = """\
 def get_config():

@@ -34,10 +34,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from agent import executor
-from agent import sandbox as fs_sandbox
-from agent.executor import (Sandbox, TrialOutcome, TrialSpec, dataset_config, import_check,
-                            run_trial, trial_env)
+from agent.safety import executor
+from agent.safety import sandbox as fs_sandbox
+from agent.safety.executor import (Sandbox, TrialOutcome, TrialSpec, dataset_config, import_check,
+                                   run_trial, trial_env)
 from harness import scoring, trial_inputs
 from harness.splits import Split
 from tests.conftest import ROOT, load_experiment

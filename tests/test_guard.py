@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from agent import guard, source_edit
 from agent.charter import Charter, Scope
+from agent.editing import source_edit
+from agent.safety import guard
 from tests.conftest import ROOT
 
 CHARTER = Charter()

@@ -14,11 +14,12 @@ from typing import Any
 
 import pytest
 
-from agent import knobs
 from agent.charter import load_charter
-from agent.proposal import NoProposal, Observation, Proposal, TrialSummary
-from agent.proposers import heuristic as h
-from agent.proposers.heuristic import HeuristicProposer
+from agent.editing import knobs
+from agent.proposing import heuristic as h
+from agent.proposing.heuristic import HeuristicProposer
+from agent.proposing.proposal import NoProposal, Observation, Proposal
+from agent.recording.state import TrialSummary
 
 ROOT = Path(__file__).resolve().parents[1]
 CHARTER = load_charter(ROOT / 'WORKSPACE.md')

@@ -36,9 +36,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from agent import sandbox as fs_sandbox
-from agent.executor import TrialSpec, run_trial
-from agent.journal import Journal
+from agent.recording.journal import Journal
+from agent.safety import sandbox as fs_sandbox
+from agent.safety.executor import TrialSpec, run_trial
 from harness import scoring, trial_inputs
 from tests.agent_workspace import TINY_EXPERIMENT, git, make_workspace
 from tests.conftest import load_experiment
@@ -575,7 +575,7 @@ def test_the_sandbox_holds_a_trial_that_reaches_for_labels_git_and_its_own_score
   for name, value in SECRETS.items():
     monkeypatch.setenv(name, value)
   repo = make_workspace(tmp_path)
-  from agent import vcs
+  from agent.recording import vcs
   worktree = vcs.create_worktree(repo, repo / 'runs/direct/worktree', 'agent/direct').path
   reads = {'digits labels': DIGITS_CSV, 'checkout datasets.py': repo / 'harness/datasets.py',
            'checkout charter': repo / 'WORKSPACE.md', 'git config': repo / '.git/config',
@@ -670,7 +670,7 @@ def test_the_agents_git_never_runs_a_planted_fsmonitor(planted_fsmonitor):
   """Every git operation of a trial's life on the run's worktree, and the scorer's record of
   the code's provenance: the planted command never runs (with the key or without)."""
   repo, markers = planted_fsmonitor
-  from agent import vcs
+  from agent.recording import vcs
   tree = vcs.create_worktree(repo, repo / 'runs/x/worktree', 'agent/x')
   tree.write_files({'models/note.py': 'X = 1\n'})
   sha = tree.commit('a candidate')

@@ -18,9 +18,10 @@ from typing import Callable
 import pytest
 
 from agent.charter import load_charter
-from agent.journal import Journal
-from agent.loop import Loop, RunConfig, RunState
-from agent.proposal import NoProposal, Observation, Proposal
+from agent.loop import Loop
+from agent.proposing.proposal import NoProposal, Observation, Proposal
+from agent.recording.journal import Journal
+from agent.recording.state import RunConfig, RunState
 from tests.agent_workspace import TINY_EXPERIMENT, git, make_workspace
 
 MODEL = 'models/mlp.py'

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.journal import GENESIS, Journal, canonical_json
+from agent.recording.journal import GENESIS, Journal, canonical_json
 
 
 @pytest.fixture
@@ -145,7 +145,7 @@ def test_a_killed_writer_keeps_every_committed_record(tmp_path):
   path = tmp_path / 'journal.sqlite'
   script = textwrap.dedent(f"""
       import os, signal
-      from agent.journal import Journal
+      from agent.recording.journal import Journal
       journal = Journal.open({str(path)!r})
       for i in range(20):
         journal.append('budget', {{'trials': i}})

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.knobs import REQUIRED, Expr, KnobError, categorize, inventory, model_signature
+from agent.editing.knobs import REQUIRED, Expr, KnobError, categorize, inventory, model_signature
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ['mnist1d_mlp', 'digits_mlp', 'charlm_transformer']

@@ -4,8 +4,8 @@ import socket
 
 import pytest
 
-from agent.llm_client import (FailedAttempt, LLMClient, LLMFatalError, LLMUnavailable,
-                              PLACEHOLDER_KEY)
+from agent.proposing.llm_client import (FailedAttempt, LLMClient, LLMFatalError, LLMUnavailable,
+                                        PLACEHOLDER_KEY)
 from tests.llm_replay_server import Reply, ReplayServer
 
 KEY = 'sk-test-0123456789abcdef'

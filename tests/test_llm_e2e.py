@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from agent.journal import Journal
+from agent.recording.journal import Journal
 from tests.agent_workspace import TINY_EXPERIMENT, make_workspace
 from tests.llm_replay_server import Reply, ReplayServer
 from tests.test_agent_e2e import agent

@@ -9,11 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from agent import guard, knobs, prompts
 from agent.charter import Charter
-from agent.llm_client import LLMClient, LLMFatalError
-from agent.proposal import Observation, ProposalFailed, TrialSummary
-from agent.proposers.llm import LLMProposer
+from agent.editing import knobs
+from agent.proposing import prompts
+from agent.proposing.llm import LLMProposer
+from agent.proposing.llm_client import LLMClient, LLMFatalError
+from agent.proposing.proposal import Observation, ProposalFailed
+from agent.recording.state import TrialSummary
+from agent.safety import guard
 from tests.llm_replay_server import Reply, ReplayServer
 
 KEY = 'sk-proposer-secret-4242'

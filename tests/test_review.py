@@ -6,9 +6,10 @@ import re
 
 import pytest
 
-from agent import review
 from agent.charter import load_charter
-from agent.loop import Loop, RunState
+from agent.loop import Loop
+from agent.recording import review
+from agent.recording.state import RunState
 from tests.agent_workspace import git
 from tests.test_agent_e2e import agent
 from tests.test_agent_loop import ScriptedProposer, SimulatedRunner, make_loop, set_lr

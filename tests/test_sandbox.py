@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import sandbox
+from agent.safety import sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable

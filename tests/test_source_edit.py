@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config_edit import EditError
-from agent.source_edit import replace_call_keyword, set_default
+from agent.editing.config_edit import EditError
+from agent.editing.source_edit import replace_call_keyword, set_default
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,7 +99,7 @@ def test_errors(edit, message):
 
 @pytest.mark.skipif(not (ROOT / 'models' / 'mlp.py').exists(), reason='models/ not written yet')
 def test_against_the_shipped_mlp(tmp_path):
-  from agent.knobs import model_signature
+  from agent.editing.knobs import model_signature
   source = (ROOT / 'models' / 'mlp.py').read_text()
   new = set_default(source, 'MLP', 'width', 256)
   new = replace_call_keyword(new, 'MLP', 'nnx.Linear', 'use_bias', 'False')

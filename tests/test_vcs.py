@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import vcs
+from agent.recording import vcs
 
 
 def git(cwd: Path, *args: str) -> str:

@@ -18,8 +18,9 @@ import unicodedata
 from pathlib import Path, PurePosixPath
 from typing import Collection, Iterator, Mapping
 
-from agent import code_policy, diffs
 from agent.charter import Charter
+from agent.editing import diffs
+from agent.safety import code_policy
 
 MAX_CHANGED_LINES = 400
 MAX_FILE_BYTES = 200_000  # per file: checked before diffing, so a flood never reaches difflib

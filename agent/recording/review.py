@@ -12,9 +12,9 @@ import getpass
 from pathlib import Path
 from typing import Any
 
-from agent import vcs
-from agent.journal import Journal
-from agent.loop import RunState
+from agent.recording import vcs
+from agent.recording.journal import Journal
+from agent.recording.state import RunState
 from agent.untrusted import one_line
 
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Callable, TypedDict
 
-from agent import prompts
-from agent.edit_formats import Answer, EditFormatError, parse_answer
-from agent.llm_client import ChatResult, FailedAttempt, LLMClient, LLMUnavailable
-from agent.proposal import Observation, Proposal, ProposalFailed
+from agent.proposing import prompts
+from agent.proposing.edit_formats import Answer, EditFormatError, parse_answer
+from agent.proposing.llm_client import ChatResult, FailedAttempt, LLMClient, LLMUnavailable
+from agent.proposing.proposal import Observation, Proposal, ProposalFailed
 
 
 class Usage(TypedDict):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from agent import knobs
+from agent.editing import knobs
 
 REGISTRY = 'models/__init__.py'
 

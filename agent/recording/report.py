@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.journal import Journal, Record
-from agent.loop import RunState
+from agent.recording.journal import Journal, Record
+from agent.recording.state import RunState
 from agent.untrusted import one_line
 
 

@@ -11,21 +11,8 @@ import dataclasses
 from typing import Any, Mapping, Protocol
 
 from agent.charter import Charter
-from agent.knobs import Knob
-
-
-@dataclasses.dataclass(frozen=True)
-class TrialSummary:
-  """One earlier trial as a proposer may see it (never any test-split number)."""
-  trial: int
-  operator: str
-  hypothesis: str
-  accepted: bool
-  reason_code: str
-  gain: float | None  # mean paired gain, oriented so positive is better; None if not run
-  changes: Mapping[str, str | None] = dataclasses.field(default_factory=dict)
-  rationale: str = ''  # the verdict's or the guard's reason, in words
-  log_excerpt: str = ''  # bounded tail of what the trial printed (failed trials only)
+from agent.editing.knobs import Knob
+from agent.recording.state import TrialSummary
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ persist across runs per task and model family, picks among them, so the rules le
 experience corrects them. Numeric values are drawn around the incumbent from a generator
 seeded by (seed, trial): a run replays exactly, and repeated tries do not walk a fixed grid.
 
-Every edit goes through agent.config_edit (or agent.source_edit for model code) so that
+Every edit goes through agent.editing.config_edit (or agent.editing.source_edit for model code) so that
 the diff a reviewer reads is exactly the change. Only knobs in the tunable categories are
 touched (never data, never train.seed), hard bounds keep values sane, and a proposal whose
 resulting text equals the incumbent or an earlier trial is never made. An operator is tried
@@ -32,10 +32,11 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from absl import logging
 
-from agent import config_edit, knobs, source_edit
-from agent.config_edit import ConfigEdit, EditError, Scalar
-from agent.proposal import NoProposal, Observation, Proposal, TrialSummary
-from agent.proposers.bandit import Bandit, Prior
+from agent.editing import config_edit, knobs, source_edit
+from agent.editing.config_edit import ConfigEdit, EditError, Scalar
+from agent.proposing.bandit import Bandit, Prior
+from agent.proposing.proposal import NoProposal, Observation, Proposal
+from agent.recording.state import TrialSummary
 
 # Hard bounds on what the proposer will write.
 LR_MIN, LR_MAX = 1e-5, 1.0

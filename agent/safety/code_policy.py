@@ -1,7 +1,7 @@
 """A tripwire for agent-written Python: an import allow-list and a few forbidden forms.
 
 It is not the security boundary. The boundary is the operating system around every run of
-agent-written code (agent/sandbox.py and agent/executor.py: a filesystem sandbox,
+agent-written code (agent/safety/sandbox.py and agent/safety/executor.py: a filesystem sandbox,
 namespaces, limits) and the out-of-process scorer: the agent, which never imports
 candidate code, computes every metric from the logits a trial writes. This check fails
 early with a clear reason, `path:line: what is not allowed (why)`, for honest mistakes and

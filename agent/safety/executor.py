@@ -12,7 +12,7 @@ folder, the only place it may write; this process (which never imports candidate
 scores them with `harness.scoring`, measures the trial's wall time, CPU time and peak RSS
 itself (`TreeUsage`), and writes the scorecard beside `output/`, never inside it.
 
-Filesystem: everything runs inside bubblewrap (`agent.sandbox`): the worktree and inputs
+Filesystem: everything runs inside bubblewrap (`agent.safety.sandbox`): the worktree and inputs
 read-only, `output/` writable, a private /tmp, nothing else of the machine's files but the
 system and the Python installation, the data's sources hidden. Where bwrap cannot run and
 the charter allows it (`filesystem_sandbox = "best_effort"`), the namespaces below are all
@@ -73,8 +73,8 @@ from pathlib import Path
 from typing import IO, Any, Callable, Literal, Mapping
 
 from agent import charter
-from agent import sandbox as fs_sandbox
-from agent import vcs
+from agent.recording import vcs
+from agent.safety import sandbox as fs_sandbox
 from harness import scorecard as sc
 from harness import scoring
 from harness.datasets import source_paths

@@ -11,7 +11,7 @@ from pathlib import Path
 import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
-from agent import config_edit
+from agent.editing import config_edit
 
 Scalar = bool | int | float | str
 

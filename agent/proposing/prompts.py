@@ -20,12 +20,13 @@ import math
 import re
 from typing import Any, Mapping, Sequence
 
-from agent.code_policy import allowed_modules
-from agent.edit_formats import SECTIONS
-from agent.guard import MAX_CHANGED_LINES
-from agent.knobs import Knob
-from agent.proposal import Observation, TrialSummary
-from agent.proposers.heuristic import diagnose
+from agent.editing.knobs import Knob
+from agent.proposing.edit_formats import SECTIONS
+from agent.proposing.heuristic import diagnose
+from agent.proposing.proposal import Observation
+from agent.recording.state import TrialSummary
+from agent.safety.code_policy import allowed_modules
+from agent.safety.guard import MAX_CHANGED_LINES
 from agent.untrusted import BEGIN_MARKER, END_MARKER, fence, terminal_safe
 
 MAX_CURVE_ROWS = 12

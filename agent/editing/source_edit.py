@@ -7,8 +7,8 @@ libcst so that everything the edit does not concern stays byte-for-byte the same
 
 import libcst as cst
 
-from agent.config_edit import (
-    EditError, Scalar, checked_code, dominant_quote, literal_code, parse_module)
+from agent.editing.config_edit import (
+                                       EditError, Scalar, checked_code, dominant_quote, literal_code, parse_module)
 
 
 def set_default(source: str, class_name: str, param: str, value: Scalar) -> str:

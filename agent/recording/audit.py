@@ -3,7 +3,7 @@
 The journal's hash chain shows that no record was edited in place. This module checks the
 records against what the chain cannot vouch for:
 
-- each verdict is recomputed with the charter's rule recorded in `run_started` (agent.decide)
+- each verdict is recomputed with the charter's rule recorded in `run_started` (agent.judging.decide)
   from the arms the journal holds: the incumbent as it stood when the trial ran, the
   candidate, and for a confirmed winner the fresh-seed pair. A flipped `accepted`, another
   reason code, a rewritten rationale or other numbers contradict the recomputation;
@@ -30,11 +30,12 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from agent import decide as decide_lib
-from agent import diffs, vcs
 from agent.charter import Acceptance, Objective, Tradeoffs
-from agent.journal import Journal, Record
-from agent.loop import ArmRecord
+from agent.editing import diffs
+from agent.judging import decide as decide_lib
+from agent.recording import vcs
+from agent.recording.journal import Journal, Record
+from agent.recording.state import ArmRecord
 from harness.scorecard import SCORECARD, TEST_SCORECARD, json_safe, read_json, summarize
 
 Check = Callable[[], None]

@@ -1,0 +1,1 @@
+"""Editing: the knob inventory and the typed edits that change config and model source."""

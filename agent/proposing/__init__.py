@@ -1,0 +1,1 @@
+"""Proposing: what a proposer sees and answers, the heuristic, the bandit and the LLM."""
