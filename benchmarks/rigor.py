@@ -16,11 +16,11 @@ there is positive.
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+from scipy import stats
 
 from agent.charter import load_charter
 from agent.judging import decide as decide_lib
@@ -92,12 +92,10 @@ def judge(values: np.ndarray, draws: int, effect: float, k: int,
   return accepted
 
 
-def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+def wilson(hits: int, n: int) -> tuple[float, float]:
   """95% interval of a rate: stays inside [0, 1] and is honest at 0 hits."""
-  p = hits / n
-  centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-  half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-  return max(0.0, centre - half), min(1.0, centre + half)
+  ci = stats.binomtest(hits, n).proportion_ci(confidence_level=0.95, method='wilson')
+  return float(ci.low), float(ci.high)
 
 
 def false_acceptance(size: Size, work: Path, say: Say) -> dict[str, Any]:
