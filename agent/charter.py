@@ -7,12 +7,14 @@ fell back to a default would change the rules of the search without anyone notic
 """
 
 import dataclasses
-import fnmatch
+import functools
 import math
 import re
 import tomllib
 from pathlib import Path
 from typing import Any, Callable
+
+import pathspec
 
 # Paths no charter can open up: the trusted half of the design, enforced in code.
 ALWAYS_PROTECTED = ('WORKSPACE.md', 'agent/**', 'harness/**', 'tests/**', '.git/**')
@@ -127,16 +129,17 @@ class Charter:
   def is_editable(self, relpath: str) -> bool:
     """True for a relative POSIX path inside an editable glob and outside every protected one.
 
-    Protected globs match case-insensitively so that a case-insensitive file system
-    cannot be used to reach, say, Harness/ as harness/.
+    Globs are gitignore patterns. Protected ones match case-insensitively so that a
+    case-insensitive file system cannot be used to reach, say, Harness/ as harness/, and
+    ALWAYS_PROTECTED is a spec of its own so that no `!` pattern in the charter reopens it.
     """
     parts = _path_parts(relpath)
     if parts is None:
       return False
-    lowered = [p.lower() for p in parts]
-    protected = self.scope.protected + ALWAYS_PROTECTED
-    return (any(_glob_match(g, parts) for g in self.scope.editable)
-            and not any(_glob_match(g.lower(), lowered) for g in protected))
+    path = '/'.join(parts)
+    return (_spec(self.scope.editable).match_file(path)
+            and not any(_spec(tuple(g.lower() for g in globs)).match_file(path.lower())
+                        for globs in (self.scope.protected, ALWAYS_PROTECTED)))
 
 
 def _path_parts(relpath: str) -> list[str] | None:
@@ -147,28 +150,28 @@ def _path_parts(relpath: str) -> list[str] | None:
   return None if not parts or '..' in parts else parts
 
 
-def _glob_match(pattern: str, parts: list[str]) -> bool:
-  """fnmatch per segment, with `**` standing for any number of whole segments."""
-  return _match_segments([p for p in pattern.split('/') if p], parts)
+@functools.cache
+def _spec(globs: tuple[str, ...]) -> pathspec.PathSpec:
+  """gitignore semantics: `dir/**` is what is inside dir, not dir itself; a glob without a
+  slash matches at any depth; the last matching glob wins, so `!glob` excludes."""
+  return pathspec.PathSpec.from_lines('gitignore', globs)
 
 
-def _match_segments(pattern: list[str], parts: list[str]) -> bool:
-  if not pattern:
-    return not parts
-  if pattern == ['**']:
-    return bool(parts)  # as in .gitignore, `dir/**` is what is inside dir, not dir itself
-  if pattern[0] == '**':
-    return any(_match_segments(pattern[1:], parts[i:]) for i in range(len(parts) + 1))
-  return (bool(parts) and fnmatch.fnmatchcase(parts[0], pattern[0])
-          and _match_segments(pattern[1:], parts[1:]))
+def _valid_globs(globs: tuple[str, ...]) -> bool:
+  if not all(g and not g.startswith('/') for g in globs):
+    return False
+  try:
+    _spec(globs)
+  except ValueError:  # pathspec's GitIgnorePatternError, e.g. for a trailing backslash
+    return False
+  return True
 
 
 # Range checks: (predicate, what the value must be).
 _Rule = tuple[Callable[[Any], bool], str]
 _NONNEG: _Rule = (lambda v: v >= 0, '>= 0')
 _POSITIVE: _Rule = (lambda v: v > 0, '> 0')
-_GLOBS: _Rule = (lambda v: all(g and not g.startswith('/') for g in v),
-                 'a list of non-empty relative globs')
+_GLOBS: _Rule = (_valid_globs, 'a list of non-empty relative gitignore globs')
 _RULES: dict[str, _Rule] = {
     'objective.metric': (lambda v: bool(v), 'a non-empty string'),
     'objective.direction': (lambda v: v in ('auto', 'max', 'min'), "'auto', 'max' or 'min'"),

@@ -84,6 +84,7 @@ def test_wrong_types_and_ranges_name_the_line(line, message):
     ('pruning', 'min_fraction = 1.5'),
     ('scope', 'editable = ["/etc/**"]'),
     ('scope', 'protected = "harness/**"'),
+    ('scope', 'editable = ["models/\\\\"]'),  # a trailing backslash: not a gitignore glob
 ])
 def test_out_of_range_values_are_rejected(section, line):
   assert error_of(charter(f'[{section}]\n{line}\n')).line == 11
@@ -167,6 +168,16 @@ def test_core_paths_stay_protected_whatever_the_charter_says():
   for path in ('WORKSPACE.md', 'agent/loop.py', 'harness/train.py', 'tests/t.py', '.git/HEAD'):
     assert not c.is_editable(path), path
   assert not c.is_editable('Harness/train.py')  # case-insensitive file systems
+
+
+def test_globs_are_gitignore_patterns_and_no_negation_reopens_the_core():
+  c = Charter(scope=Scope(editable=('**', '!models/frozen.py', 'src/*.py'),
+                          protected=('secret.py', '!agent/**', '!WORKSPACE.md')))
+  assert c.is_editable('models/mlp.py') and not c.is_editable('models/frozen.py')
+  assert not c.is_editable('models/deep/secret.py')  # no slash: matches at any depth
+  assert not c.is_editable('agent/loop.py') and not c.is_editable('WORKSPACE.md')
+  only_src = Charter(scope=Scope(editable=('src/*.py',)))
+  assert only_src.is_editable('src/a.py') and not only_src.is_editable('src/sub/a.py')
 
 
 def test_direction_auto_follows_the_scorecard():
