@@ -33,6 +33,7 @@ class Task:
   val: Split
   test: Split
   input_shape: tuple[int, ...]  # per example
+  input_kind: str  # 'signal' | 'image' | 'text': what one example is, so which models fit it
   num_outputs: int
   metric_name: str
   metric_direction: str  # 'max' | 'min'
@@ -68,7 +69,7 @@ def load_digits(config: ml_collections.ConfigDict) -> Task:
       len(y), (config.test_fraction, config.val_fraction), config.split_seed)
   split = lambda idx: Split(x[idx], y[idx])
   return Task('digits', 'classification', split(train_idx), split(val_idx),
-              split(test_idx), (8, 8, 1), 10, 'accuracy', 'max')
+              split(test_idx), (8, 8, 1), 'image', 10, 'accuracy', 'max')
 
 
 def load_mnist1d(config: ml_collections.ConfigDict) -> Task:
@@ -86,7 +87,7 @@ def load_mnist1d(config: ml_collections.ConfigDict) -> Task:
   test = Split(data['x_test'].astype(np.float32)[..., None],
                data['y_test'].astype(np.int32))
   return Task('mnist1d', 'classification', Split(x[train_idx], y[train_idx]),
-              Split(x[val_idx], y[val_idx]), test, (40, 1), 10, 'accuracy', 'max')
+              Split(x[val_idx], y[val_idx]), test, (40, 1), 'signal', 10, 'accuracy', 'max')
 
 
 def charlm_path() -> Path:
@@ -109,7 +110,7 @@ def load_charlm(config: ml_collections.ConfigDict) -> Task:
   train, val, test = (stream[:n - n_val - n_test], stream[n - n_val - n_test:n - n_test],
                       stream[n - n_test:])
   return Task('charlm', 'language_model', Split(train, None), Split(val, None),
-              Split(test, None), (config.seq_len,), 256, 'bits_per_byte', 'min')
+              Split(test, None), (config.seq_len,), 'text', 256, 'bits_per_byte', 'min')
 
 
 def source_paths() -> tuple[Path, ...]:

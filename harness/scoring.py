@@ -212,6 +212,8 @@ def scorecard(scorer: Scorer, folder: Path, *, seeds: list[int],
   card = {
       'status': 'diverged' if nonfinite else 'ok',
       'task': t.name,
+      'input_shape': list(t.input_shape),
+      'input_kind': t.input_kind,
       'metric': {'name': t.metric_name, 'direction': t.metric_direction},
       'seeds': seeds,
       'val_metric': sc.summarize(last['val_metric']),

@@ -68,6 +68,8 @@ class Targets:
   """What only the trusted side holds: the labels of the predicted sets, and the probes."""
   name: str
   kind: str
+  input_shape: tuple[int, ...]  # one example, without the batch axis
+  input_kind: str  # as the dataset declares it ('signal', 'image', 'text')
   num_outputs: int
   metric_name: str
   metric_direction: str
@@ -123,8 +125,9 @@ def build(task: Task, dataset: dict[str, Any], *,
   predict.update(probe_sets)
   inputs = Inputs(task.name, task.kind, tuple(task.input_shape), task.num_outputs,
                   task.metric_name, task.metric_direction, task.train, predict, dict(dataset))
-  targets = Targets(task.name, task.kind, task.num_outputs, task.metric_name, task.metric_direction,
-                    labels, probes, task.fingerprints())
+  targets = Targets(task.name, task.kind, tuple(task.input_shape), task.input_kind,
+                    task.num_outputs, task.metric_name, task.metric_direction, labels, probes,
+                    task.fingerprints())
   return inputs, targets
 
 

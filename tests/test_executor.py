@@ -51,7 +51,7 @@ IMPORTS = Sandbox(memory_mb=executor.IMPORT_MEMORY_MB, require_filesystem=False)
 LABELS = (0, 1, 1, 0)  # the validation labels: the scorer's, known to the fake only to aim
 PROBE = (2, 0)  # probe_batch row j copies validation row PROBE[j]
 TARGETS = trial_inputs.Targets(
-    'fake', 'classification', 2, 'accuracy', 'max', {'val': np.array(LABELS)},
+    'fake', 'classification', (3,), 'signal', 2, 'accuracy', 'max', {'val': np.array(LABELS)},
     {'probe_batch': trial_inputs.Probe(np.array(PROBE))},
     {'train': 'f-train', 'val': 'f-val', 'test': 'f-test'})
 # The loss of `logits(3)` below: three rows right by a margin of 1, one wrong by 1.

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from harness import scoring, trial_inputs
-from harness.datasets import Split, Task
+from harness.datasets import Split, Task, load_task
+from tests.conftest import load_experiment
 
 
 def _task(kind: str) -> Task:
@@ -16,10 +17,11 @@ def _task(kind: str) -> Task:
   if kind == 'classification':
     split = lambda n: Split(rng.normal(size=(n, 4)).astype(np.float32),
                             rng.integers(0, 3, n).astype(np.int32))
-    return Task('toy', kind, split(40), split(20), split(10), (4,), 3, 'accuracy', 'max')
+    return Task('toy', kind, split(40), split(20), split(10), (4,), 'signal', 3,
+                'accuracy', 'max')
   stream = lambda n: Split(rng.integers(0, 256, n).astype(np.int32), None)
-  return Task('toy_lm', kind, stream(500), stream(8 * 16 + 1), stream(4 * 16 + 1), (16,), 256,
-              'bits_per_byte', 'min')
+  return Task('toy_lm', kind, stream(500), stream(8 * 16 + 1), stream(4 * 16 + 1), (16,), 'text',
+              256, 'bits_per_byte', 'min')
 
 
 def test_accuracy_and_loss_come_from_normalised_logits_and_stay_in_range():
@@ -126,10 +128,24 @@ def test_a_hostile_report_cannot_crash_the_scorecard_or_change_a_judged_number(t
   report = {'steps_completed': 20, 'steps': 20, 'val_metric': {'mean': 1.5},
             'train_seconds': 'fast', 'memory': [1], 'step_latency_ms': {'p50': None},
             'stability': {'max_grad_norm': 'x', 'loss_spikes': 3}, 'nonfinite': False,
-            'curve': 'nope', 'task': 'imagenet'}
+            'curve': 'nope', 'task': 'imagenet', 'input_shape': [224, 224, 3],
+            'input_kind': 'image'}
   (folder / scoring.REPORT).write_text(json.dumps(report))
   card = scoring.scorecard(scorer, folder, seeds=[0, 1], trusted={'wall_seconds': 1.0},
                            code={})
   assert card['val_metric']['per_seed'] == [1.0, 1.0] and card['task'] == 'toy'
+  assert card['input_shape'] == [4] and card['input_kind'] == 'signal'  # the data's, not the report's
   assert math.isnan(card['train_seconds']) and math.isnan(card['memory']['max_rss_mb'])
   assert card['status'] == 'ok' and card['trusted'] == {'wall_seconds': 1.0}
+
+
+@pytest.mark.parametrize('experiment, kind', [('digits_mlp', 'image'), ('mnist1d_mlp', 'signal'),
+                                              ('charlm_transformer', 'text')])
+def test_the_scorer_knows_one_examples_shape_and_kind_as_the_dataset_declares_them(experiment,
+                                                                                  kind):
+  """The scorecard's input_shape and input_kind (what proposers read to pick a model family)
+  come from the trusted data: the shape of what the trial is asked to predict."""
+  config = load_experiment(experiment).dataset
+  inputs, targets = trial_inputs.build(load_task(config), config.to_dict())
+  assert targets.input_kind == kind
+  assert targets.input_shape == inputs.predict['val'].x.shape[1:]
