@@ -11,30 +11,25 @@ record's prev_hash is GENESIS. Payloads are stored as canonical JSON (sorted key
 ASCII); non-finite floats are stored as the strings 'nan', 'inf' and '-inf', so they read back
 as strings.
 
-Record kinds the loop writes (documented, not enforced):
-  run_started     charter, config, start commit, seeds, versions, device
-  baseline        the starting commit's scorecard on the search seeds
-  proposal        diagnosis, hypothesis, expected effect, edit (trial set)
-  guard_rejected  why a proposal was refused before it ran
-  trial_started   candidate commit, seeds, workdir
-  trial_finished  scorecard summary, or failure / prune reason
-  verdict         decide.Verdict: accepted, reason_code, rationale, numbers
-  budget          ledger snapshot: trials, wall time, compute, LLM tokens
-  run_finished    best commit, why the run stopped
-  final_eval      start and best commits on fresh seeds and the test split
+Every record kind, its payload and its typed form are defined in agent.recording.records;
+`write` stores one, `read`, `latest` and `Record.body` give them back typed. The journal itself
+stores any kind (`append`): the chain does not depend on what the payloads mean.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import hashlib
 import json
 import math
 import numbers
 import sqlite3
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
+
+from agent.recording import records as records_lib
 
 GENESIS = '0' * 64
 
@@ -56,6 +51,7 @@ BEGIN SELECT RAISE(ABORT, 'journal is append-only: DELETE is forbidden'); END;
 """
 
 _COLUMNS = 'seq, ts, kind, trial, payload, prev_hash, hash'
+Kind = TypeVar('Kind', bound=records_lib.Body)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +64,11 @@ class Record:
   payload: dict[str, Any]
   prev_hash: str
   hash: str
+
+  @functools.cached_property
+  def body(self) -> records_lib.Body:
+    """The typed record (records_lib.RecordError if the payload does not fit its kind)."""
+    return records_lib.parse(self.kind, self.payload)
 
 
 def _jsonable(value: Any) -> Any:
@@ -181,6 +182,10 @@ class Journal:
       self._anchor(anchor_text(record))
     return record
 
+  def write(self, record: records_lib.Body, trial: int | None = None) -> Record:
+    """Appends a typed record in its journal form."""
+    return self.append(record.KIND, record.to_record(), trial)
+
   def anchor_with(self, write: Callable[[str], None]) -> None:
     """Hands `write` the head's number and hash now and after every append, to keep outside
     this file (the run's git: vcs.write_text_ref). The chain proves no record was edited in
@@ -220,12 +225,14 @@ class Journal:
     row = self._db.execute(f'SELECT {_COLUMNS} FROM records ORDER BY seq DESC LIMIT 1').fetchone()
     return _to_record(row) if row else None
 
-  def records(self, kind: str | None = None, trial: int | None = None) -> list[Record]:
-    """Records in order, optionally filtered by kind and/or trial."""
+  def records(self, kind: str | type[records_lib.Body] | None = None,
+              trial: int | None = None) -> list[Record]:
+    """Records in order, optionally filtered by kind (its name or its record class) and/or
+    trial."""
     clauses, params = [], []
     if kind is not None:
       clauses.append('kind = ?')
-      params.append(kind)
+      params.append(getattr(kind, 'KIND', kind))
     if trial is not None:
       clauses.append('trial = ?')
       params.append(trial)
@@ -233,15 +240,25 @@ class Journal:
     rows = self._db.execute(f'SELECT {_COLUMNS} FROM records{where} ORDER BY seq', params)
     return [_to_record(row) for row in rows]
 
-  def last(self, kind: str, trial: int | None = None) -> Record | None:
+  def last(self, kind: str | type[records_lib.Body],
+           trial: int | None = None) -> Record | None:
     """The latest record of a kind (of that trial, if given); what resume reads."""
     query = f'SELECT {_COLUMNS} FROM records WHERE kind = ?'
-    params: list[Any] = [kind]
+    params: list[Any] = [getattr(kind, 'KIND', kind)]
     if trial is not None:
       query += ' AND trial = ?'
       params.append(trial)
     row = self._db.execute(query + ' ORDER BY seq DESC LIMIT 1', params).fetchone()
     return _to_record(row) if row else None
+
+  def read(self, kind: type[Kind], trial: int | None = None) -> list[Kind]:
+    """The typed records of one kind, in order."""
+    return [record.body for record in self.records(kind, trial)]
+
+  def latest(self, kind: type[Kind], trial: int | None = None) -> Kind | None:
+    """The latest typed record of one kind, or None."""
+    record = self.last(kind, trial)
+    return None if record is None else record.body
 
   def verify(self) -> str | None:
     """None if the whole chain holds, else a one-line description of the first bad record."""
