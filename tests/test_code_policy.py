@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from agent.safety import code_policy
+from agent.safety import allow_list, code_policy
 from tests.conftest import ROOT
 
 
@@ -298,9 +298,9 @@ def test_project_code_is_never_imported_to_be_checked():
 
 
 def test_optional_packages_count_only_where_installed(monkeypatch):
-  monkeypatch.setattr(code_policy.importlib.util, 'find_spec', lambda name: None)
+  monkeypatch.setattr(allow_list.importlib.util, 'find_spec', lambda name: None)
   assert "import of 'einops'" in problems('import einops')[0]
-  monkeypatch.setattr(code_policy.importlib.util, 'find_spec', lambda name: object())
+  monkeypatch.setattr(allow_list.importlib.util, 'find_spec', lambda name: object())
   assert problems('import einops') == []
 
 

@@ -25,7 +25,7 @@ from agent.proposing.edit_formats import SECTIONS
 from agent.proposing.heuristic import diagnose
 from agent.proposing.proposal import Observation
 from agent.recording.state import TrialSummary
-from agent.safety.code_policy import allowed_modules
+from agent.safety.allow_list import allowed_modules
 from agent.safety.guard import MAX_CHANGED_LINES
 from agent.untrusted import BEGIN_MARKER, END_MARKER, fence, terminal_safe
 

@@ -8,20 +8,14 @@ early with a clear reason, `path:line: what is not allowed (why)`, for honest mi
 for the doors a hostile proposer has been seen to try. Python has more doors than a static
 check can see; it refuses what it can name and leaves the rest to the boundary.
 
-Models and experiment configs need arithmetic, arrays and Flax, never processes, sockets,
-files, FFI or dynamic code. So an editable file may import only the modules below (and the
-project's own editable packages); inside them, the parts that do file I/O, FFI, host
-callbacks or global configuration are refused, as are the builtins and dunder names that
-reach code or namespaces (eval, open, __import__, __globals__, __subclasses__). On top:
+An editable file may import only what allow_list.py allows (and the project's own editable
+packages), with the names refused there refused in any spelling. On top:
 
 - no monkeypatching: nothing rooted at an imported name is assigned, deleted or setattr'd
   (`jnp.maximum = f`, `del optax.adam`): an edit changes the code it shows, not the
   libraries the harness in its process relies on;
 - modules are never values (`_j = jax`, `f(jax)`): a module is only the base of an
-  attribute, so every use of it is a dotted name this check can resolve;
-- dotted names are resolved against the real modules (imported lazily), so what a stdlib
-  module imported for itself is seen for what it is: `enum.bltns` is builtins and
-  `typing.operator` is operator, neither allowed;
+  attribute, so every use of it is a dotted name allow_list.resolve can follow;
 - no private (`_x`, except on self and cls) or dunder name in any spelling: attribute,
   getattr's literal, a match pattern or a string constant.
 """
@@ -29,81 +23,14 @@ reach code or namespaces (eval, open, __import__, __globals__, __subclasses__). 
 from __future__ import annotations
 
 import ast
-import functools
-import importlib
-import importlib.machinery
-import importlib.util
 import re
-import types
-import warnings
 from typing import Iterable, Iterator
 
-# Standard-library modules a model or config may import, exactly these names.
-STDLIB = frozenset({'__future__', 'abc', 'collections', 'collections.abc', 'dataclasses',
-                    'enum', 'functools', 'itertools', 'math', 'numbers', 'typing'})
-# Third-party packages (and their public submodules) that are dependencies of the project;
-# optional ones count only where installed, so "no new dependencies" holds.
-PACKAGES = ('numpy', 'jax', 'flax', 'optax', 'ml_collections')
-OPTIONAL_PACKAGES = ('einops',)
-PROJECT_PACKAGES = ('models', 'experiments')
+from agent.safety.allow_list import (
+    DANGEROUS_ATTRIBUTES, DYNAMIC_ATTRIBUTES, FORBIDDEN_BUILTINS, FORBIDDEN_NAMES,
+    PROJECT_PACKAGES, SAFE_DUNDER_NAMES, SAFE_DUNDER_STRINGS, SAFE_DUNDERS, STDLIB,
+    allowed_modules, forbidden_prefix, is_dunder, resolve)
 
-# Parts of the allowed packages that reach files, FFI, the host, the network or global state.
-FORBIDDEN_NAMES = frozenset({
-    'numpy.lib', 'numpy.ctypeslib', 'numpy.f2py', 'numpy.distutils', 'numpy.testing',
-    'numpy.core', 'numpy.rec', 'numpy.ma.mrecords', 'numpy.memmap', 'numpy.DataSource',
-    'numpy.load',
-    'numpy.save', 'numpy.savez', 'numpy.savez_compressed', 'numpy.savetxt', 'numpy.loadtxt',
-    'numpy.genfromtxt', 'numpy.fromfile', 'numpy.fromregex',
-    'jax.ffi', 'jax.extend', 'jax.profiler', 'jax.distributed', 'jax.config', 'jax.monitoring',
-    'jax.export', 'jax.pure_callback', 'jax.debug.callback', 'jax.experimental.io_callback',
-    'jax.experimental.host_callback', 'jax.experimental.compilation_cache',
-    'jax.experimental.serialize_executable', 'jax.experimental.jax2tf',
-    'jax.experimental.colocated_python', 'jax.experimental.multihost_utils',
-    'jax.numpy.load', 'jax.numpy.save', 'jax.numpy.savez', 'jax.numpy.fromfile',
-    'flax.io', 'flax.training', 'flax.metrics', 'flax.serialization',
-    'ml_collections.config_flags',
-    'typing.get_type_hints', 'typing.ForwardRef', 'typing.evaluate_forward_ref',
-})
-# Builtins that open files, run or compile code, or expose namespaces.
-FORBIDDEN_BUILTINS = {
-    'open': 'file access', 'eval': 'dynamic code', 'exec': 'dynamic code',
-    'compile': 'dynamic code', '__import__': 'dynamic import', 'globals': 'namespace access',
-    'locals': 'namespace access', 'vars': 'namespace access', 'breakpoint': 'debugger',
-    'input': 'reads stdin', 'help': 'interactive help', 'license': 'reads files',
-    'credits': 'reads files', 'copyright': 'reads files',
-}
-# Attribute names refused on any object: modules that reach the OS (bltns is enum's name
-# for builtins) and file I/O methods (np.load, arr.tofile, arr.dump, ...), however the
-# object was obtained.
-DANGEROUS_ATTRIBUTES = frozenset({
-    'os', 'sys', 'subprocess', 'builtins', 'bltns', 'socket', 'importlib', 'ctypes',
-    'ctypeslib', 'shutil', 'pathlib', 'pickle', 'marshal', 'inspect', 'posix', 'pty', 'runpy',
-    'types', 'multiprocessing', 'urllib', 'http', 'requests', 'linecache', 'tokenize',
-    'fileinput', 'tempfile', 'glob', 'mmap', 'fcntl', 'zipimport', 'pkgutil', 'gc', 'codecs',
-    'io', 'load', 'save', 'savez', 'savez_compressed', 'savetxt', 'loadtxt', 'genfromtxt',
-    'fromfile', 'tofile', 'fromregex', 'memmap', 'open_memmap', 'DataSource', 'dump', 'open',
-    'openfile',  # numpy.ma.mrecords.openfile opens any path
-    'compile',  # jit(f).lower(x).compile({'xla_dump_to': ...}) writes where it is told
-})
-# The same for dynamic code and getters by computed name, as attributes of whatever holds
-# them (bltns.exec, operator.attrgetter). Not eval: that is also nnx's `model.eval()`.
-DYNAMIC_ATTRIBUTES = frozenset({
-    'exec', 'globals', 'locals', 'vars', 'breakpoint', 'getattr', 'setattr', 'delattr',
-    'import_module', 'attrgetter', 'methodcaller',
-})
-# Dunder attributes that are ordinary protocol; every other one (__globals__, __class__,
-# __subclasses__, __dict__, __code__, __builtins__, ...) is how sandbox escapes start.
-SAFE_DUNDERS = frozenset({
-    '__init__', '__call__', '__name__', '__qualname__', '__doc__', '__post_init__',
-    '__repr__', '__str__', '__len__', '__iter__', '__next__', '__getitem__', '__contains__',
-    '__eq__', '__ne__', '__lt__', '__le__', '__gt__', '__ge__', '__hash__', '__bool__',
-    '__add__', '__sub__', '__mul__', '__truediv__', '__matmul__', '__neg__',
-    '__enter__', '__exit__',
-})
-SAFE_DUNDER_NAMES = frozenset({'__name__', '__doc__'})
-# A dunder in a string reaches no further than the same attribute spelled in code could;
-# '__main__' is for `if __name__ == '__main__'`.
-SAFE_DUNDER_STRINGS = SAFE_DUNDERS | {'__main__'}
 # getattr and friends are allowed only with a literal name (checked like an attribute);
 # hasattr only answers yes or no, so a computed name is harmless there.
 _ATTRIBUTE_BUILTINS = ('getattr', 'setattr', 'delattr', 'hasattr')
@@ -113,14 +40,6 @@ _SELF = ('self', 'cls')
 _FORMAT_DUNDER = re.compile(r'\{[^{}]*[.\[]__\w+__')
 _DUNDER_WORD = re.compile(r'(?<!\w)__\w+?__(?!\w)')
 _FORMAT_METHODS = ('format', 'format_map')
-_TEST_PARTS = frozenset({'test', 'tests', 'testing', 'conftest'})
-_MISSING = object()
-
-
-def allowed_modules() -> tuple[str, ...]:
-  """The import allow-list (without the project's packages), packages first."""
-  optional = tuple(p for p in OPTIONAL_PACKAGES if importlib.util.find_spec(p) is not None)
-  return PACKAGES + optional + tuple(sorted(STDLIB))
 
 
 def check_source(path: str, text: str,
@@ -238,7 +157,7 @@ class _Checker:
     if private is not None:
       self.fail(node, f"'{full}' is not allowed (private part '{private}')")
       return False
-    forbidden = _forbidden_prefix(full)
+    forbidden = forbidden_prefix(full)
     if forbidden is not None:
       self.fail(node, f"'{forbidden}' is not allowed (file, FFI, host or global access)")
       return False
@@ -249,7 +168,7 @@ class _Checker:
 
     With `last_only`, only the last step is reported: each shorter chain is its own node.
     """
-    steps, refused = _resolve(full, self.packages)
+    steps, refused = resolve(full, self.packages)
     if not refused or (last_only and steps != len(full.split('.')) - 1):
       return not refused
     if refused == full:
@@ -362,7 +281,7 @@ class _Checker:
 
   def _private_ok(self, node: ast.AST, attr: str, target: ast.AST | None) -> bool:
     """A private name (`_x`) is an object's own business: only self and cls reach theirs."""
-    if (attr.startswith('_') and not _is_dunder(attr)
+    if (attr.startswith('_') and not is_dunder(attr)
         and not (isinstance(target, ast.Name) and target.id in _SELF)):
       self.fail(node, f"attribute '{attr}' is not allowed (private; only self and cls may "
                 'use their own)')
@@ -373,7 +292,7 @@ class _Checker:
     """Checks the dotted name a chain spells: forbidden parts, the real modules behind it,
     and a module used as a value."""
     parts = _spelled(node)
-    if parts is None or any(p.startswith('_') and not _is_dunder(p) for p in parts[1:]):
+    if parts is None or any(p.startswith('_') and not is_dunder(p) for p in parts[1:]):
       return  # a private part was refused at its own node
     load = isinstance(node.ctx, ast.Load)
     imported = parts[0] in self.aliases
@@ -401,7 +320,7 @@ class _Checker:
         self._resolves(node, tail, last_only=True)
 
   def _is_module(self, full: str) -> bool:
-    return _resolve(full, self.packages)[0] == len(full.split('.'))
+    return resolve(full, self.packages)[0] == len(full.split('.'))
 
   def _module_use(self, node: ast.AST, spelled: str, callable_: bool,
                   parents: dict[ast.AST, ast.AST]) -> None:
@@ -434,7 +353,7 @@ class _Checker:
     elif not all(isinstance(root, ast.Name) for root in _roots(obj)):
       self.fail(node, f"changing '{spelled}' is not allowed (only objects reached from a name "
                 'are changed: a container or call result may hold an imported class)')
-    elif _is_dunder(attr) and not (isinstance(obj, ast.Name) and obj.id not in self.imported
+    elif is_dunder(attr) and not (isinstance(obj, ast.Name) and obj.id not in self.imported
                                    and (obj.id in _SELF or obj.id in self.classes)):
       self.fail(node, f"changing '{spelled}' is not allowed (a dunder is set only on self, cls "
                 'or a class defined in this file)')
@@ -465,10 +384,6 @@ class _Checker:
         self.problems[i] = (end, f'{problem} (in a string annotation)')
 
 
-def _is_dunder(name: str) -> bool:
-  return len(name) > 4 and name.startswith('__') and name.endswith('__')
-
-
 def _roots(node: ast.AST) -> Iterator[ast.AST]:
   """What a chain may hang from: `jnp` for `jnp.linalg.norm`, `a` for `a[0].b`, both `a`
   and `b` for `(a or b).c`. A call's result is its own root: what it returns is not known."""
@@ -495,60 +410,6 @@ def _spelled(node: ast.Attribute) -> list[str] | None:
     return None
   return [current.id, *reversed(parts)]
 
-
-def _forbidden_prefix(full: str) -> str | None:
-  parts = full.split('.')
-  return next((p for p in ('.'.join(parts[:i]) for i in range(2, len(parts) + 1))
-               if p in FORBIDDEN_NAMES), None)
-
-
-def _module_allowed(name: str, packages: tuple[str, ...]) -> bool:
-  """An allowed module, by its real name. Never a package's tests or conftest: they are no
-  model code, and importing one to look inside runs its setup (numpy.conftest sets env)."""
-  parts = name.split('.')
-  return name in STDLIB or (parts[0] in packages and _forbidden_prefix(name) is None
-                            and not any(p in _TEST_PARTS or p.startswith('test_') for p in parts))
-
-
-def _import_quietly(name: str) -> types.ModuleType:
-  with warnings.catch_warnings():
-    warnings.simplefilter('ignore')
-    return importlib.import_module(name)
-
-
-@functools.lru_cache(maxsize=None)
-def _resolve(full: str, packages: tuple[str, ...]) -> tuple[int, str]:
-  """Walks `full` through the real modules: (how many leading parts are allowed modules,
-  the name of the refused module the next part is, or '').
-
-  Only allowed packages are imported (lazily, once), and their submodules when a chain
-  names one that is not loaded yet, so the answer does not depend on what happens to be
-  imported; project code is never imported. The walk stops at the first non-module.
-  """
-  parts = full.split('.')
-  if not _module_allowed(parts[0], packages):
-    return 0, ''
-  try:
-    current = _import_quietly(parts[0])
-  except Exception:  # not installed or broken: the trial's own import fails the same way
-    return 0, ''
-  for i, part in enumerate(parts[1:], 1):
-    value = vars(current).get(part, _MISSING)
-    if value is _MISSING and hasattr(current, '__path__'):
-      submodule = f'{current.__name__}.{part}'
-      if not _module_allowed(submodule, packages):  # refused by name: found, never imported
-        found = importlib.machinery.PathFinder.find_spec(submodule, current.__path__)
-        return i, submodule if found is not None else ''
-      try:
-        value = _import_quietly(submodule)
-      except Exception:
-        return i, ''
-    if not isinstance(value, types.ModuleType):
-      return i, ''
-    if not _module_allowed(value.__name__, packages):
-      return i, value.__name__
-    current = value
-  return len(parts), ''
 
 
 def _strings_outside_literal(node: ast.AST) -> Iterator[ast.Constant]:

@@ -20,7 +20,7 @@ from typing import Collection, Iterator, Mapping
 
 from agent.charter import Charter
 from agent.editing import diffs
-from agent.safety import code_policy
+from agent.safety import allow_list, code_policy
 
 MAX_CHANGED_LINES = 400
 MAX_FILE_BYTES = 200_000  # per file: checked before diffing, so a flood never reaches difflib
@@ -207,7 +207,7 @@ def _text_reason(text: str) -> str | None:
 
 # ---- Python ---------------------------------------------------------------------------
 def _python_reason(charter: Charter, changes: Mapping[str, str | None]) -> str | None:
-  project = sorted(set(code_policy.PROJECT_PACKAGES) | _editable_packages(charter))
+  project = sorted(set(allow_list.PROJECT_PACKAGES) | _editable_packages(charter))
   for path, text in sorted(changes.items()):
     if text is not None and '\0' in text:
       return f'{path}: contains NUL bytes; only text is editable'
