@@ -1,6 +1,7 @@
 # Two set-up commands for a fresh machine: `make run` and `make test`.
-# Only the dependencies are installed (from pyproject.toml), not the project itself:
-# code always runs from the checkout it sits in, so an agent's worktree runs its own copy.
+# The dependencies and every extra are installed (from pyproject.toml), not the project
+# itself: code always runs from the checkout it sits in, so an agent's worktree runs its own
+# copy.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -12,8 +13,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-	  print('\n'.join(p['dependencies'] + p['optional-dependencies']['test'] \
-	    + p['optional-dependencies']['bench']))" > $(VENV)/requirements.txt
+	  print('\n'.join(p['dependencies'] + sum(p['optional-dependencies'].values(), [])))" \
+	  > $(VENV)/requirements.txt
 	$(PY) -m pip install -q -r $(VENV)/requirements.txt
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)

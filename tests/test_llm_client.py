@@ -1,6 +1,7 @@
 """The chat client against a local replay server: real SDKs, real HTTP, no network."""
 
 import socket
+import sys
 
 import pytest
 
@@ -137,3 +138,11 @@ def test_bad_arguments_are_one_line_errors():
     LLMClient('openai', '', 'm')
   with pytest.raises(ValueError, match='model name is empty'):
     LLMClient('openai', 'http://127.0.0.1:1/v1', '')
+
+
+@pytest.mark.parametrize('api', ['openai', 'anthropic'])
+def test_a_missing_sdk_names_the_extra_to_install(monkeypatch, api):
+  monkeypatch.setitem(sys.modules, api, None)  # import fails as if not installed
+  with pytest.raises(ValueError, match=f"the {api} SDK is not installed; .* 'llm' extra: "
+                                       f'pip install {api}$'):
+    LLMClient(api, 'http://127.0.0.1:1', 'm')

@@ -15,6 +15,7 @@ unset a placeholder is sent, which local servers (vLLM, llama.cpp, Ollama) accep
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -176,29 +177,36 @@ _Send = Callable[[str, str, list[Message], int | None], ChatResult]
 
 
 def _sender(api: str, base_url: str, key: str, timeout_s: float) -> _Send:
-  """A function that makes one request with the SDK of `api` (SDK retries off). The SDK is
-  imported here, not at module load: it costs seconds, and only LLM runs need it."""
+  """A function that makes one request with the SDK of `api` (SDK retries off)."""
+  sdk = _sdk(api)
   if api == 'openai':
-    import openai
-    client = openai.OpenAI(api_key=key, base_url=base_url, timeout=timeout_s, max_retries=0)
+    client = sdk.OpenAI(api_key=key, base_url=base_url, timeout=timeout_s, max_retries=0)
 
     def send_openai(model: str, system: str, messages: list[Message],
                     max_tokens: int | None) -> ChatResult:
-      return _translated(openai, lambda: _ask_openai(client, model, system, messages,
-                                                     max_tokens))
+      return _translated(sdk, lambda: _ask_openai(client, model, system, messages, max_tokens))
     return send_openai
 
-  import anthropic
   # The Messages API lives at <base>/v1/messages; accept a base URL given with the /v1 an
   # OpenAI-style URL has, since one flag serves both APIs.
   root = base_url.rstrip('/').removesuffix('/v1')
-  client = anthropic.Anthropic(api_key=key, base_url=root, timeout=timeout_s, max_retries=0)
+  client = sdk.Anthropic(api_key=key, base_url=root, timeout=timeout_s, max_retries=0)
 
   def send_anthropic(model: str, system: str, messages: list[Message],
                      max_tokens: int | None) -> ChatResult:
-    return _translated(anthropic, lambda: _ask_anthropic(client, model, system, messages,
-                                                         max_tokens))
+    return _translated(sdk, lambda: _ask_anthropic(client, model, system, messages,
+                                                   max_tokens))
   return send_anthropic
+
+
+def _sdk(api: str) -> Any:
+  """The vendor's SDK, imported here, not at module load: it costs seconds, only LLM runs
+  need it, and it is an optional extra, so its absence says what to install."""
+  try:
+    return importlib.import_module(api)
+  except ImportError:
+    raise ValueError(f"the {api} SDK is not installed; it is pyproject.toml's optional 'llm' "
+                     f'extra: pip install {api}') from None
 
 
 def _ask_openai(client: Any, model: str, system: str, messages: list[Message],
