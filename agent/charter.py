@@ -219,7 +219,7 @@ def parse_charter(text: str, name: str = 'WORKSPACE.md') -> Charter:
   try:
     data = tomllib.loads('\n'.join(block))
   except tomllib.TOMLDecodeError as e:
-    raise CharterError(name, _decode_error_line(str(e), start, end), _strip_position(str(e)))
+    raise CharterError(name, _decode_error_line(str(e), start, end), _POSITION.sub('', str(e)))
   positions = _key_lines(block, start + 1)
   sections = _sections(data, positions, name, start)
   prose = '\n'.join(lines[:start - 1] + lines[end + 1:])
@@ -260,10 +260,6 @@ def _decode_error_line(message: str, start: int, end: int) -> int:
   if m and m.group(2):
     return start + int(m.group(2))
   return max(end, start + 1)
-
-
-def _strip_position(message: str) -> str:
-  return _POSITION.sub('', message)
 
 
 _KEY_PART = r'(?:[A-Za-z0-9_-]+|"[^"]*"|\'[^\']*\')'

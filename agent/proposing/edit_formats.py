@@ -18,10 +18,8 @@ with the edit either as unified diff(s) in a fenced block or as search/replace b
 `>>>>>>> REPLACE`). Hunks are placed by their context and removed lines, not by their
 line numbers, which models often get wrong; a hunk that does not match, or matches in
 more than one place, is an error naming the file and the hunk, so the model can be told
-precisely what to fix. `git apply` is no substitute here: it takes a hunk without leading
-context to sit at line 1, places an ambiguous hunk silently near the line its header
-claims, rejects `@@ ... @@` headers and partial deletions, and names no hunk in its
-errors; and search/replace blocks need this placement anyway.
+precisely what to fix. (`git apply` would place an ambiguous hunk silently, refuse `@@ ... @@`
+headers and partial deletions, and name no hunk; search/replace blocks need this anyway.)
 
 Paths are passed through as written (only the a/ and b/ prefixes are removed): a path the
 model was not shown still becomes a change, built from the new side of its hunks, so that
