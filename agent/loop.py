@@ -26,8 +26,8 @@ from agent.recording import vcs
 from agent.recording.journal import Journal
 from agent.recording.state import ArmRecord, Heartbeat, RunState
 from agent.safety import guard
-from agent.safety.executor import (Sandbox, TrialOutcome, TrialSpec, dataset_config, import_check,
-                                   run_trial)
+from agent.safety.executor import TrialOutcome, TrialSpec, run_trial
+from agent.safety.preflight import dataset_config, import_check
 from agent.untrusted import one_line, terminal_safe
 from harness import scoring, trial_inputs
 from harness.scorecard import SCORECARD, TEST_SCORECARD, read_json
@@ -89,7 +89,7 @@ class Loop:
     """
     if self.state.data is None:
       try:
-        dataset = dataset_config(self.worktree.path, self.config.experiment, self._sandbox())
+        dataset = dataset_config(self.worktree.path, self.config.experiment, self.charter.trial)
       except ValueError as e:
         raise BaselineError(str(e)) from None
       self._check_repository('resolving the experiment\'s dataset')
@@ -118,7 +118,7 @@ class Loop:
     if experiment in self.data:
       return
     start = vcs.create_detached(self.repo, self.run_dir / 'start', self.config.start_commit)
-    dataset = dataset_config(start, experiment, self._sandbox())
+    dataset = dataset_config(start, experiment, self.charter.trial)
     fingerprints = self._write_inputs(experiment, dataset, final=False)
     self.journal.append('data', {'experiment': experiment, 'dataset': dataset,
                                  'fingerprints': fingerprints})
@@ -154,22 +154,15 @@ class Loop:
            worktree: Path | None = None, experiment: str | None = None) -> TrialOutcome:
     if workdir.exists():  # an interrupted attempt: keep it beside, never overwrite it
       workdir.rename(workdir.with_name(f'{workdir.name}.interrupted-{int(time.time())}'))
-    box = self._sandbox()
     experiment = experiment or self.config.experiment
     inputs, targets = self.data[experiment]
     spec = TrialSpec(worktree=worktree or self.worktree.path, experiment=experiment,
                      workdir=workdir, seeds=self.config.seeds, first_seed=first_seed,
-                     timeout_s=self._timeout(), memory_mb=box.memory_mb,
-                     cpu_seconds=box.cpu_seconds, max_processes=box.max_processes,
-                     isolate_network=box.isolate_network, inputs=inputs,
-                     require_filesystem=box.require_filesystem)
+                     timeout_s=self._timeout(), limits=self.charter.trial, inputs=inputs)
     scorer = scoring.Scorer(targets, self.config.seeds)
     outcome = self.execute(spec, scorer=scorer, on_curve=on_curve)
     self._check_repository(f'the trial in {workdir}')
     return outcome
-
-  def _sandbox(self) -> Sandbox:
-    return Sandbox.of(self.charter.trial)
 
   def run(self) -> str:
     """Runs until a stop rule fires; returns the reason."""
@@ -255,7 +248,7 @@ class Loop:
       return
     self.worktree.write_files(dict(proposal.changes))
     import_error = import_check(self.worktree.path, sorted(proposal.changes),
-                                timeout_s=min(120.0, self._timeout()), sandbox=self._sandbox())
+                                timeout_s=min(120.0, self._timeout()), limits=self.charter.trial)
     self._check_repository(f'the import check of trial {trial}')
     if import_error:
       self.worktree.reset_to(incumbent.commit)
@@ -304,12 +297,7 @@ class Loop:
     self.say(f'[trial {trial}] rejected by the guard: {reason}')
 
   def _policy(self) -> decide_lib.AcceptancePolicy:
-    a, t = self.charter.acceptance, self.charter.tradeoffs
-    return decide_lib.AcceptancePolicy(
-        alpha=a.alpha, noise_multiplier=a.noise_multiplier, min_delta=a.min_delta,
-        max_time_ratio=t.max_time_ratio, time_ratio_min_gain=t.time_ratio_min_gain,
-        max_memory_mb=t.max_memory_mb, max_latency_ratio=t.max_latency_ratio,
-        reject_nonfinite=t.reject_nonfinite)
+    return decide_lib.AcceptancePolicy.of(self.charter)
 
   def _pruner(self, candidate_steps: int):
     incumbent = self.state.incumbent

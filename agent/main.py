@@ -39,7 +39,8 @@ from agent.proposing.proposal import Proposer
 from agent.recording import audit, report, review, vcs
 from agent.recording.journal import Journal
 from agent.recording.state import RunConfig, RunState
-from agent.safety.executor import Sandbox, SandboxUnavailable, dataset_config, require_sandbox
+from agent.safety.confine import SandboxUnavailable, require_sandbox
+from agent.safety.preflight import dataset_config
 from agent.untrusted import terminal_safe
 
 COMMANDS = ('run', 'resume', 'status', 'log', 'verify', 'review', 'approve', 'reject')
@@ -221,7 +222,7 @@ def _check_experiment(repo: Path, start: str, experiment: str, charter) -> None:
   with tempfile.TemporaryDirectory(prefix='agent-check-') as folder:
     vcs.export(repo, start, Path(folder))
     try:
-      dataset_config(Path(folder), experiment, Sandbox.of(charter.trial))
+      dataset_config(Path(folder), experiment, charter.trial)
     except ValueError as e:
       raise UsageError(str(e)) from None
 
@@ -229,7 +230,7 @@ def _check_experiment(repo: Path, start: str, experiment: str, charter) -> None:
 def _check_sandbox(charter) -> None:
   """Refuses to start (exit 2, one line) where the charter's sandbox cannot run."""
   try:
-    require_sandbox(Sandbox.of(charter.trial))
+    require_sandbox(charter.trial)
   except SandboxUnavailable as e:
     raise UsageError(str(e)) from None
 

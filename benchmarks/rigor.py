@@ -57,9 +57,7 @@ SIZES = {
 
 def policy() -> decide_lib.AcceptancePolicy:
   """The shipped charter's acceptance terms (costs are unknown here, so they never bind)."""
-  a = load_charter(trials.ROOT / 'WORKSPACE.md').acceptance
-  return decide_lib.AcceptancePolicy(alpha=a.alpha, noise_multiplier=a.noise_multiplier,
-                                     min_delta=a.min_delta)
+  return decide_lib.AcceptancePolicy(load_charter(trials.ROOT / 'WORKSPACE.md').acceptance)
 
 
 def population(task: str, size: Size, work: Path) -> list[float]:

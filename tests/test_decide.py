@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from agent.charter import Tradeoffs
 from agent.judging.decide import (AcceptancePolicy, ArmResult, SeedResults, decide, noise_floor,
                                   paired_test, pool, should_prune)
 
@@ -96,7 +97,7 @@ def test_small_win_that_doubles_train_time_is_rejected_and_a_large_one_passes():
 
 def test_memory_cap_and_latency_ratio():
   win = shifted([0.030, 0.032, 0.028])
-  capped = AcceptancePolicy(max_memory_mb=1000)
+  capped = AcceptancePolicy(tradeoffs=Tradeoffs(max_memory_mb=1000))
   assert decide(results(win, memory=(800, 1500)), 'max', capped).reason_code == 'memory'
   assert decide(results(win, memory=(800, 900)), 'max', capped).accepted
   small = shifted([0.009, 0.0095, 0.0085])
@@ -110,7 +111,7 @@ def test_non_finite_rejects():
   assert not nan.accepted and nan.reason_code == 'nonfinite'
   flagged = decide(results(shifted([0.03] * 3), nonfinite=True), 'max', POLICY)
   assert flagged.reason_code == 'nonfinite'
-  tolerant = AcceptancePolicy(reject_nonfinite=False)
+  tolerant = AcceptancePolicy(tradeoffs=Tradeoffs(reject_nonfinite=False))
   assert decide(results(shifted([0.03] * 3), nonfinite=True), 'max', tolerant).accepted
   with pytest.raises(ValueError):
     decide(results(INCUMBENT, incumbent=(0.8, math.inf, 0.8)), 'max', POLICY)

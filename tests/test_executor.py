@@ -34,10 +34,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from agent.safety import executor
+from agent.charter import Trial
+from agent.safety import confine, monitor, preflight
 from agent.safety import sandbox as fs_sandbox
-from agent.safety.executor import (Sandbox, TrialOutcome, TrialSpec, dataset_config, import_check,
-                                   run_trial, trial_env)
+from agent.safety.executor import TrialOutcome, TrialSpec, run_trial, trial_env
+from agent.safety.preflight import dataset_config, import_check
 from harness import scoring, trial_inputs
 from harness.splits import Split
 from tests.conftest import ROOT, load_experiment
@@ -45,8 +46,15 @@ from tests.conftest import ROOT, load_experiment
 BWRAP = fs_sandbox.available() is None
 needs_bwrap = pytest.mark.skipif(not BWRAP, reason=f'no bwrap sandbox here: '
                                                    f'{fs_sandbox.available()}')
-# Import checks here may run without bwrap where it cannot run (it is used wherever it can).
-IMPORTS = Sandbox(memory_mb=executor.IMPORT_MEMORY_MB, require_filesystem=False)
+
+
+def bounds(**fields) -> Trial:
+  """The charter's [trial] bounds with every cap off and bubblewrap wherever it can run (here
+  code may run without it where it cannot); `fields` set some."""
+  return Trial(**{'memory_mb': 0, 'filesystem_sandbox': 'best_effort', **fields})
+
+
+IMPORTS = bounds(memory_mb=preflight.IMPORT_MEMORY_MB)
 
 LABELS = (0, 1, 1, 0)  # the validation labels: the scorer's, known to the fake only to aim
 PROBE = (2, 0)  # probe_batch row j copies validation row PROBE[j]
@@ -136,7 +144,7 @@ def fake(tmp_path: Path) -> Callable[..., TrialSpec]:
     (worktree / 'harness' / 'main.py').write_text(PRELUDE + textwrap.dedent(body))
     defaults = dict(worktree=worktree, experiment='experiments/fake.py',
                     workdir=tmp_path / 'out', seeds=1, first_seed=0, timeout_s=20,
-                    inputs=inputs, require_filesystem=False)
+                    inputs=inputs, limits=bounds())
     return TrialSpec(**{**defaults, **fields})
   return make
 
@@ -203,7 +211,7 @@ def test_command_is_the_harness_contract(tmp_path):
 
 @pytest.mark.parametrize('fields', [
     {'experiment': '/abs/x.py'}, {'workdir': ('wt', 'runs', 'out')}, {'seeds': 0},
-    {'overrides': ('--resume',)}, {'memory_mb': -1}])
+    {'overrides': ('--resume',)}, {'limits': Trial(memory_mb=-1)}])
 def test_spec_rejects_the_callers_mistakes(tmp_path, fields):
   if 'workdir' in fields:
     fields = {'workdir': tmp_path.joinpath(*fields['workdir'])}  # inside the worktree
@@ -229,9 +237,9 @@ def test_a_non_empty_workdir_is_refused(fake):
 
 
 def test_without_bwrap_a_required_filesystem_sandbox_refuses_to_start(fake, monkeypatch):
-  monkeypatch.setattr(executor.fs_sandbox, 'available', lambda: 'bwrap is not installed')
-  spec = fake('point(1)', require_filesystem=True)
-  with pytest.raises(executor.SandboxUnavailable, match='bwrap is not installed'):
+  monkeypatch.setattr(fs_sandbox, 'available', lambda: 'bwrap is not installed')
+  spec = fake('point(1)', limits=bounds(filesystem_sandbox='required'))
+  with pytest.raises(confine.SandboxUnavailable, match='bwrap is not installed'):
     run(spec)
   assert not list(spec.output.iterdir())  # nothing ran
 
@@ -441,7 +449,7 @@ def test_a_failed_run_takes_its_reason_from_its_error_line_not_from_its_files(fa
 
 
 def test_a_hanging_trial_and_its_grandchild_are_killed_at_the_timeout(fake, monkeypatch):
-  monkeypatch.setattr(executor, 'KILL_GRACE_S', 0.5)
+  monkeypatch.setattr(confine, 'KILL_GRACE_S', 0.5)
   spec = fake('''
       subprocess.Popen([sys.executable, '-S', '-c', 'import time; time.sleep(600)',
                         str(WORKDIR)])
@@ -529,11 +537,11 @@ def test_an_output_flood_is_capped_but_its_end_is_kept(fake):
   outcome = run(spec)
   assert outcome.status == 'ok'
   size = outcome.log_path.stat().st_size
-  assert 50_000 <= size < 50_000 + 3 * executor.TAIL_CHARS
+  assert 50_000 <= size < 50_000 + 3 * monitor.TAIL_CHARS
   text = outcome.log_path.read_text()
   assert '[output truncated at 50000 bytes]' in text and 'bytes dropped' in text
   assert 'the real error is here' in outcome.log_tail
-  assert len(outcome.log_tail) <= executor.TAIL_CHARS
+  assert len(outcome.log_tail) <= monitor.TAIL_CHARS
 
 
 # ---- bounds: environment, limits, costs -----------------------------------------------------
@@ -550,13 +558,13 @@ def test_the_trial_sees_only_the_allow_listed_environment_and_its_limits(fake, m
       note(env=dict(os.environ), limits=limits)
       point(1)
       finish()
-      ''', cpu_seconds=30, memory_mb=512, max_processes=4000)
+      ''', limits=bounds(cpu_minutes=0.5, memory_mb=512, max_processes=4000))
   outcome = run(spec)
   assert outcome.status == 'ok', outcome.log_tail
   seen = _note(spec)
   env = seen['env']
   # Python may set LC_CTYPE itself; bwrap sets PWD to the folder it starts the trial in.
-  assert set(env) - {'LC_CTYPE', 'PWD'} <= {*executor.PASSTHROUGH_ENV, *executor.FIXED_ENV,
+  assert set(env) - {'LC_CTYPE', 'PWD'} <= {*confine.PASSTHROUGH_ENV, *confine.FIXED_ENV,
                                             'PYTHONPATH'}
   assert env.get('PWD', str(spec.worktree)) == str(spec.worktree)
   assert not {'FAKE_API_KEY', 'GITHUB_TOKEN', 'AWS_SECRET_ACCESS_KEY', 'HTTPS_PROXY',
@@ -582,7 +590,7 @@ def test_an_over_allocating_trial_is_killed_by_the_memory_limit(fake):
       hog = bytearray(600 << 20)
       point(1)
       finish()
-      ''', memory_mb=200)
+      ''', limits=bounds(memory_mb=200))
   outcome = run(spec)
   assert outcome.status == 'killed'
   assert outcome.reason.startswith('memory limit') and 'MemoryError' in outcome.reason
@@ -593,7 +601,7 @@ def test_a_busy_loop_is_killed_by_the_cpu_limit(fake):
   spec = fake('''
       while True:
         pass
-      ''', cpu_seconds=1)
+      ''', limits=bounds(cpu_minutes=1 / 60))
   outcome = run(spec)
   assert outcome.status == 'killed' and outcome.returncode == -signal.SIGXCPU
   assert outcome.reason.startswith('cpu time limit')
@@ -674,8 +682,8 @@ def test_a_trial_writes_only_its_output_and_reads_nothing_beside_its_worktree(fa
   assert _tree(spec.worktree) == worktree and _tree(spec.inputs) == inputs
 
 
-BWRAP_OR_PID_NAMESPACE = BWRAP or executor.isolation(False).pid_namespace
-NETWORK_ISOLATED = BWRAP or executor.isolation(True).network_isolated
+BWRAP_OR_PID_NAMESPACE = BWRAP or confine.isolation(False).pid_namespace
+NETWORK_ISOLATED = BWRAP or confine.isolation(True).network_isolated
 needs_pid_namespace = pytest.mark.skipif(not BWRAP_OR_PID_NAMESPACE,
                                          reason='no PID namespace here')
 needs_network_namespace = pytest.mark.skipif(not NETWORK_ISOLATED,
@@ -694,7 +702,7 @@ time.sleep(0.5)
 @pytest.mark.parametrize('ending', ['finish()', 'time.sleep(600)'])
 def test_a_spawners_children_die_with_it_even_those_that_left_its_process_group(fake, ending,
                                                                                  monkeypatch):
-  monkeypatch.setattr(executor, 'KILL_GRACE_S', 0.5)
+  monkeypatch.setattr(confine, 'KILL_GRACE_S', 0.5)
   spec = fake(SPAWNER + ending, timeout_s=2)
   sleepers = f'{spec.output}/sleeper'
   seen: set[int] = set()
@@ -722,7 +730,7 @@ def test_without_network_a_trial_cannot_connect_even_to_this_machine(fake, isola
         note(network=result)
         point(1)
         finish()
-        ''', isolate_network=isolate)
+        ''', limits=bounds(network=not isolate))
     outcome = run(spec)
   assert outcome.status == 'ok', outcome.log_tail
   assert (_note(spec)['network'] == 'connected') is not isolate
@@ -772,15 +780,15 @@ def test_where_namespaces_are_unavailable_trials_still_run_and_say_so(fake, tmp_
   refusing.write_text('#!/bin/sh\necho "unshare: unshare failed: Operation not permitted" >&2\n'
                       'exit 1\n')
   refusing.chmod(0o755)
-  monkeypatch.setattr(executor.fs_sandbox, 'available', lambda: 'bwrap is not installed')
-  real_which = executor.shutil.which
-  monkeypatch.setattr(executor.shutil, 'which', lambda name: real_which(name) if name != 'unshare'
+  monkeypatch.setattr(fs_sandbox, 'available', lambda: 'bwrap is not installed')
+  real_which = confine.shutil.which
+  monkeypatch.setattr(confine.shutil, 'which', lambda name: real_which(name) if name != 'unshare'
                       else None if unshare == 'absent' else str(refusing))
-  executor.isolation.cache_clear()
+  confine.isolation.cache_clear()
   try:
     outcome = run(fake('point(1); finish()'))
   finally:
-    executor.isolation.cache_clear()
+    confine.isolation.cache_clear()
   assert outcome.status == 'ok', outcome.log_tail
   why = ('unshare is not available' if unshare == 'absent' else
          'unshare failed: Operation not permitted')
@@ -790,7 +798,7 @@ def test_where_namespaces_are_unavailable_trials_still_run_and_say_so(fake, tmp_
   assert f'weaker isolation: {outcome.sandbox.split("; NO filesystem")[0]}' in caplog.text
 
 
-# ---- import checks and the dataset config: the same sandbox via _run_code -------------------
+# ---- import checks and the dataset config: the same sandbox, run by agent.safety.preflight --
 
 def _module(tmp_path: Path, body: str) -> Path:
   worktree = tmp_path / 'wt'
@@ -802,7 +810,7 @@ def _module(tmp_path: Path, body: str) -> Path:
 
 def test_import_check_passes_a_module_that_loads(tmp_path):
   worktree = _module(tmp_path, 'import math\nX = math.pi\n')
-  assert import_check(worktree, ['models/m.py'], sandbox=IMPORTS) is None
+  assert import_check(worktree, ['models/m.py'], limits=IMPORTS) is None
 
 
 def test_import_check_gives_the_error_line_and_a_scrubbed_environment(tmp_path, monkeypatch):
@@ -811,7 +819,7 @@ def test_import_check_gives_the_error_line_and_a_scrubbed_environment(tmp_path, 
       import os
       raise RuntimeError('env: ' + ' '.join(sorted(os.environ)))
       ''')
-  reason = import_check(worktree, ['models/m.py'], sandbox=IMPORTS)
+  reason = import_check(worktree, ['models/m.py'], limits=IMPORTS)
   assert reason.startswith('RuntimeError: env: ') and 'FAKE_API_KEY' not in reason
   assert 'PYTHONPATH' in reason
 
@@ -825,15 +833,14 @@ def test_import_check_kills_a_hanging_import_and_everything_it_started(tmp_path)
                           '{tmp_path}/sleeper'], start_new_session=detach)
       time.sleep(600)
       ''')
-  reason = import_check(worktree, ['models/m.py'], timeout_s=1.5, sandbox=IMPORTS)
+  reason = import_check(worktree, ['models/m.py'], timeout_s=1.5, limits=IMPORTS)
   assert reason == 'importing the edited modules took more than 1.5 s'
   assert _all_gone(f'{tmp_path}/sleeper')
 
 
 def test_import_check_has_a_memory_limit(tmp_path):
   worktree = _module(tmp_path, 'hog = bytearray(600 << 20)\n')
-  sandbox = Sandbox(memory_mb=200, require_filesystem=False)
-  assert import_check(worktree, ['models/m.py'], sandbox=sandbox) == 'MemoryError'
+  assert import_check(worktree, ['models/m.py'], limits=bounds(memory_mb=200)) == 'MemoryError'
 
 
 @needs_network_namespace
@@ -843,7 +850,7 @@ def test_import_check_has_no_network(tmp_path):
         import socket
         socket.create_connection(('127.0.0.1', {server.getsockname()[1]}), timeout=5)
         ''')
-    reason = import_check(worktree, ['models/m.py'], sandbox=IMPORTS)
+    reason = import_check(worktree, ['models/m.py'], limits=IMPORTS)
   # bwrap's namespace has its own loopback, up: refused; unshare's is down: unreachable.
   assert reason is not None and ('refused' in reason or 'unreachable' in reason), reason
 
@@ -856,7 +863,7 @@ def test_import_check_cannot_write_into_the_worktree(tmp_path):
         f.write('# planted on import')
       ''')
   before = _tree(worktree)
-  reason = import_check(worktree, ['models/m.py'], sandbox=IMPORTS)
+  reason = import_check(worktree, ['models/m.py'], limits=IMPORTS)
   assert reason is not None and 'Read-only file system' in reason
   assert _tree(worktree) == before
 
@@ -886,7 +893,7 @@ def test_dataset_config_is_read_inside_the_sandbox(tmp_path, body, expected):
   worktree = tmp_path / 'wt'
   (worktree / 'experiments').mkdir(parents=True)
   (worktree / 'experiments' / 'fake.py').write_text(FAKE_CONFIG.format(body=body))
-  sandbox = Sandbox(require_filesystem=False)
+  sandbox = bounds()
   if isinstance(expected, dict):
     assert dataset_config(worktree, 'experiments/fake.py', sandbox) == expected
   else:
@@ -902,16 +909,17 @@ def test_the_real_harness_runs_under_the_executor(tmp_path):
   inputs, targets = trial_inputs.build(load_task(ml_collections.ConfigDict(dataset)), dataset)
   trial_inputs.write(tmp_path / 'inputs', inputs)
   spec = TrialSpec(ROOT, 'experiments/digits_mlp.py', tmp_path / 'out', seeds=2,
-                   first_seed=0, timeout_s=240, memory_mb=4096, isolate_network=True,
-                   inputs=tmp_path / 'inputs', require_filesystem=False,
+                   first_seed=0, timeout_s=240, limits=bounds(memory_mb=4096),
+                   inputs=tmp_path / 'inputs',
                    overrides=('--config.train.steps=20', '--config.train.eval_every=10',
                               '--config.train.checkpoint_every=20'))
   outcome = run_trial(spec, scoring.Scorer(targets, spec.seeds))
   assert outcome.status == 'ok', outcome.log_tail
   assert outcome.sandbox.startswith('bubblewrap: ' if BWRAP else
-                                    executor.isolation(True).description)
+                                    confine.isolation(True).description)
   card = outcome.scorecard
   assert card['status'] == 'ok' and card['seeds'] == [0, 1] and card['task'] == 'digits'
+  assert card['input_shape'] == [8, 8, 1] and card['input_kind'] == 'image'
   assert all(0 <= v <= 1 for v in card['val_metric']['per_seed'])
   assert [p['step'] for p in outcome.curve] == [10, 20]
   assert all(len(p['val_metric']) == 2 for p in outcome.curve)
@@ -925,8 +933,8 @@ def test_the_real_harness_runs_under_the_executor(tmp_path):
 def test_inside_its_sandbox_a_trial_is_bounded_by_its_own_time_limit(tmp_path):
   """Even with no agent left to enforce it (kill -9), coreutils' timeout ends the trial,
   a little after the executor's own limit would have."""
-  argv = executor._bounded([sys.executable, '-c', 'pass'], timeout_s=5)
-  if executor.shutil.which('timeout') is None:
+  argv = confine.bounded([sys.executable, '-c', 'pass'], timeout_s=5)
+  if confine.shutil.which('timeout') is None:
     pytest.skip('coreutils timeout is not installed')
-  assert argv[1:3] == ['--signal=KILL', str(5 + int(executor.KILL_GRACE_S) + 30)]
+  assert argv[1:3] == ['--signal=KILL', str(5 + int(confine.KILL_GRACE_S) + 30)]
   assert argv[3:] == [sys.executable, '-c', 'pass']

@@ -22,6 +22,8 @@ from typing import Any, Literal
 import numpy as np
 from scipy import stats
 
+from agent import charter
+
 Direction = Literal['max', 'min']
 Stage = Literal['screen', 'confirm']
 Values = Sequence[float]
@@ -57,18 +59,17 @@ class SeedResults:
       raise ValueError('incumbent and candidate must be measured on the same seeds')
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class AcceptancePolicy:
-  """The charter's acceptance terms; metric units for gains, ratios are candidate / incumbent."""
-  alpha: float = 0.05
-  noise_multiplier: float = 2.0
-  min_delta: float = 0.002
-  max_time_ratio: float = 1.5
-  time_ratio_min_gain: float = 0.01
-  max_memory_mb: float = 0.0  # 0 = no cap
-  max_latency_ratio: float = 2.0
-  reject_nonfinite: bool = True
+  """The charter's acceptance terms, as its own [acceptance] and [tradeoffs] settings: metric
+  units for gains, ratios are candidate / incumbent."""
+  acceptance: charter.Acceptance = charter.Acceptance()
+  tradeoffs: charter.Tradeoffs = charter.Tradeoffs()
   efficiency_time_ratio: float = 0.8  # a tie this much cheaper to train is an efficiency win
+
+  @classmethod
+  def of(cls, settings: charter.Charter) -> AcceptancePolicy:
+    return cls(settings.acceptance, settings.tradeoffs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,7 +190,7 @@ class _Evidence:
 def _evidence(results: SeedResults, direction: Direction, policy: AcceptancePolicy,
               stage: Stage, net_lines: int, seed_std: float) -> _Evidence:
   incumbent, candidate = results.incumbent, results.candidate
-  floor = noise_floor(incumbent.per_seed, policy.noise_multiplier, seed_std)
+  floor = noise_floor(incumbent.per_seed, policy.acceptance.noise_multiplier, seed_std)
   wall = _ratio(candidate.wall_seconds, incumbent.wall_seconds)
   fresh = slice(results.fresh_from, None)
   fresh_gain = (float(_gains(incumbent.per_seed[fresh], candidate.per_seed[fresh],
@@ -198,7 +199,8 @@ def _evidence(results: SeedResults, direction: Direction, policy: AcceptancePoli
       stage=stage,
       test=paired_test(incumbent.per_seed, candidate.per_seed, direction),
       p_worse=paired_test(candidate.per_seed, incumbent.per_seed, direction).p_one_sided,
-      noise_floor=floor, required_gain=max(policy.min_delta, floor), fresh_gain=fresh_gain,
+      noise_floor=floor, required_gain=max(policy.acceptance.min_delta, floor),
+      fresh_gain=fresh_gain,
       time_ratio=_cost_ratio(_ratio(candidate.train_seconds, incumbent.train_seconds), wall),
       latency_ratio=_cost_ratio(_ratio(candidate.step_latency_ms, incumbent.step_latency_ms),
                                 wall),
@@ -222,10 +224,11 @@ class _Words:
     return f'{k} paired seeds{split}'
 
   def bar(self, ev: _Evidence) -> str:
-    if ev.noise_floor >= self.policy.min_delta:
-      return (f'the noise floor {ev.noise_floor:.3g} ({self.policy.noise_multiplier} x '
+    terms = self.policy.acceptance
+    if ev.noise_floor >= terms.min_delta:
+      return (f'the noise floor {ev.noise_floor:.3g} ({terms.noise_multiplier} x '
               'seed-to-seed standard error)')
-    return f'the minimum gain {self.policy.min_delta:.3g} (noise floor {ev.noise_floor:.3g})'
+    return f'the minimum gain {terms.min_delta:.3g} (noise floor {ev.noise_floor:.3g})'
 
   def costs(self, ev: _Evidence) -> str:
     parts = [f'{name} {ratio:.2f}x' for name, ratio in
@@ -259,7 +262,7 @@ def _quality_failure(ev: _Evidence, words: _Words, alpha: float) -> tuple[str, s
 
 def _tie_win(ev: _Evidence, words: _Words, policy: AcceptancePolicy) -> tuple[str, str] | None:
   """A statistical tie that is simpler or clearly cheaper is worth keeping."""
-  tied = abs(ev.test.mean_gain) < ev.required_gain and ev.p_worse >= policy.alpha
+  tied = abs(ev.test.mean_gain) < ev.required_gain and ev.p_worse >= policy.acceptance.alpha
   if not tied:
     return None
   says = (f'{words.gain(ev.test.mean_gain)} over {words.seeds(ev.test.k)} is a statistical tie '
@@ -276,21 +279,21 @@ def _tie_win(ev: _Evidence, words: _Words, policy: AcceptancePolicy) -> tuple[st
 def _cost_failure(ev: _Evidence, words: _Words, policy: AcceptancePolicy) -> tuple[str, str] | None:
   """The charter's trade-offs: a large enough gain pays for slower training and steps;
   nothing pays for exceeding the memory cap."""
-  gain = ev.test.mean_gain
-  if (ev.time_ratio is not None and ev.time_ratio > policy.max_time_ratio
-      and gain < policy.time_ratio_min_gain):
+  gain, t = ev.test.mean_gain, policy.tradeoffs
+  if (ev.time_ratio is not None and ev.time_ratio > t.max_time_ratio
+      and gain < t.time_ratio_min_gain):
     return 'train_time', (f'Rejected for train time: training takes {ev.time_ratio:.2f}x as long '
-                          f'as the incumbent\'s (limit {policy.max_time_ratio}x unless the mean '
-                          f'gain is at least {policy.time_ratio_min_gain:.3g}, and it is '
+                          f'as the incumbent\'s (limit {t.max_time_ratio}x unless the mean '
+                          f'gain is at least {t.time_ratio_min_gain:.3g}, and it is '
                           f'{gain:+.3g} {words.results.metric}).')
-  if policy.max_memory_mb > 0 and ev.peak_memory_mb > policy.max_memory_mb:
+  if t.max_memory_mb > 0 and ev.peak_memory_mb > t.max_memory_mb:
     return 'memory', (f'Rejected for memory: peak memory {ev.peak_memory_mb:.0f} MB exceeds the '
-                      f'cap {policy.max_memory_mb:.0f} MB.')
-  if (ev.latency_ratio is not None and ev.latency_ratio > policy.max_latency_ratio
-      and gain < policy.time_ratio_min_gain):
+                      f'cap {t.max_memory_mb:.0f} MB.')
+  if (ev.latency_ratio is not None and ev.latency_ratio > t.max_latency_ratio
+      and gain < t.time_ratio_min_gain):
     return 'latency', (f'Rejected for latency: step latency p50 is {ev.latency_ratio:.2f}x the '
-                       f'incumbent\'s (limit {policy.max_latency_ratio}x unless the mean gain is '
-                       f'at least {policy.time_ratio_min_gain:.3g}, and it is {gain:+.3g} '
+                       f'incumbent\'s (limit {t.max_latency_ratio}x unless the mean gain is '
+                       f'at least {t.time_ratio_min_gain:.3g}, and it is {gain:+.3g} '
                        f'{words.results.metric}).')
   return None
 
@@ -302,10 +305,10 @@ def _nonfinite_verdict(results: SeedResults, policy: AcceptancePolicy, stage: St
   if not np.all(np.isfinite(incumbent)):
     raise ValueError('the incumbent has non-finite metric values; it cannot be a reference')
   bad_values = not np.all(np.isfinite(candidate))
-  if not bad_values and not (policy.reject_nonfinite and results.candidate.nonfinite):
+  if not bad_values and not (policy.tradeoffs.reject_nonfinite and results.candidate.nonfinite):
     return None
   what = 'non-finite metric values' if bad_values else 'non-finite values during training'
-  floor = noise_floor(incumbent, policy.noise_multiplier, seed_std)
+  floor = noise_floor(incumbent, policy.acceptance.noise_multiplier, seed_std)
   return Verdict(False, 'nonfinite', f'Rejected: the candidate produced {what}.', math.nan,
                  floor, math.nan, {'stage': stage, 'nonfinite': True})
 
@@ -330,7 +333,7 @@ def decide(results: SeedResults, direction: Direction, policy: AcceptancePolicy,
     return rejected
   ev = _evidence(results, direction, policy, stage, diff_lines - incumbent_diff_lines, seed_std)
   words = _Words(results, direction, policy)
-  failure = _quality_failure(ev, words, policy.alpha)
+  failure = _quality_failure(ev, words, policy.acceptance.alpha)
   win = _tie_win(ev, words, policy) if failure else None
   if failure and not win:
     return _verdict(False, failure, ev)
@@ -341,7 +344,7 @@ def decide(results: SeedResults, direction: Direction, policy: AcceptancePolicy,
     return _verdict(True, (win[0], win[1] + words.costs(ev)), ev)
   says = (f'Accepted: {words.gain(ev.test.mean_gain)} over {words.seeds(ev.test.k)} clears '
           f'{words.bar(ev)} with one-sided paired t-test p = {ev.test.p_one_sided:.3g} < '
-          f'{policy.alpha}.{words.costs(ev)}')
+          f'{policy.acceptance.alpha}.{words.costs(ev)}')
   return _verdict(True, ('improved', says), ev)
 
 

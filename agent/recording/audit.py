@@ -85,12 +85,7 @@ class Rule:
       objective = Objective(**settings['objective'])
     except (KeyError, TypeError) as e:
       raise Inconsistency(f'the charter settings in run_started do not parse: {e}') from None
-    policy = decide_lib.AcceptancePolicy(
-        alpha=a.alpha, noise_multiplier=a.noise_multiplier, min_delta=a.min_delta,
-        max_time_ratio=t.max_time_ratio, time_ratio_min_gain=t.time_ratio_min_gain,
-        max_memory_mb=t.max_memory_mb, max_latency_ratio=t.max_latency_ratio,
-        reject_nonfinite=t.reject_nonfinite)
-    return cls(policy, objective, a.confirm_on_fresh_seeds)
+    return cls(decide_lib.AcceptancePolicy(a, t), objective, a.confirm_on_fresh_seeds)
 
 
 @dataclasses.dataclass(frozen=True)

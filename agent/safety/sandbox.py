@@ -11,11 +11,11 @@ nothing else: no checkout (beyond a venv inside it), /root, /home, /work, /var, 
 (shadow, SSH host keys, ...) is hidden too: a trial running as root would read it as owner.
 
 Exit status, as Popen reports it: the child's exit code; 128 + N when it died of signal N
-(bwrap's PID 1 reports it so, like the executor's _INIT); -N when bwrap itself was killed by
-signal N; 1 with a 'bwrap: ...' line on stderr when bwrap could not build the sandbox or exec
-the command, which by code alone looks like the child's own exit 1.
+(bwrap's PID 1 reports it so, like agent.safety.confine's _INIT); -N when bwrap itself was
+killed by signal N; 1 with a 'bwrap: ...' line on stderr when bwrap could not build the
+sandbox or exec the command, which by code alone looks like the child's own exit 1.
 
-Processes: bwrap's PID 1 reaps orphans but, unlike the executor's _INIT, waits for all of
+Processes: bwrap's PID 1 reaps orphans but, unlike confine's _INIT, waits for all of
 them. --die-with-parent is what ends them: bwrap exits as soon as its command does, and its
 exit SIGKILLs PID 1, which takes the whole PID namespace with it. The same happens when bwrap
 dies of any signal and when the agent dies. That death signal (PR_SET_PDEATHSIG) belongs to
