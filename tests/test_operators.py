@@ -1,0 +1,228 @@
+"""The edit operators draw exactly what they drew before the space was declared (issue 11).
+
+The numeric operators became one implementation stepping along a declared Dim; a run must
+still replay the same proposals from the same seed, so this file pins, captured from the
+code before the refactor: per operator, a digest of every Change (words, edits) and of the
+generator's state after it, over seven incumbents and six seeds; and four short proposal
+sequences (operator, hypothesis, digest of the changed files).
+"""
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.editing import config_edit
+from agent.editing.config_edit import ConfigEdit
+from agent.proposing import heuristic as h
+from agent.proposing.heuristic import HeuristicProposer
+from agent.recording.state import TrialSummary
+from tests.test_heuristic_proposer import MNIST1D, OVERFIT, ROOT, card, files_with, observe
+
+CHARLM = 'experiments/charlm_transformer.py'
+KINDS = {'mnist1d': ('signal', [40, 1]), 'charlm': ('text', [128])}
+
+
+def with_kind(scorecard: dict, task: str) -> dict:
+  kind, shape = KINDS[task]
+  return scorecard | {'input_kind': kind, 'input_shape': shape}
+
+
+def digest(value: object) -> str:
+  return hashlib.sha256(repr(value).encode()).hexdigest()[:16]
+
+
+def edited(text: str, **values) -> str:
+  return config_edit.apply_edits(text, [ConfigEdit(p.replace('__', '.'), v)
+                                        for p, v in values.items()])
+
+
+def experiments(tmp_path: Path) -> dict[str, tuple[str, str]]:
+  """Incumbent texts: the shipped three, the MNIST-1D CNN, and values at or near the bounds."""
+  mnist1d = (ROOT / MNIST1D).read_text()
+  cnn = HeuristicProposer(None, 0).propose(observe(with_kind(OVERFIT, 'mnist1d'),
+                                                   tmp_path=tmp_path)).changes[MNIST1D]
+  return {
+      'mnist1d': (MNIST1D, mnist1d),
+      'digits': ('experiments/digits_mlp.py', (ROOT / 'experiments/digits_mlp.py').read_text()),
+      'charlm': (CHARLM, (ROOT / CHARLM).read_text()),
+      'cnn1d': (MNIST1D, cnn),
+      'high': (MNIST1D, edited(
+          mnist1d, optimizer__learning_rate=1.0, model__width=1024, model__depth=8,
+          model__dropout=0.5, optimizer__weight_decay=0.1, optimizer__grad_clip_norm=0.05,
+          train__batch_size=512, optimizer__warmup_steps=700)),
+      'low': (MNIST1D, edited(
+          mnist1d, optimizer__learning_rate=1e-5, model__width=8, model__depth=1,
+          model__dropout=0.3, optimizer__weight_decay=0.01, optimizer__grad_clip_norm=2.0,
+          train__batch_size=8, optimizer__warmup_steps=100, train__steps=250)),
+      'cnn1d_near_bounds': (MNIST1D, edited(
+          cnn, model__kernel_size=13, model__channels=1000, model__depth=7,
+          optimizer__learning_rate=0.7, train__batch_size=300))}
+
+
+def change_repr(change) -> object:
+  if change is None:
+    return None
+  return (change.what, change.why, change.expected,
+          tuple(dataclasses.astuple(e) for e in change.edits),
+          change.source and (change.source[0], digest(change.source[1])))
+
+
+DIGESTS = {
+    'lr_up': 'c33ab9b032e11f8f',
+    'lr_down': '5fc8b3d06abe7f0a',
+    'warmup': 'ad7d88ffb29a53f6',
+    'schedule_cosine': '56ab19773e6dbc26',
+    'clip': '2e3a644ea73598f4',
+    'wd_up': 'b1e628ce33b92a7a',
+    'dropout_up': '082618338d0266c3',
+    'width_up': '6ed1e8b0d9000a2e',
+    'width_down': '21ab3dab91466b3e',
+    'channels_up': '746f215bd816b417',
+    'depth_up': '932d85c0c0a08210',
+    'depth_down': 'c7712d20a43c1d8f',
+    'steps_up': '18e2d5da3d2f4f3c',
+    'batch_up': '4e49af1cdfc19dfe',
+    'batch_down': 'c2bd2088b5ce4a94',
+    'normalization_layernorm': 'c863973463fe4e07',
+    'residual_on': 'df393193a09b5308',
+    'activation_gelu': '9f230c6e7523115d',
+    'kernel_up': 'bca7fbd7d7a28ce8',
+    'dtype_bf16': '98ea62b11d87a33f',
+    'remat_on': '1965dd7701d4b8d7',
+    'to_cnn1d': '4ca61e93db8e6d60',
+    'to_cnn2d': '1e38708774301153',
+    'init_he': '7e548b8912e0271f',
+    'head_zero_init': 'f4385317bc3ef270',
+}
+
+
+def test_every_operator_draws_what_it_drew_before(tmp_path: Path):
+  incumbents = {}
+  for name, (experiment, text) in experiments(tmp_path).items():
+    observation = observe(card([]), experiment=experiment, files=files_with(experiment, text),
+                          tmp_path=tmp_path)
+    incumbents[name] = HeuristicProposer(None, 0)._incumbent(observation)
+  incumbents['steps_capped'] = dataclasses.replace(incumbents['high'], start_steps=900)
+  got = {}
+  for name, op in h.OPERATORS.items():
+    rows = []
+    for scenario, inc in incumbents.items():
+      for seed in range(1 if op.source else 6):  # source edits draw nothing and cost more
+        rng = np.random.default_rng([seed, 7])
+        change = op.build(inc, rng)
+        rows.append((scenario, seed, change_repr(change), int(rng.integers(2**31))))
+    got[name] = digest(rows)
+  assert got == DIGESTS
+
+
+SEQUENCES = {
+    'overfit_rejected': [
+        ('to_cnn1d', '421d5f617f81c8ae',
+         "switch the model from MLP to 1-D CNN (depth 3, channels 16, kernel_size 5, pooling 'flatten') to exploit the locality and shift structure of the 1-D signal"),
+        ('to_cnn1d', '5ef3b4fc8b890274',
+         "switch the model from MLP to 1-D CNN (depth 3, channels 32, kernel_size 5, pooling 'flatten') to exploit the locality and shift structure of the 1-D signal"),
+        ('wd_up', '1e57814083cfa6e3',
+         'raise weight decay 0.0 -> 1e-4 to curb overfitting'),
+        ('dropout_up', '44cf6cf45f55b578',
+         'raise dropout 0.0 -> 0.15 to curb overfitting'),
+        ('width_down', '0d6db030aec7066f',
+         'lower the width 100 -> 64 to curb overfitting'),
+        ('dropout_up', 'dd3e0b7ea98773f0',
+         'raise dropout 0.0 -> 0.2 to curb overfitting'),
+        ('width_down', '1558a5a4972fde6b',
+         'lower the width 100 -> 56 to curb overfitting'),
+        ('batch_down', 'a3b1afe951491413',
+         'lower the batch size 100 -> 56 to curb overfitting'),
+    ],
+    'undertrained_accepted': [
+        ('to_cnn1d', '421d5f617f81c8ae',
+         "switch the model from MLP to 1-D CNN (depth 3, channels 16, kernel_size 5, pooling 'flatten') to exploit the locality and shift structure of the 1-D signal"),
+        ('steps_up', '7bbe131ba06edf3c',
+         'train longer 3000 -> 4500 steps so training gets further before it stops'),
+        ('channels_up', 'efbd1ab52d30fb54',
+         'raise the channel count 16 -> 24 so the model can fit the training set better'),
+        ('steps_up', '9d404b5b0225617f',
+         'train longer 4500 -> 7500 steps so training gets further before it stops'),
+        ('steps_up', '7d0463ead17f75bd',
+         'train longer 7500 -> 12000 steps so training gets further before it stops'),
+        ('channels_up', 'dfd9a965738f66e4',
+         'raise the channel count 24 -> 40 so the model can fit the training set better'),
+        ('channels_up', '61b07d6adb41deb4',
+         'raise the channel count 40 -> 72 so the model can fit the training set better'),
+        ('channels_up', '48b5fa45e09cd289',
+         'raise the channel count 72 -> 120 so the model can fit the training set better'),
+        ('channels_up', '17f1655fc1fb1715',
+         'raise the channel count 120 -> 184 so the model can fit the training set better'),
+        ('channels_up', 'e4d372b4900c7363',
+         'raise the channel count 184 -> 304 so the model can fit the training set better'),
+    ],
+    'charlm_rejected': [
+        ('width_up', '1274d6df93258cf1',
+         'raise the width 64 -> 96 so the model can fit the training set better'),
+        ('lr_up', '6e8ed18368f823b6',
+         'raise the learning rate 3e-3 -> 0.0067 so the model can fit the training set better'),
+        ('depth_up', 'ffdba8450863af20',
+         'deepen the transformer 2 -> 3 layers so the model can fit the training set better'),
+        ('depth_up', 'cfcec5cddaf706e6',
+         'deepen the transformer 2 -> 4 layers so the model can fit the training set better'),
+        ('lr_up', 'cd0976d2f52f21fa',
+         'raise the learning rate 3e-3 -> 0.0086 so the model can fit the training set better'),
+        ('width_up', '6adc00b5e9d93882',
+         'raise the width 64 -> 112 so the model can fit the training set better'),
+    ],
+    'cnn1d_underfit_accepted': [
+        ('steps_up', 'b051d23cf19d116a',
+         'train longer 3000 -> 5750 steps so training gets further before it stops'),
+        ('steps_up', 'e3f7a1543955cadf',
+         'train longer 5750 -> 10500 steps so training gets further before it stops'),
+        ('steps_up', '73b9c74bbfd38c9e',
+         'train longer 10500 -> 12000 steps so training gets further before it stops'),
+        ('channels_up', '7d0463ead17f75bd',
+         'raise the channel count 16 -> 24 so the model can fit the training set better'),
+        ('lr_up', '9db06d75cd486fb7',
+         'raise the learning rate 0.01 -> 0.017 so training gets further before it stops'),
+        ('lr_up', 'e78dbbbd0eb22d96',
+         'raise the learning rate 0.017 -> 0.043 so training gets further before it stops'),
+        ('channels_up', '081ac7ce2392446e',
+         'raise the channel count 24 -> 40 so the model can fit the training set better'),
+        ('lr_up', 'b3d5a4d55d306820',
+         'raise the learning rate 0.043 -> 0.11 so training gets further before it stops'),
+    ],
+}
+
+
+def _scenario(name: str, tmp_path: Path) -> tuple[dict, str, int, int, bool, str, str | None]:
+  """(scorecard, experiment, seed, trials, accept each, direction, experiment text)."""
+  if name == 'overfit_rejected':
+    return with_kind(OVERFIT, 'mnist1d'), MNIST1D, 3, 8, False, 'max', None
+  if name == 'undertrained_accepted':
+    falling = card([(100, 1.0, 1.1), (200, 0.8, 0.9), (300, 0.6, 0.75)])
+    return with_kind(falling, 'mnist1d'), MNIST1D, 5, 10, True, 'max', None
+  if name == 'charlm_rejected':
+    flat = card([(100, 1.6, 1.65), (200, 1.55, 1.6), (300, 1.55, 1.6)], task='charlm',
+                model='transformer', metric='bits_per_byte', val_metric=2.3)
+    return with_kind(flat, 'charlm'), CHARLM, 0, 6, False, 'min', None
+  underfit = card([(500, 1.6, 1.7), (1000, 1.5, 1.6)], model='cnn1d')
+  return (with_kind(underfit, 'mnist1d'), MNIST1D, 2, 8, True, 'max',
+          experiments(tmp_path)['cnn1d'][1])
+
+
+@pytest.mark.parametrize('name', SEQUENCES)
+def test_proposal_sequences_are_what_they_were(name: str, tmp_path: Path):
+  scorecard, experiment, seed, trials, accept, direction, text = _scenario(name, tmp_path)
+  proposer, files, history, got = HeuristicProposer(None, seed), files_with(experiment, text), [], []
+  for trial in range(trials):
+    proposal = proposer.propose(observe(scorecard, experiment=experiment, files=files,
+                                        history=history, trial=trial, tmp_path=tmp_path,
+                                        direction=direction))
+    got.append((proposal.operator, digest(sorted(proposal.changes.items())),
+                proposal.hypothesis))
+    if accept:
+      files = files | dict(proposal.changes)
+    history.append(TrialSummary(trial, proposal.operator, proposal.hypothesis, accept,
+                                'accepted' if accept else 'no_gain', 0.01,
+                                dict(proposal.changes)))
+  assert got == SEQUENCES[name]
