@@ -11,36 +11,28 @@ r"""The research agent's command line.
 Runs live in <workspace>/runs/<run-id>/: the journal, the git worktree of branch
 agent/<run-id>, and one folder per trial (scorecards, TensorBoard events, checkpoints).
 
+This module is flags, output and exit codes; starting and resuming a run (the checks, the
+lock, the journal's first record, the loop) is `agent.start`'s, which the benchmarks share.
 What the run and the reports print quotes proposers and trials (hypotheses, reasons,
 paths), so it reaches the terminal only through `untrusted.terminal_safe`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import fcntl
-import os
-import re
 import sys
-import tempfile
 import time
-import zlib
 from pathlib import Path
-from typing import Iterator, TextIO
+from typing import TextIO
 
 from absl import app, flags
 
+from agent import start
 from agent.charter import CharterError, load_charter
 from agent.loop import BaselineError, Loop, RunHalted
-from agent.proposing.llm import LLMProposer
 from agent.proposing.llm_client import LLMFatalError
-from agent.proposing.proposal import Proposer
-from agent.recording import audit, report, review, vcs
+from agent.recording import audit, records, report, review, vcs
 from agent.recording.journal import Journal
-from agent.recording.state import RunConfig, RunState
-from agent.safety.confine import SandboxUnavailable, require_sandbox
-from agent.safety.preflight import dataset_config
+from agent.start import UsageError
 from agent.untrusted import terminal_safe
 
 COMMANDS = ('run', 'resume', 'status', 'log', 'verify', 'review', 'approve', 'reject')
@@ -78,13 +70,6 @@ _FINAL_EVAL = flags.DEFINE_bool('final_eval', True, 'Evaluate start and final on
                                 'and the test split at the end.')
 
 
-LOCK = 'agent.lock'
-
-
-class UsageError(Exception):
-  """Bad input from the user: reported in one line, exit code 2."""
-
-
 def show(text: str, file: TextIO | None = None) -> None:
   """Prints text that quotes the journal, a proposer or a trial, with nothing in it that
   the terminal would act on."""
@@ -97,25 +82,6 @@ def say(line: str) -> None:
   print(terminal_safe(line, indent='    '), flush=True)
 
 
-def make_proposer(config: RunConfig, repo: Path) -> Proposer:
-  """The run's proposer, rebuilt from its recorded settings (an LLM's key from the env)."""
-  if config.proposer == 'llm':
-    from agent.proposing.llm_client import LLMClient
-    s = config.llm or {}
-    try:
-      client = LLMClient(s['api'], s['base_url'], s['model'], key_env=s['key_env'],
-                         timeout_s=s['timeout_s'])
-    except (KeyError, ValueError) as e:
-      raise UsageError(f'the LLM proposer\'s settings are not usable: {e}') from e
-    return LLMProposer(client, input_price_per_mtok=s['price_input'],
-                       output_price_per_mtok=s['price_output'])
-  from agent.proposing.heuristic import HeuristicProposer
-  if config.proposer != 'heuristic':
-    raise UsageError(f'unknown proposer {config.proposer!r}')
-  return HeuristicProposer(stats_path=repo / 'runs' / 'proposer_stats.json',
-                           seed=zlib.crc32(config.run_id.encode()))
-
-
 def _repo() -> Path:
   try:
     return vcs.repo_root(Path(_WORKSPACE.value).absolute())
@@ -123,116 +89,21 @@ def _repo() -> Path:
     raise UsageError(f'--workspace is not a git repository: {e}') from e
 
 
-RUN_ID = re.compile(r'[A-Za-z0-9][A-Za-z0-9._-]{0,63}')
-
-
-def _check_run_id(run_id: str) -> str:
-  """A run id names a folder under runs/ and a git branch: a strict pattern, checked before
-  anything is written (no '..', no '/', no spaces)."""
-  if not RUN_ID.fullmatch(run_id) or '..' in run_id or run_id.endswith(('.', '.lock')):
-    raise UsageError(f'--run_id {run_id!r} must be 1-64 letters, digits, ".", "_" or "-", '
-                     'starting with a letter or digit')
-  return run_id
-
-
-def _run_dir(repo: Path, must_exist: bool) -> Path:
+def _run_id() -> str:
   if not _RUN_ID.value:
     raise UsageError('--run_id is required')
-  run_dir = repo / 'runs' / _check_run_id(_RUN_ID.value)
-  if must_exist and not (run_dir / 'journal.sqlite').exists():
-    raise UsageError(f'no run {_RUN_ID.value!r} under {repo / "runs"}')
-  return run_dir
+  return _RUN_ID.value
 
 
-def cmd_run() -> int:
-  repo = _repo()
-  charter = load_charter(repo / 'WORKSPACE.md')
-  if not _EXPERIMENT.value:
-    raise UsageError('--experiment is required')
-  experiment = Path(_EXPERIMENT.value).as_posix()
-  if not (repo / experiment).is_file():
-    raise UsageError(f'experiment {experiment} not found in {repo}')
-  if not charter.is_editable(experiment):
-    raise UsageError(f'experiment {experiment} is outside the charter\'s editable scope')
-  _check_sandbox(charter)
-  run_id = _check_run_id(_RUN_ID.value or time.strftime('%Y%m%d-%H%M%S'))
-  run_dir = repo / 'runs' / run_id
-  if (run_dir / 'journal.sqlite').exists():
-    raise UsageError(f'run {run_id} already exists: use `resume --run_id={run_id}`')
-  start = vcs.resolve(repo, 'HEAD')
-  committed = vcs.file_at(repo, start, experiment)
-  if committed is None:
-    raise UsageError(f'experiment {experiment} is not committed at {start[:10]}: the run '
-                     'starts from the last commit')
-  if committed != (repo / experiment).read_text():
-    print(f'note: {experiment} has uncommitted changes; the run starts from the committed '
-          f'version at {start[:10]}', file=sys.stderr)
-  llm = _llm_settings()
-  _check_experiment(repo, start, experiment, charter)
-  with _exclusive(run_dir):
-    if (run_dir / 'journal.sqlite').exists():
-      raise UsageError(f'run {run_id} already exists: use `resume --run_id={run_id}`')
-    return _start_run(repo, run_dir, run_id, experiment, start, charter, llm)
+def _run_dir(repo: Path) -> Path:
+  return start.existing_run(repo, _run_id())
 
 
-def _start_run(repo: Path, run_dir: Path, run_id: str, experiment: str, start: str,
-               charter, llm: dict | None) -> int:
-  b = charter.budget
-  config = RunConfig(run_id=run_id, experiment=experiment, proposer=_PROPOSER.value,
-                     seeds=_SEEDS.value or charter.trial.seeds,
-                     budget_trials=_BUDGET_TRIALS.value or b.trials,
-                     budget_minutes=_BUDGET_MINUTES.value or b.minutes,
-                     budget_compute_seconds=(b.compute_seconds if _BUDGET_COMPUTE.value is None
-                                             else _BUDGET_COMPUTE.value),
-                     start_commit=start,
-                     budget_tokens=(b.tokens if _BUDGET_TOKENS.value is None
-                                    else _BUDGET_TOKENS.value),
-                     review=_REVIEW.value, llm=llm)
-  journal = Journal.open(run_dir / 'journal.sqlite')
-  settings = {k: v for k, v in dataclasses.asdict(charter).items() if k != 'prose'}
-  journal.append('run_started', {'config': dataclasses.asdict(config), 'charter': settings})
-  return _drive(repo, run_dir, journal)
-
-
-@contextlib.contextmanager
-def _exclusive(run_dir: Path) -> Iterator[None]:
-  """One agent process per run: an advisory lock held for the life of the process (the
-  kernel drops it when the process dies, kill -9 included); a second one is refused."""
-  run_dir.mkdir(parents=True, exist_ok=True)
-  fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-  try:
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except BlockingIOError:
-    os.close(fd)
-    raise UsageError(f'run {run_dir.name} is in use by another agent process: wait for it '
-                     'to end, or stop it, then try again') from None
-  try:
-    yield
-  finally:
-    os.close(fd)
-
-
-def _check_experiment(repo: Path, start: str, experiment: str, charter) -> None:
-  """The experiment must parse and build (in the sandbox, as committed) before a run, its
-  branch or its worktree exist: a broken one is bad input, exit 2, nothing made."""
-  try:
-    compile(vcs.show_file(repo, start, experiment), experiment, 'exec', dont_inherit=True)
-  except SyntaxError as e:
-    raise UsageError(f'{experiment}:{e.lineno or 1}: syntax error: {e.msg}') from None
-  with tempfile.TemporaryDirectory(prefix='agent-check-') as folder:
-    vcs.export(repo, start, Path(folder))
-    try:
-      dataset_config(Path(folder), experiment, charter.trial)
-    except ValueError as e:
-      raise UsageError(str(e)) from None
-
-
-def _check_sandbox(charter) -> None:
-  """Refuses to start (exit 2, one line) where the charter's sandbox cannot run."""
-  try:
-    require_sandbox(charter.trial)
-  except SandboxUnavailable as e:
-    raise UsageError(str(e)) from None
+def _choices() -> start.Choices:
+  return start.Choices(proposer=_PROPOSER.value, llm=_llm_settings(), seeds=_SEEDS.value,
+                       budget_trials=_BUDGET_TRIALS.value, budget_minutes=_BUDGET_MINUTES.value,
+                       budget_compute_seconds=_BUDGET_COMPUTE.value,
+                       budget_tokens=_BUDGET_TOKENS.value, review=_REVIEW.value)
 
 
 def _llm_settings() -> dict | None:
@@ -246,29 +117,29 @@ def _llm_settings() -> dict | None:
           'price_output': _LLM_PRICE_OUT.value, 'timeout_s': _LLM_TIMEOUT.value}
 
 
-def cmd_resume() -> int:
+def cmd_run() -> int:
   repo = _repo()
-  run_dir = _run_dir(repo, must_exist=True)
-  with _exclusive(run_dir):
-    return _drive(repo, run_dir, Journal.open(run_dir / 'journal.sqlite'))
-
-
-def _drive(repo: Path, run_dir: Path, journal: Journal) -> int:
-  try:
-    state = RunState.replay(journal)
-  except ValueError as e:
-    raise UsageError(f'the run cannot be resumed: {e}') from None
   charter = load_charter(repo / 'WORKSPACE.md')
-  _check_sandbox(charter)
-  branch = f'agent/{state.config.run_id}'
-  if state.finished:
-    show(report.summary(journal, branch, str(run_dir)))
-    return 0
-  proposer = make_proposer(state.config, repo)
-  loop = Loop(repo, run_dir, charter, proposer, journal, state,
-              print_fn=say)
-  if isinstance(proposer, LLMProposer):
-    proposer.on_usage = loop.record_usage
+  if not _EXPERIMENT.value:
+    raise UsageError('--experiment is required')
+  run_id = _RUN_ID.value or time.strftime('%Y%m%d-%H%M%S')
+  with start.start_run(repo, charter, _EXPERIMENT.value, run_id, _choices(), say=say) as loop:
+    return _drive(loop)
+
+
+def cmd_resume() -> int:
+  repo, run_id = _repo(), _run_id()
+  with start.resume_run(repo, run_id, say=say) as loop:
+    if loop is None:  # finished: nothing to drive
+      show(report.summary(_journal(), f'agent/{run_id}', str(_run_dir(repo))))
+      return 0
+    return _drive(loop)
+
+
+def _drive(loop: Loop) -> int:
+  """Runs the loop to a stop, then (unless a winner awaits review) the final evaluation;
+  every way out is recorded in the journal before the exit code says it."""
+  state, journal, run_id = loop.state, loop.journal, loop.config.run_id
   try:
     reason = loop.run()
     say(f'[stop] {reason}')
@@ -278,7 +149,7 @@ def _drive(repo: Path, run_dir: Path, journal: Journal) -> int:
       return 0
     if _FINAL_EVAL.value:
       loop.final_evaluation()
-    journal.append('run_finished', {'reason': reason})
+    journal.write(records.RunFinished(reason=reason))
     loop.end_session(reason)
   except (BaselineError, RunHalted, LLMFatalError) as e:
     loop.end_session(f'stopped: {e}')
@@ -287,15 +158,15 @@ def _drive(repo: Path, run_dir: Path, journal: Journal) -> int:
   except KeyboardInterrupt:
     loop.end_session('interrupted')
     print(f'\ninterrupted: recorded; continue with `python -m agent.main resume '
-          f'--run_id={state.config.run_id}`', file=sys.stderr)
+          f'--run_id={run_id}`', file=sys.stderr)
     return 130
   print()
-  show(report.summary(journal, branch, str(run_dir)))
+  show(report.summary(journal, f'agent/{run_id}', str(loop.run_dir)))
   return 0
 
 
 def _journal() -> Journal:
-  return Journal.open(_run_dir(_repo(), must_exist=True) / 'journal.sqlite')
+  return Journal.open(_run_dir(_repo()) / start.JOURNAL)
 
 
 def cmd_status() -> int:
@@ -325,8 +196,8 @@ def _decide(argv: list[str], approved: bool) -> int:
   if len(argv) != 3 or not argv[2].isdigit():
     raise UsageError(f'usage: {argv[1]} N --run_id=ID (N: the trial number `review` shows)')
   repo = _repo()
-  run_dir = _run_dir(repo, must_exist=True)
-  with _exclusive(run_dir):
+  run_dir = _run_dir(repo)
+  with start.exclusive(run_dir):
     show(review.decide(_journal(), repo, run_dir, int(argv[2]), approved, _WHY.value))
   return 0
 

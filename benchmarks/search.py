@@ -28,14 +28,14 @@ import numpy as np
 
 from agent.charter import Charter, load_charter
 from agent.editing import knobs
-from agent.loop import FINAL_FIRST_SEED, BaselineError, Loop
+from agent.loop import FINAL_FIRST_SEED, BaselineError
 from agent.proposing.heuristic import HeuristicProposer
 from agent.proposing.proposal import NoProposal, Observation
 from agent.recording import vcs
 from agent.recording.journal import Journal
-from agent.recording.state import RunConfig, RunState
 from agent.recording.state import TrialSummary
 from agent.safety.executor import TrialOutcome, TrialSpec
+from agent.start import Choices, UsageError, start_run
 from benchmarks import report, space, trials
 from benchmarks.trials import Budget, Files, Say
 
@@ -136,17 +136,7 @@ def _fmt(value: float | None) -> str:
 
 def run_agent(ctx: Context, rep: int, seed: int, budget: Budget, say: Say,
               charter: Charter | None = None, run_id: str = '') -> dict[str, Any]:
-  """agent.loop.Loop as `agent.main run` drives it, on the budgeted in-process runner."""
-  run_id = run_id or f'{ctx.name}-agent-{rep}'
-  run_dir = ctx.workspace / 'runs' / run_id
-  journal = Journal.open(run_dir / 'journal.sqlite')
-  config = RunConfig(run_id=run_id, experiment=ctx.task.experiment, proposer='heuristic',
-                     seeds=SEEDS, budget_trials=budget.trials, budget_minutes=24 * 60,
-                     budget_compute_seconds=(budget.compute_seconds
-                                             if math.isfinite(budget.compute_seconds) else 0),
-                     start_commit=trials.git(ctx.workspace, 'rev-parse', 'HEAD'))
-  journal.append('run_started', {'config': dataclasses.asdict(config)})
-
+  """agent.loop.Loop started as `agent.main run` starts it, on the budgeted in-process runner."""
   def execute(spec: TrialSpec, scorer=None, on_curve=None) -> TrialOutcome:
     timeout = budget.timeout(spec.timeout_s)
     if timeout <= 0:
@@ -155,13 +145,18 @@ def run_agent(ctx: Context, rep: int, seed: int, budget: Budget, say: Say,
     return budget.charge(trials.execute(dataclasses.replace(spec, timeout_s=timeout), scorer,
                                         on_curve=on_curve))
 
-  loop = Loop(ctx.workspace, run_dir, charter or ctx.charter, HeuristicProposer(seed=seed),
-              journal, RunState.replay(journal), execute=execute,
-              print_fn=lambda line: say(f'  {line}'))
-  reason = loop.run()
-  loop.end_session(reason)
+  compute = budget.compute_seconds if math.isfinite(budget.compute_seconds) else 0
+  choices = Choices(seeds=SEEDS, budget_trials=budget.trials, budget_minutes=24 * 60,
+                    budget_compute_seconds=compute)
+  with start_run(ctx.workspace, charter or ctx.charter, ctx.task.experiment,
+                 run_id or f'{ctx.name}-agent-{rep}', choices,
+                 proposer=HeuristicProposer(seed=seed), execute=execute,
+                 say=lambda line: say(f'  {line}')) as loop:
+    reason = loop.run()
+    loop.end_session(reason)
+  journal = loop.journal
   path = _agent_trajectory(journal)
-  repo, commits = ctx.workspace, [config.start_commit]
+  repo, commits = ctx.workspace, [loop.config.start_commit]
   kept = [r.payload for r in journal.records('verdict') if r.payload['accepted']]
   commits += [v['commit'] for v in kept]
   files = [{p: vcs.show_file(repo, c, p) for p in ctx.base} for c in commits]
@@ -343,9 +338,9 @@ def run(size: Size, work: Path, say: Say, previous: dict[str, Any]) -> dict[str,
         say(f'[search] {name} rep {rep + 1}/{size.reps} {method}: budget {size.trials} trials, '
             f'{compute:.0f} compute s')
         budget = Budget(size.trials, compute, compute * size.trial_cap_fraction)
-        try:
+        try:  # one broken method-run must not sink the rest
           result = RUNNERS[method](ctx, rep, rep, budget, say)
-        except (BaselineError, RuntimeError) as e:  # one broken method-run must not sink the rest
+        except (BaselineError, RuntimeError, UsageError) as e:
           say(f'[search] {name} {method} rep {rep + 1} FAILED: {e}')
           runs.append({'method': method, 'rep': rep, 'master_seed': rep, 'error': str(e)})
           continue

@@ -10,7 +10,7 @@ import signal
 import time
 from pathlib import Path
 
-from agent import main as agent_main
+from agent import start
 from agent.recording.journal import Journal
 from agent.recording.state import RunState
 from tests.agent_workspace import TINY_EXPERIMENT, git, make_workspace
@@ -58,7 +58,7 @@ def test_a_second_agent_on_a_run_is_refused_and_writes_nothing(tmp_path):
   run_dir = repo / 'runs' / 'busy'
   run_dir.mkdir(parents=True)
   Journal.open(run_dir / 'journal.sqlite').close()
-  with open(run_dir / agent_main.LOCK, 'w') as held:  # the first agent, alive
+  with open(run_dir / start.LOCK, 'w') as held:  # the first agent, alive
     fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
     before = sorted(p.name for p in run_dir.iterdir())
     for args in (('resume',), ('approve', '1'), ('reject', '1', '--why=no')):
