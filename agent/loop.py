@@ -12,19 +12,19 @@ import dataclasses
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import ml_collections
 
+from agent.candidate import SCREEN_FIRST_SEED, CandidateJudge
 from agent.charter import Charter
-from agent.editing import diffs, knobs
+from agent.editing import knobs
 from agent.judging import decide as decide_lib
-from agent.judging import uses
 from agent.proposing.proposal import NoProposal, Observation, Proposal, ProposalFailed, Proposer
-from agent.recording import state as state_lib
-from agent.recording import vcs
+from agent.recording import records, vcs
 from agent.recording.journal import Journal
-from agent.recording.state import ArmRecord, Heartbeat, RunState
+from agent.recording.records import ArmRecord
+from agent.recording.state import Heartbeat, RunState
 from agent.safety import guard
 from agent.safety.executor import TrialOutcome, TrialSpec, run_trial
 from agent.safety.preflight import dataset_config, import_check
@@ -32,11 +32,7 @@ from agent.untrusted import one_line, terminal_safe
 from harness import scoring, trial_inputs
 from harness.scorecard import SCORECARD, TEST_SCORECARD, read_json
 
-SCREEN_FIRST_SEED = 0
-CONFIRM_FIRST_SEED = 1000  # + 100 * trial: fresh seeds for each confirmation
 FINAL_FIRST_SEED = 1_000_000  # never used during the search
-LOG_EXCERPT_CHARS = 1500  # of a failed trial's output, kept for the proposer's next prompt
-FAILED_STATUSES = ('failed', 'bad_input', 'timeout', 'killed', 'invalid')
 Executor = Callable[..., TrialOutcome]
 
 
@@ -64,10 +60,12 @@ class Loop:
                                         start=self.config.start_commit)
     self.session_start = time.monotonic()
     self.direction = 'max'
-    session = self.journal.append('session_started', {'pid': os.getpid()})
+    session = self.journal.write(records.SessionStarted(pid=os.getpid()))
     self.heartbeat = Heartbeat(run_dir, session.seq)
     self.data: dict[str, tuple[Path, trial_inputs.Targets]] = {}  # experiment -> its data
     self.git_digest = vcs.protected_config_digest(repo)
+    self.judge = CandidateJudge(repo, run_dir, self.worktree.path, charter, state, journal,
+                                self._run, self._other_data, lambda text: self.say(text))
 
   def _check_repository(self, after: str) -> None:
     """Stops the run if the repository's git settings (config, hooks, attributes) changed
@@ -88,18 +86,18 @@ class Loop:
     evaluation.
     """
     if self.state.data is None:
+      recorded = None
       try:
         dataset = dataset_config(self.worktree.path, self.config.experiment, self.charter.trial)
       except ValueError as e:
         raise BaselineError(str(e)) from None
       self._check_repository('resolving the experiment\'s dataset')
-      self.state.data = {'dataset': dataset}
-    dataset = self.state.data['dataset']
+    else:
+      dataset, recorded = self.state.data.dataset, self.state.data.fingerprints
     fingerprints = self._write_inputs(self.config.experiment, dataset, final)
-    recorded = self.state.data.get('fingerprints')
     if recorded is None:
-      self.state.data = {'dataset': dataset, 'fingerprints': fingerprints}
-      self.journal.append('data', self.state.data)
+      self.state.data = records.DataPinned(dataset=dataset, fingerprints=fingerprints)
+      self.journal.write(self.state.data)
     elif recorded != fingerprints:
       raise BaselineError(f'the data of this run changed since it started: fingerprints '
                           f'{fingerprints} vs recorded {recorded}')
@@ -120,8 +118,8 @@ class Loop:
     start = vcs.create_detached(self.repo, self.run_dir / 'start', self.config.start_commit)
     dataset = dataset_config(start, experiment, self.charter.trial)
     fingerprints = self._write_inputs(experiment, dataset, final=False)
-    self.journal.append('data', {'experiment': experiment, 'dataset': dataset,
-                                 'fingerprints': fingerprints})
+    self.journal.write(records.DataPinned(dataset=dataset, fingerprints=fingerprints,
+                                          experiment=experiment))
 
   # ---- budget -------------------------------------------------------------------------
   def elapsed(self) -> float:
@@ -138,7 +136,7 @@ class Loop:
     if c.budget_tokens and s.tokens >= c.budget_tokens:
       return f'token budget spent ({s.tokens}/{c.budget_tokens})'
     if s.awaiting_review is not None:
-      return (f'trial {s.awaiting_review["trial"]} won and awaits review: python -m agent.main '
+      return (f'trial {s.awaiting_review.trial} won and awaits review: python -m agent.main '
               f'review --run_id={c.run_id}')
     if s.since_accept >= self.charter.stop.patience:
       return f'{s.since_accept} trials in a row without an accepted change'
@@ -178,8 +176,8 @@ class Loop:
       trial = self.state.trials_done + 1
       pending = self.state.pending
       if pending is not None:
-        self.say(f'[trial {trial}] resuming the interrupted trial: {pending["hypothesis"]}')
-        proposal = Proposal.from_record(pending)
+        proposal = Proposal.from_record(pending.payload)
+        self.say(f'[trial {trial}] resuming the interrupted trial: {proposal.hypothesis}')
         self.state.pending = None
       else:
         try:
@@ -189,27 +187,27 @@ class Loop:
         except ProposalFailed as e:
           self._record_failed_proposal(trial, str(e))
           continue
-        self.journal.append('proposal', proposal.to_record(), trial=trial)
+        self.journal.write(proposal, trial=trial)
       self._trial(trial, proposal)
 
-  def record_usage(self, usage: dict[str, Any]) -> None:
+  def record_usage(self, usage: Mapping[str, Any]) -> None:
     """The budget ledger: one record per LLM call, booked to the trial it was made for."""
-    self.journal.append('llm_usage', usage, trial=self.state.trials_done + 1)
-    self.state.book(usage)
+    booked = records.LlmUsage.from_record(usage)
+    self.journal.write(booked, trial=self.state.trials_done + 1)
+    self.state.book(booked)
 
   def _baseline(self) -> None:
     self.say(f'[baseline] {self.config.experiment} at {self.config.start_commit[:10]} '
              f'on {self.config.seeds} seeds')
     outcome = self._run(self.run_dir / 'baseline', SCREEN_FIRST_SEED)
     if outcome.status != 'ok':
-      self.journal.append('baseline_failed', {'status': outcome.status, 'reason': outcome.reason})
+      self.journal.write(records.BaselineFailed(status=outcome.status, reason=outcome.reason))
       raise BaselineError(f'the baseline did not run: {outcome.status}: {outcome.reason} '
                           f'(log: {outcome.log_path})')
     arm = ArmRecord.from_scorecard(self.config.start_commit, outcome.log_path.parent,
                                    outcome.scorecard)
-    self.journal.append('baseline', {'arm': dataclasses.asdict(arm),
-                                     'wall_seconds': outcome.wall_seconds,
-                                     'sandbox': outcome.sandbox})
+    self.journal.write(records.Baseline(arm=arm, wall_seconds=outcome.wall_seconds,
+                                        sandbox=outcome.sandbox))
     self.state.compute_seconds += outcome.wall_seconds
     self.state.incumbent = arm
     self.say(f'[baseline] {self._metric_name()} {_fmt(arm.per_seed)}')
@@ -257,230 +255,71 @@ class Loop:
       return
     message = _commit_message(trial, proposal, 'pending')
     candidate_commit = self.worktree.commit(message)
-    self.journal.append('trial_started', {'commit': candidate_commit, 'diff': checked.diff},
-                        trial=trial)
-    verdict, candidate, extra = self._evaluate(trial, candidate_commit, checked.diff)
+    self.journal.write(records.TrialStarted(commit=candidate_commit, diff=checked.diff),
+                       trial=trial)
+    verdict, candidate, extra = self.judge.judge(trial, candidate_commit, checked.diff,
+                                                 self.direction, self._metric_name())
     final_commit = self.worktree.amend_message(
         _commit_message(trial, proposal, _verdict_text(verdict, candidate, incumbent)))
-    payload = {'accepted': verdict.accepted, 'reason_code': verdict.reason_code,
-               'rationale': verdict.rationale, 'gain': verdict.gain,
-               'noise_floor': verdict.noise_floor, 'p_value': verdict.p_value,
-               'checks': verdict.checks, 'commit': final_commit, 'ran_commit': candidate_commit,
-               'candidate': dataclasses.asdict(dataclasses.replace(candidate, commit=final_commit))
-               if candidate else None, **extra}
+    record = records.Verdict.of(
+        verdict, commit=final_commit, ran_commit=candidate_commit,
+        candidate=dataclasses.replace(candidate, commit=final_commit) if candidate else None,
+        **extra)
     review = verdict.accepted and self.config.review == 'required'
     if review:  # the winner waits on its own ref; the branch stays at the incumbent
-      payload.update(accepted=False, awaiting_review=True)
+      record = dataclasses.replace(record, accepted=False, awaiting_review=True)
       self.worktree.keep_ref(f'refs/agent/{self.config.run_id}/pending/{trial}', final_commit)
       self.worktree.reset_to(incumbent.commit)
     elif not verdict.accepted:
       self.worktree.keep_ref(f'refs/agent/{self.config.run_id}/rejected/{trial}', final_commit)
       self.worktree.reset_to(incumbent.commit)
-    self.journal.append('verdict', payload, trial=trial)
-    self.state.count(trial, payload, proposal.to_record())
+    self.state.count(self.journal.write(record, trial=trial), proposal)
     self.proposer.learn(proposal, verdict.accepted, verdict.gain)
     word = 'WON, awaiting review' if review else 'ACCEPTED' if verdict.accepted else 'rejected'
     self.say(f'[trial {trial}] {word}: {verdict.rationale}')
 
   def _record_failed_proposal(self, trial: int, reason: str) -> None:
-    payload = {'accepted': False, 'reason_code': 'proposal_failed', 'rationale': reason,
-               'gain': None}
-    self.journal.append('proposal_failed', payload, trial=trial)
-    self.state.count(trial, payload, {})
+    failed = self.journal.write(records.FailedProposal(rationale=reason), trial=trial)
+    self.state.count(failed, None)
     self.say(f'[trial {trial}] the proposer produced no usable proposal: {reason}')
 
   def _record_guard_rejection(self, trial: int, proposal: Proposal, reason: str) -> None:
-    payload = {'accepted': False, 'reason_code': 'guard', 'rationale': reason, 'gain': None}
-    self.journal.append('guard_rejected', payload, trial=trial)
-    self.state.count(trial, payload, proposal.to_record())
+    rejected = self.journal.write(records.GuardRejected(rationale=reason), trial=trial)
+    self.state.count(rejected, proposal)
     self.proposer.learn(proposal, False, None)
     self.say(f'[trial {trial}] rejected by the guard: {reason}')
 
-  def _policy(self) -> decide_lib.AcceptancePolicy:
-    return decide_lib.AcceptancePolicy.of(self.charter)
-
-  def _pruner(self, candidate_steps: int):
-    incumbent = self.state.incumbent
-    noise = decide_lib.noise_floor(incumbent.per_seed, 1.0)
-    p = self.charter.pruning
-
-    def on_curve(curve: list[dict]) -> str | None:
-      points = [(pt['step'], state_lib.mean_of(pt['val_metric'])) for pt in curve
-                if pt['step'] < candidate_steps]  # at the last step there is nothing to save
-      decision = decide_lib.should_prune([tuple(x) for x in incumbent.curve], points,
-                                         candidate_steps, self.direction, noise,
-                                         p.margin_multiplier, p.min_fraction)
-      return decision.reason if decision.prune else None
-    return on_curve if p.enabled else None
-
-  def _evaluate(self, trial: int, commit: str, diff: str):
-    """Judged on the running experiment, then, for a winner, wherever its code is used."""
-    verdict, candidate, extra = self._judge_here(trial, commit, diff)
-    if verdict.accepted:
-      verdict = self._judge_elsewhere(trial, commit, verdict, extra)
-    return verdict, candidate, extra
-
-  def _judge_elsewhere(self, trial: int, commit: str, verdict: decide_lib.Verdict,
-                       extra: dict[str, Any]) -> decide_lib.Verdict:
-    """A winner's changed code, judged where it is used: a tie is kept only when the running
-    experiment runs every changed file; every other shipped experiment that runs one is
-    trained with the candidate and with the incumbent on the same seeds, and the candidate
-    must finish, keep the task's invariants and not lose beyond that experiment's noise."""
-    incumbent = self.state.incumbent
-    root = self.worktree.path
-    changed = {p for p in vcs.changed_files(self.repo, incumbent.commit, commit)
-               if p.endswith('.py')}
-    unused = sorted(changed - uses.files_used(root, self.config.experiment))
-    if unused and verdict.reason_code in ('simplification', 'efficiency'):
-      return _rejection('unused_code', f'Rejected: {verdict.rationale} But {unused[0]} is not '
-                        f'run by {self.config.experiment}, so this trial cannot judge it, and '
-                        'a tie is kept only for code the experiment runs.')
-    start = vcs.create_detached(self.repo, self.run_dir / 'start', self.config.start_commit)
-    shipped = set(uses.experiments(start))
-    others = [e for e in uses.experiments_using(root, changed, exclude=self.config.experiment)
-              if e in shipped]
-    if not others:
-      return verdict
-    incumbent_tree = vcs.create_detached(self.repo, self.run_dir / 'incumbent', incumbent.commit)
-    extra['elsewhere'] = {}
-    for experiment in others:
-      self.say(f'[trial {trial}] also judging the change on {experiment}, which runs it')
-      self._other_data(experiment)
-      folder = self.run_dir / 'trials' / str(trial) / 'elsewhere' / Path(experiment).stem
-      runs = {arm: self._run(folder / arm, SCREEN_FIRST_SEED, worktree=tree,
-                             experiment=experiment)
-              for arm, tree in (('candidate', root), ('incumbent', incumbent_tree))}
-      wall = sum(o.wall_seconds for o in runs.values())
-      self.state.compute_seconds += wall
-      self.journal.append('confirm_finished', {'wall_seconds': wall, 'experiment': experiment,
-                                               **{a: o.status for a, o in runs.items()}},
-                          trial=trial)
-      failed = _elsewhere_failure(experiment, runs, self.charter.acceptance)
-      extra['elsewhere'][experiment] = failed or 'held'
-      if failed:
-        return _rejection('breaks_elsewhere', f'Rejected on {experiment}, which also runs the '
-                          f'changed code: {failed}')
-    return verdict
-
-  def _judge_here(self, trial: int, commit: str, diff: str):
-    """Screen on the incumbent's seeds, then confirm a winner on fresh seeds."""
-    incumbent = self.state.incumbent
-    trial_dir = self.run_dir / 'trials' / str(trial)
-    steps = _steps_of(self.worktree.path / self.config.experiment, incumbent.steps)
-    outcome = self._run(trial_dir / 'screen', SCREEN_FIRST_SEED, on_curve=self._pruner(steps))
-    self.state.compute_seconds += outcome.wall_seconds
-    finished = {'status': outcome.status, 'reason': outcome.reason,
-                'wall_seconds': outcome.wall_seconds, 'workdir': str(trial_dir / 'screen'),
-                'sandbox': outcome.sandbox}
-    self.journal.append('trial_finished', finished, trial=trial)
-    extra: dict[str, Any] = {'status': outcome.status}
-    if outcome.status in FAILED_STATUSES:
-      extra['log_excerpt'] = outcome.log_tail[-LOG_EXCERPT_CHARS:]
-    _, added, removed = diffs.diff_stats(diff)
-    if outcome.status == 'pruned':
-      saved = incumbent.train_seconds * max(0.0, 1 - (outcome.pruned_at_step or 0) / steps)
-      extra['compute_saved_seconds'] = saved
-      return _rejection('pruned', f'Stopped early: {outcome.reason}'), None, extra
-    if outcome.status == 'invalid':
-      return _rejection('invariant', f'Rejected: {outcome.reason}'), None, extra
-    if outcome.status not in ('ok', 'diverged') or outcome.scorecard is None:
-      return _rejection(outcome.status, f'The trial {outcome.status}: {outcome.reason}'), None, extra
-    candidate = ArmRecord.from_scorecard(commit, trial_dir / 'screen', outcome.scorecard)
-    if candidate.fingerprints != incumbent.fingerprints:
-      return _rejection('data_changed', 'Rejected: the data fingerprints differ from the '
-                        'baseline\'s, so the comparison would not be fair.'), candidate, extra
-    policy, direction = self._policy(), self.direction
-    screen = decide_lib.SeedResults(incumbent.arm(), candidate.arm(), self._metric_name())
-    verdict = decide_lib.decide(screen, direction, policy, diff_lines=added - removed)
-    if not verdict.accepted or not self.charter.acceptance.confirm_on_fresh_seeds:
-      return verdict, candidate, extra
-    self.say(f'[trial {trial}] screen passed ({verdict.rationale}); confirming on fresh seeds')
-    fresh = CONFIRM_FIRST_SEED + 100 * trial
-    cand_fresh = self._run(trial_dir / 'confirm_candidate', fresh)
-    incumbent_tree = vcs.create_detached(self.repo, self.run_dir / 'incumbent', incumbent.commit)
-    inc_fresh = self._run(trial_dir / 'confirm_incumbent', fresh, worktree=incumbent_tree)
-    wall = cand_fresh.wall_seconds + inc_fresh.wall_seconds
-    self.state.compute_seconds += wall
-    self.journal.append('confirm_finished', {'wall_seconds': wall, 'first_seed': fresh,
-                                             'candidate': cand_fresh.status,
-                                             'incumbent': inc_fresh.status}, trial=trial)
-    if cand_fresh.status != 'ok' or inc_fresh.status != 'ok':
-      return _rejection('confirm_failed', f'The confirmation runs did not finish '
-                        f'({cand_fresh.status}/{inc_fresh.status}).'), candidate, extra
-    confirm_arms = {'incumbent': ArmRecord.from_scorecard(
-                        incumbent.commit, trial_dir / 'confirm_incumbent', inc_fresh.scorecard),
-                    'candidate': ArmRecord.from_scorecard(
-                        commit, trial_dir / 'confirm_candidate', cand_fresh.scorecard)}
-    fresh_pair = decide_lib.SeedResults(confirm_arms['incumbent'].arm(),
-                                        confirm_arms['candidate'].arm(), self._metric_name())
-    pooled = decide_lib.pool(screen, fresh_pair)
-    verdict = decide_lib.decide(pooled, direction, policy, diff_lines=added - removed,
-                                stage='confirm')
-    extra['confirm_seeds'] = list(range(fresh, fresh + self.config.seeds))
-    extra['confirm_arms'] = {k: dataclasses.asdict(a) for k, a in confirm_arms.items()}
-    return verdict, candidate, extra
-
   # ---- end of run ----------------------------------------------------------------------
-  def final_evaluation(self) -> dict[str, Any]:
+  def final_evaluation(self) -> records.FinalEval:
     """Start and final incumbent, once, on fresh seeds and on the test split."""
     final = self.state.incumbent
     start_tree = vcs.create_detached(self.repo, self.run_dir / 'start', self.config.start_commit)
     self.worktree.reset_to(final.commit)
     self._prepare_data(final=True)
-    results = {}
+    arms = {}
     for name, tree in (('baseline', start_tree), ('final', self.worktree.path)):
       self.say(f'[final] evaluating the {name} on fresh seeds and the test split')
       outcome = self._run(self.run_dir / 'final' / name, FINAL_FIRST_SEED, worktree=tree)
-      results[name] = _final_numbers(outcome)
-    results['commit'] = {'baseline': self.config.start_commit, 'final': final.commit}
-    self.journal.append('final_eval', results)
+      arms[name] = _final_arm(outcome)
+    results = records.FinalEval(**arms, commit={'baseline': self.config.start_commit,
+                                                'final': final.commit})
+    self.journal.write(results)
     return results
 
   def end_session(self, reason: str) -> None:
     self.heartbeat.stop()
-    self.journal.append('session_ended', {'reason': reason,
-                                          'elapsed_seconds': time.monotonic() - self.session_start})
+    self.journal.write(records.SessionEnded(
+        reason=reason, elapsed_seconds=time.monotonic() - self.session_start))
 
 
-def _final_numbers(outcome: TrialOutcome) -> dict[str, Any]:
+def _final_arm(outcome: TrialOutcome) -> records.FinalArm:
   if outcome.status != 'ok' or outcome.scorecard is None:
-    return {'status': outcome.status, 'reason': outcome.reason}
+    return records.FinalArm(status=outcome.status, reason=outcome.reason)
   test = read_json(outcome.log_path.parent / TEST_SCORECARD)
-  return {'status': 'ok', 'val': outcome.scorecard['val_metric'], 'test': test['test_metric'],
-          'train_seconds': outcome.scorecard['train_seconds'],
-          'seeds': outcome.scorecard['seeds']}
-
-
-def _elsewhere_failure(experiment: str, runs: dict[str, TrialOutcome],
-                       acceptance: Any) -> str | None:
-  """Why the candidate fails on another experiment (None: it held): it did not finish, broke
-  an invariant, or lost by more than the incumbent's seed noise there."""
-  candidate, incumbent = runs['candidate'], runs['incumbent']
-  if incumbent.status != 'ok':
-    return f'the incumbent itself did not finish there ({incumbent.status}: {incumbent.reason})'
-  if candidate.status != 'ok':
-    return f'the candidate {candidate.status}: {candidate.reason}'
-  card = candidate.scorecard
-  direction = 'max' if card['metric']['direction'] == 'max' else 'min'
-  before = incumbent.scorecard['val_metric']['per_seed']
-  after = card['val_metric']['per_seed']
-  gain = (sum(after) - sum(before)) / len(after) * (1 if direction == 'max' else -1)
-  floor = max(decide_lib.noise_floor(before, acceptance.noise_multiplier), acceptance.min_delta)
-  if gain < -floor:
-    return (f'{card["metric"]["name"]} is worse by {-gain:.3g} (mean over '
-            f'{len(after)} paired seeds), beyond the noise floor {floor:.3g}')
-  return None
-
-
-def _rejection(code: str, rationale: str) -> decide_lib.Verdict:
-  return decide_lib.Verdict(False, code, rationale, float('nan'), float('nan'), float('nan'), {})
-
-
-def _steps_of(experiment: Path, default: int) -> int:
-  for knob in knobs.inventory(experiment):
-    if knob.path == 'train.steps':
-      return int(knob.value)
-  return default
+  return records.FinalArm(status='ok', val=outcome.scorecard['val_metric'],
+                          test=test['test_metric'],
+                          train_seconds=outcome.scorecard['train_seconds'],
+                          seeds=outcome.scorecard['seeds'])
 
 
 def _fmt(values: list[float]) -> str:

@@ -188,7 +188,7 @@ def test_replay_rebuilds_the_state_and_finds_an_interrupted_trial(tmp_path):
   assert state.pending is None
   journal.append('proposal', {'operator': 'x', 'diagnosis': 'd', 'hypothesis': 'h',
                               'expected_effect': 'e', 'changes': {}}, trial=2)
-  assert RunState.replay(journal).pending['trial'] == 2
+  assert RunState.replay(journal).pending.trial == 2
 
 
 class FailingThenScripted(ScriptedProposer):

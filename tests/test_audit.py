@@ -11,13 +11,12 @@ import dataclasses
 import json
 import shutil
 import sqlite3
-import types
 from pathlib import Path
 
 import pytest
 
 from agent.charter import load_charter
-from agent.loop import Loop
+from agent.judging import decide as decide_lib
 from agent.recording import review, vcs
 from agent.recording.audit import Rule, verify_run
 from agent.recording.journal import Journal
@@ -99,7 +98,7 @@ def test_an_honest_run_verifies_and_its_anchor_names_the_head(run):
   assert set(confirmed) == {'incumbent', 'candidate'}
   charter = load_charter(repo / 'WORKSPACE.md')
   rule = Rule.recorded(journal.records()[0].payload['charter'])
-  assert rule.policy == Loop._policy(types.SimpleNamespace(charter=charter))
+  assert rule.policy == decide_lib.AcceptancePolicy.of(charter)
 
 
 @pytest.mark.parametrize('trial, change, named', [

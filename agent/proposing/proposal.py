@@ -12,6 +12,7 @@ from typing import Any, Mapping, Protocol
 
 from agent.charter import Charter
 from agent.editing.knobs import Knob
+from agent.recording.records import Proposed
 from agent.recording.state import TrialSummary
 
 
@@ -28,30 +29,14 @@ class Observation:
   trial: int
 
 
-@dataclasses.dataclass(frozen=True)
-class Proposal:
-  """A hypothesis and the edit that tests it.
+class Proposal(Proposed):
+  """A hypothesis and the edit that tests it; the journal keeps it as it is (`to_record`,
+  `from_record` on resume).
 
   `changes` maps a worktree-relative path to its full new text, or None to delete it.
   `operator` names the kind of edit (for example 'lr_down', 'to_cnn1d'); the proposer's
   statistics of which operators pay off are kept under these names.
   """
-  operator: str
-  diagnosis: str
-  hypothesis: str
-  expected_effect: str
-  changes: Mapping[str, str | None]
-
-  def to_record(self) -> dict[str, Any]:
-    """The journal's form of the proposal; `from_record` reads it back on resume."""
-    return {'operator': self.operator, 'diagnosis': self.diagnosis,
-            'hypothesis': self.hypothesis, 'expected_effect': self.expected_effect,
-            'changes': dict(self.changes)}
-
-  @classmethod
-  def from_record(cls, record: Mapping[str, Any]) -> 'Proposal':
-    return cls(record['operator'], record['diagnosis'], record['hypothesis'],
-               record['expected_effect'], dict(record['changes']))
 
 
 class NoProposal(Exception):

@@ -33,9 +33,10 @@ from typing import Any, Callable, Iterator
 from agent.charter import Acceptance, Objective, Tradeoffs
 from agent.editing import diffs
 from agent.judging import decide as decide_lib
+from agent.recording import records as records_lib
 from agent.recording import vcs
 from agent.recording.journal import Journal, Record
-from agent.recording.state import ArmRecord
+from agent.recording.records import ArmRecord
 from harness.scorecard import SCORECARD, TEST_SCORECARD, json_safe, read_json, summarize
 
 Check = Callable[[], None]
@@ -53,14 +54,19 @@ def verify_run(repo: Path, journal: Journal) -> str | None:
   if problem:
     return problem
   records = journal.records()
-  if not records or records[0].kind != 'run_started':
+  for record in records:
+    try:
+      record.body
+    except records_lib.RecordError as e:
+      return f'{_where(record)}: {e}'
+  if not records or not isinstance(records[0].body, records_lib.RunStarted):
     return f'{journal.path} does not start with a run_started record'
   for where, check in _checks(repo, records, journal.path.parent):
     try:
       check()
     except (Inconsistency, *_CHECKED) as e:
       return f'{where}: {e}'
-  ref = vcs.anchor_ref(records[0].payload['config']['run_id'])
+  ref = vcs.anchor_ref(records[0].body.config.run_id)
   text = vcs.read_text_ref(repo, ref)
   problem = ('it is missing, so nothing outside the journal vouches for its length and hashes'
              if text is None else journal.anchor_problem(text))
@@ -76,7 +82,8 @@ class Rule:
 
   @classmethod
   def recorded(cls, settings: dict[str, Any] | None) -> Rule:
-    """Mirrors Loop._policy, from the recorded settings instead of the charter file."""
+    """Mirrors decide.AcceptancePolicy.of, from the recorded settings instead of the charter
+    file."""
     if not settings:
       raise Inconsistency('run_started records no charter settings, so no verdict can be '
                           'recomputed')
@@ -112,107 +119,118 @@ def _where(record: Record) -> str:
 def _checks(repo: Path, records: list[Record], run_dir: Path) -> Iterator[tuple[str, Check]]:
   """Each record's checks in journal order, with the state each verdict was judged in, then
   the run's branch."""
-  config = records[0].payload['config']
-  settings = records[0].payload.get('charter')
-  incumbent: dict[str, Any] = {'commit': config['start_commit']}  # the arm, once measured
-  started: dict[int, dict[str, Any]] = {}
-  finished: dict[int, dict[str, Any]] = {}
-  confirmed: dict[int, dict[str, Any]] = {}
-  waiting: dict[int, dict[str, Any]] = {}
+  config, settings = records[0].body.config, records[0].body.charter
+  incumbent = _Incumbent(config.start_commit)
+  started: dict[int, records_lib.TrialStarted] = {}
+  finished: dict[int, records_lib.TrialFinished] = {}
+  confirmed: dict[int, records_lib.ConfirmFinished] = {}
+  waiting: dict[int, records_lib.Verdict] = {}
   in_progress = ''  # the commit of a trial that started and has no verdict yet
   for record in records:
-    p, where, trial = record.payload, _where(record), record.trial
-    if record.kind == 'run_started':
-      yield where, functools.partial(_commit_exists, repo, incumbent['commit'])
+    body, where, trial = record.body, _where(record), record.trial
+    if isinstance(body, records_lib.RunStarted):
+      yield where, functools.partial(_commit_exists, repo, incumbent.commit)
       yield where, functools.partial(Rule.recorded, settings)
-    elif record.kind == 'baseline':
-      yield where, functools.partial(_arm_matches_scorecard, p['arm'], incumbent['commit'])
-      incumbent = p['arm']
-    elif record.kind == 'trial_started':
-      started[trial], in_progress = p, p['commit']
-    elif record.kind == 'trial_finished':
-      finished[trial] = p
-    elif record.kind == 'confirm_finished' and 'first_seed' in p:
-      confirmed[trial] = p
-    elif record.kind == 'verdict':
+    elif isinstance(body, records_lib.Baseline):
+      yield where, functools.partial(_arm_matches_scorecard, body.arm, incumbent.commit)
+      incumbent = _Incumbent(body.arm.commit, body.arm)
+    elif isinstance(body, records_lib.TrialStarted):
+      started[trial], in_progress = body, body.commit
+    elif isinstance(body, records_lib.TrialFinished):
+      finished[trial] = body
+    elif isinstance(body, records_lib.ConfirmFinished) and body.first_seed is not None:
+      confirmed[trial] = body
+    elif isinstance(body, records_lib.Verdict):
       in_progress = ''
       yield from ((where, check) for check in _verdict_checks(
-          repo, config['run_id'], settings, incumbent, p, trial, started.get(trial),
+          repo, config.run_id, settings, incumbent, body, trial, started.get(trial),
           finished.get(trial), confirmed.get(trial)))
-      if p.get('awaiting_review'):
-        waiting[trial] = p
-      elif p['accepted']:
-        incumbent = p['candidate']
-    elif record.kind == 'review':
+      if body.awaiting_review:
+        waiting[trial] = body
+      elif body.accepted:
+        incumbent = _Incumbent(body.candidate.commit, body.candidate)
+    elif isinstance(body, records_lib.Review):
       verdict = waiting.pop(trial, None)
-      yield where, functools.partial(_review_fits, repo, config['run_id'], p, verdict)
-      if verdict is not None and p['approved']:
-        incumbent = verdict['candidate']
-    elif record.kind == 'final_eval':
-      yield where, functools.partial(_final_matches, run_dir, p, incumbent['commit'],
-                                     config['start_commit'])
-  branch = f'agent/{config["run_id"]}'
+      yield where, functools.partial(_review_fits, repo, config.run_id, body, verdict)
+      if verdict is not None and body.approved:
+        incumbent = _Incumbent(verdict.candidate.commit, verdict.candidate)
+    elif isinstance(body, records_lib.FinalEval):
+      yield where, functools.partial(_final_matches, run_dir, body, incumbent.commit,
+                                     config.start_commit)
+  branch = f'agent/{config.run_id}'
   yield f'branch {branch}', functools.partial(_branch_at_incumbent, repo, branch,
-                                              incumbent['commit'], in_progress)
+                                              incumbent.commit, in_progress)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Incumbent:
+  """The commit each verdict was judged against, and its arm once measured."""
+  commit: str
+  arm: ArmRecord | None = None
 
 
 def _verdict_checks(repo: Path, run_id: str, settings: dict[str, Any] | None,
-                    incumbent: dict[str, Any], verdict: dict[str, Any], trial: int,
-                    started: dict[str, Any] | None, finished: dict[str, Any] | None,
-                    confirmed: dict[str, Any] | None) -> Iterator[Check]:
+                    incumbent: _Incumbent, verdict: records_lib.Verdict, trial: int,
+                    started: records_lib.TrialStarted | None,
+                    finished: records_lib.TrialFinished | None,
+                    confirmed: records_lib.ConfirmFinished | None) -> Iterator[Check]:
   """The commit, the arms against their files, the rule, then the trial's ref."""
-  commit, diff = verdict.get('commit', ''), (started or {}).get('diff')
+  commit, diff = verdict.commit, started.diff if started else None
   yield functools.partial(_commit_exists, repo, commit)
-  if verdict.get('candidate'):
-    yield functools.partial(_arm_matches_scorecard, verdict['candidate'], commit)
-  for name, arm in (verdict.get('confirm_arms') or {}).items():
-    ran = incumbent['commit'] if name == 'incumbent' else verdict.get('ran_commit')
+  if verdict.candidate:
+    yield functools.partial(_arm_matches_scorecard, verdict.candidate, commit)
+  for name, arm in (verdict.confirm_arms or {}).items():
+    ran = incumbent.commit if name == 'incumbent' else verdict.ran_commit
     yield functools.partial(_arm_matches_scorecard, arm, ran)
-  yield functools.partial(_commit_is_diff, repo, commit, diff, incumbent['commit'])
+  yield functools.partial(_commit_is_diff, repo, commit, diff, incumbent.commit)
   yield functools.partial(_verdict_follows_rule, settings, incumbent, verdict, diff, finished,
                           confirmed)
-  if verdict.get('awaiting_review'):
+  if verdict.awaiting_review:
     yield functools.partial(_ref_names, repo, f'refs/agent/{run_id}/pending/{trial}', commit)
-  elif not verdict['accepted']:
+  elif not verdict.accepted:
     yield functools.partial(_ref_names, repo, f'refs/agent/{run_id}/rejected/{trial}', commit)
 
 
 # ---- the rule -------------------------------------------------------------------------------
-def _verdict_follows_rule(settings: dict[str, Any] | None, incumbent: dict[str, Any],
-                          verdict: dict[str, Any], diff: str | None,
-                          finished: dict[str, Any] | None,
-                          confirmed: dict[str, Any] | None) -> None:
-  if finished is None or finished['status'] != verdict.get('status'):
-    raise Inconsistency(f'the verdict says the trial ended {verdict.get("status")!r}, its '
-                        f'trial_finished record says {(finished or {}).get("status")!r}')
+def _verdict_follows_rule(settings: dict[str, Any] | None, incumbent: _Incumbent,
+                          verdict: records_lib.Verdict, diff: str | None,
+                          finished: records_lib.TrialFinished | None,
+                          confirmed: records_lib.ConfirmFinished | None) -> None:
+  if finished is None or finished.status != verdict.status:
+    raise Inconsistency(f'the verdict says the trial ended {verdict.status!r}, its '
+                        f'trial_finished record says {finished and finished.status!r}')
   expected = _recompute(Rule.recorded(settings), incumbent, verdict, diff or '', finished,
                         confirmed)
-  claimed = bool(verdict['accepted'] or verdict.get('awaiting_review'))
-  if (claimed, verdict['reason_code']) != (expected.accepted, expected.code):
-    raise Inconsistency(f'the verdict says {_says(claimed, verdict["reason_code"])}, but the '
+  claimed = bool(verdict.accepted or verdict.awaiting_review)
+  if (claimed, verdict.reason_code) != (expected.accepted, expected.code):
+    raise Inconsistency(f'the verdict says {_says(claimed, verdict.reason_code)}, but the '
                         f'charter\'s rule on the recorded arms gives '
                         f'{_says(expected.accepted, expected.code)}')
-  rationale = verdict['rationale']
+  rationale = verdict.rationale
   if (rationale != expected.rationale) if expected.exact else (expected.rationale not in rationale):
     raise Inconsistency(f'the rationale is not what the charter\'s rule gives on the recorded '
                         f'arms: {expected.rationale[:160]!r}')
   for name, value in zip(('gain', 'noise_floor', 'p_value'), expected.numbers):
-    if not _close(verdict[name], value):
-      raise Inconsistency(f'the verdict\'s {name} is {verdict[name]}, the rule gives {value}')
+    if not _close(getattr(verdict, name), value):
+      raise Inconsistency(f'the verdict\'s {name} is {getattr(verdict, name)}, the rule gives '
+                          f'{value}')
 
 
 def _says(accepted: bool, code: str) -> str:
   return f'{"accepted" if accepted else "rejected"} ({code})'
 
 
-def _recompute(rule: Rule, incumbent: dict[str, Any], verdict: dict[str, Any], diff: str,
-               finished: dict[str, Any], confirmed: dict[str, Any] | None) -> _Expected:
-  """The verdict Loop._evaluate reaches on these arms: screen, confirm, then elsewhere."""
-  if not verdict.get('candidate'):  # the trial did not finish with a scorecard
-    status = finished['status']
+def _recompute(rule: Rule, incumbent: _Incumbent, verdict: records_lib.Verdict, diff: str,
+               finished: records_lib.TrialFinished,
+               confirmed: records_lib.ConfirmFinished | None) -> _Expected:
+  """The verdict CandidateJudge.judge reaches on these arms: screen, confirm, then elsewhere."""
+  if not verdict.candidate:  # the trial did not finish with a scorecard
+    status = finished.status
     code = {'pruned': 'pruned', 'invalid': 'invariant'}.get(status, status)
-    return _Expected(False, code, finished.get('reason') or '')
-  inc, cand = ArmRecord(**incumbent), ArmRecord(**verdict['candidate'])
+    return _Expected(False, code, finished.reason or '')
+  if incumbent.arm is None:
+    raise Inconsistency('a verdict with no baseline before it to compare against')
+  inc, cand = incumbent.arm, verdict.candidate
   if cand.fingerprints != inc.fingerprints:
     return _Expected(False, 'data_changed', 'fingerprints differ')
   card = read_json(Path(inc.workdir) / SCORECARD)
@@ -224,61 +242,60 @@ def _recompute(rule: Rule, incumbent: dict[str, Any], verdict: dict[str, Any], d
   if result.accepted and rule.confirm:
     if confirmed is None:
       raise Inconsistency('the screen passed, but no confirm_finished record follows it')
-    statuses = f'{confirmed["candidate"]}/{confirmed["incumbent"]}'
+    statuses = f'{confirmed.candidate}/{confirmed.incumbent}'
     if statuses != 'ok/ok':
       return _Expected(False, 'confirm_failed', f'({statuses})')
-    arms = verdict.get('confirm_arms')
+    arms = verdict.confirm_arms
     if not arms:
       raise Inconsistency('the verdict records no confirmation arms, so its pooled decision '
                           'cannot be recomputed')
-    fresh = decide_lib.SeedResults(ArmRecord(**arms['incumbent']).arm(),
-                                   ArmRecord(**arms['candidate']).arm(), metric)
+    fresh = decide_lib.SeedResults(arms['incumbent'].arm(), arms['candidate'].arm(), metric)
     result = decide_lib.decide(decide_lib.pool(screen, fresh), direction, rule.policy,
                                diff_lines=added - removed, stage='confirm')
   if not result.accepted:
     return _Expected.of(result)
-  # A winner is also judged where its code runs (Loop._judge_elsewhere): whether the
+  # A winner is also judged where its code runs (CandidateJudge._judge_elsewhere): whether the
   # experiment runs a changed file needs a checkout, and the other experiments' numbers are
   # not in the journal, so these two rejections are checked for their form only.
-  if verdict['reason_code'] == 'unused_code' and result.reason_code in ('simplification',
-                                                                          'efficiency'):
+  if verdict.reason_code == 'unused_code' and result.reason_code in ('simplification',
+                                                                      'efficiency'):
     return _Expected(False, 'unused_code', result.rationale)
-  failures = [f for f in (verdict.get('elsewhere') or {}).values() if f != 'held']
+  failures = [f for f in (verdict.elsewhere or {}).values() if f != 'held']
   if failures:
     return _Expected(False, 'breaks_elsewhere', failures[0])
   return _Expected.of(result)
 
 
 # ---- files ----------------------------------------------------------------------------------
-def _arm_matches_scorecard(arm: dict[str, Any], commit: str | None = None) -> None:
-  if commit is not None and arm['commit'] != commit:
-    raise Inconsistency(f'the arm in {arm["workdir"]} ran {arm["commit"][:10]}, not '
-                        f'{commit[:10]}')
-  path = Path(arm['workdir']) / SCORECARD
+def _arm_matches_scorecard(arm: ArmRecord, commit: str | None = None) -> None:
+  if commit is not None and arm.commit != commit:
+    raise Inconsistency(f'the arm in {arm.workdir} ran {arm.commit[:10]}, not {commit[:10]}')
+  path = Path(arm.workdir) / SCORECARD
   if not path.exists():
     raise Inconsistency(f'scorecard {path} is missing')
-  digest = arm.get('scorecard_sha256')
+  digest = arm.scorecard_sha256
   if digest and hashlib.sha256(path.read_bytes()).hexdigest() != digest:
     raise Inconsistency(f'scorecard {path} changed after it was recorded (sha256 differs)')
   card = read_json(path)
-  _same(arm['per_seed'], card['val_metric']['per_seed'], f'{path}: val_metric.per_seed')
+  _same(arm.per_seed, card['val_metric']['per_seed'], f'{path}: val_metric.per_seed')
   _summary_holds(card['val_metric'], f'{path}: val_metric')
-  _same(arm['train_seconds'], card['train_seconds'], f'{path}: train_seconds')
-  if arm['fingerprints'] != card['data']['fingerprints']:
+  _same(arm.train_seconds, card['train_seconds'], f'{path}: train_seconds')
+  if arm.fingerprints != card['data']['fingerprints']:
     raise Inconsistency(f'{path}: data fingerprints differ from the record')
 
 
-def _final_matches(run_dir: Path, final: dict[str, Any], incumbent: str, start: str) -> None:
-  commits = final.get('commit') or {}
+def _final_matches(run_dir: Path, final: records_lib.FinalEval, incumbent: str,
+                   start: str) -> None:
+  commits = final.commit
   if (commits.get('baseline'), commits.get('final')) != (start, incumbent):
     raise Inconsistency(f'the final evaluation ran {commits}, not the start commit '
                         f'{start[:10]} and the incumbent {incumbent[:10]}')
   for name in ('baseline', 'final'):
-    result = final[name]
-    if result.get('status') != 'ok':
+    result: records_lib.FinalArm = getattr(final, name)
+    if result.status != 'ok':
       continue
-    for file, key, recorded in ((SCORECARD, 'val_metric', result['val']),
-                                (TEST_SCORECARD, 'test_metric', result['test'])):
+    for file, key, recorded in ((SCORECARD, 'val_metric', result.val),
+                                (TEST_SCORECARD, 'test_metric', result.test)):
       path = run_dir / 'final' / name / file
       summary = read_json(path)[key]
       _summary_holds(summary, f'{path}: {key}')
@@ -323,13 +340,13 @@ def _ref_names(repo: Path, ref: str, commit: str) -> None:
                         f'{ref} names {actual[:10]}, the journal recorded {commit[:10]}')
 
 
-def _review_fits(repo: Path, run_id: str, review: dict[str, Any],
-                 verdict: dict[str, Any] | None) -> None:
-  if verdict is None or verdict['commit'] != review['commit']:
-    raise Inconsistency(f'a review of trial {review["trial"]} ({review["commit"][:10]}), which '
+def _review_fits(repo: Path, run_id: str, review: records_lib.Review,
+                 verdict: records_lib.Verdict | None) -> None:
+  if verdict is None or verdict.commit != review.commit:
+    raise Inconsistency(f'a review of trial {review.trial} ({review.commit[:10]}), which '
                         f'does not await review')
-  if not review['approved']:
-    _ref_names(repo, f'refs/agent/{run_id}/rejected/{review["trial"]}', review['commit'])
+  if not review.approved:
+    _ref_names(repo, f'refs/agent/{run_id}/rejected/{review.trial}', review.commit)
 
 
 def _branch_at_incumbent(repo: Path, branch: str, incumbent: str, in_progress: str) -> None:

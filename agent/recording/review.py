@@ -1,7 +1,7 @@
 """Human sign-off: what a reviewer sees of a waiting winner, and the record of the decision.
 
 With `--review=required` the loop stops at a winner instead of advancing the branch (see
-loop.RunState.awaiting_review). A person reads `review`, then `approve N` or `reject N
+state.RunState.awaiting_review). A person reads `review`, then `approve N` or `reject N
 --why ...`; the decision is a journal record, so it is hash-chained with everything else,
 and `resume` goes on from whichever incumbent the decision leaves.
 """
@@ -12,7 +12,7 @@ import getpass
 from pathlib import Path
 from typing import Any
 
-from agent.recording import vcs
+from agent.recording import records, vcs
 from agent.recording.journal import Journal
 from agent.recording.state import RunState
 from agent.untrusted import one_line
@@ -22,33 +22,26 @@ class ReviewError(ValueError):
   """A decision that does not fit the run's state (no such waiting trial, say)."""
 
 
-def waiting(journal: Journal) -> dict[str, Any] | None:
-  """The verdict that awaits a person's decision, with its trial number, or None."""
-  return RunState.replay(journal).awaiting_review
-
-
 def describe(journal: Journal) -> str:
   """The waiting change: hypothesis, evidence and diff, in the words the journal holds."""
-  verdict = waiting(journal)
-  if verdict is None:
-    return 'no change awaits review'
-  trial = verdict['trial']
-  proposal = journal.last('proposal', trial).payload
-  started = journal.last('trial_started', trial).payload
   state = RunState.replay(journal)
-  incumbent = state.incumbent
-  candidate = verdict['candidate']
-  lines = [f'trial {trial} awaits review (commit {verdict["commit"][:10]}, '
+  if state.awaiting_review is None:
+    return 'no change awaits review'
+  trial, verdict = state.awaiting_review.trial, state.awaiting_review.body
+  proposal = journal.latest(records.Proposed, trial)
+  started = journal.latest(records.TrialStarted, trial)
+  incumbent, candidate = state.incumbent, verdict.candidate
+  lines = [f'trial {trial} awaits review (commit {verdict.commit[:10]}, '
            f'on top of the incumbent {incumbent.commit[:10]})',
-           f'  operator:        {one_line(proposal["operator"])}',
-           f'  diagnosis:       {one_line(proposal["diagnosis"])}',
-           f'  hypothesis:      {one_line(proposal["hypothesis"])}',
-           f'  expected effect: {one_line(proposal["expected_effect"])}',
-           f'  evidence:        {one_line(verdict["rationale"])}',
+           f'  operator:        {one_line(proposal.operator)}',
+           f'  diagnosis:       {one_line(proposal.diagnosis)}',
+           f'  hypothesis:      {one_line(proposal.hypothesis)}',
+           f'  expected effect: {one_line(proposal.expected_effect)}',
+           f'  evidence:        {one_line(verdict.rationale)}',
            f'  incumbent seeds: {_values(incumbent.per_seed)}',
-           f'  candidate seeds: {_values(candidate["per_seed"])}',
-           f'  train seconds:   {incumbent.train_seconds:.1f} -> {candidate["train_seconds"]:.1f}',
-           '', started['diff'].rstrip(), '',
+           f'  candidate seeds: {_values(candidate.per_seed)}',
+           f'  train seconds:   {incumbent.train_seconds:.1f} -> {candidate.train_seconds:.1f}',
+           '', started.diff.rstrip(), '',
            f'decide with: approve {trial}   or   reject {trial} --why "..."']
   return '\n'.join(lines)
 
@@ -56,23 +49,24 @@ def describe(journal: Journal) -> str:
 def decide(journal: Journal, repo: Path, run_dir: Path, trial: int, approved: bool,
            why: str, reviewer: str | None = None) -> str:
   """Records the decision and moves the run's branch to match it; returns one line."""
-  verdict = waiting(journal)
-  if verdict is None:
+  state = RunState.replay(journal)
+  if state.awaiting_review is None:
     raise ReviewError('no change awaits review in this run')
-  if verdict['trial'] != trial:
-    raise ReviewError(f'trial {trial} does not await review (trial {verdict["trial"]} does)')
+  if state.awaiting_review.trial != trial:
+    raise ReviewError(f'trial {trial} does not await review (trial '
+                      f'{state.awaiting_review.trial} does)')
   if not approved and not why.strip():
     raise ReviewError('a rejection needs its reason: --why "..."')
   reviewer = reviewer or getpass.getuser()
-  run_id = RunState.replay(journal).config.run_id
+  run_id, commit = state.config.run_id, state.awaiting_review.body.commit
   worktree = vcs.Worktree(repo, run_dir / 'worktree', f'agent/{run_id}')
   if approved:
-    worktree.reset_to(verdict['commit'])
+    worktree.reset_to(commit)
   else:
-    worktree.keep_ref(f'refs/agent/{run_id}/rejected/{trial}', verdict['commit'])
+    worktree.keep_ref(f'refs/agent/{run_id}/rejected/{trial}', commit)
   journal.anchor_with(vcs.anchor_writer(repo, run_id))
-  journal.append('review', {'trial': trial, 'approved': approved, 'why': why,
-                            'reviewer': reviewer, 'commit': verdict['commit']}, trial=trial)
+  journal.write(records.Review(trial=trial, approved=approved, why=why, reviewer=reviewer,
+                               commit=commit), trial=trial)
   word = 'approved' if approved else 'rejected'
   return (f'trial {trial} {word}; continue the run with `python -m agent.main resume '
           f'--run_id={run_id}`')
