@@ -31,7 +31,7 @@ from agent.editing import knobs
 from agent.loop import FINAL_FIRST_SEED, BaselineError
 from agent.proposing.heuristic import HeuristicProposer
 from agent.proposing.proposal import NoProposal, Observation
-from agent.recording import vcs
+from agent.recording import records, vcs
 from agent.recording.journal import Journal
 from agent.recording.state import TrialSummary
 from agent.safety.executor import TrialOutcome, TrialSpec
@@ -157,14 +157,15 @@ def run_agent(ctx: Context, rep: int, seed: int, budget: Budget, say: Say,
   journal = loop.journal
   path = _agent_trajectory(journal)
   repo, commits = ctx.workspace, [loop.config.start_commit]
-  kept = [r.payload for r in journal.records('verdict') if r.payload['accepted']]
-  commits += [v['commit'] for v in kept]
+  verdicts = journal.read(records.Verdict)
+  kept = [v for v in verdicts if v.accepted]
+  commits += [v.commit for v in kept]
   files = [{p: vcs.show_file(repo, c, p) for p in ctx.base} for c in commits]
   changes = [{'before': trials.changed(ctx.base, a), 'after': trials.changed(ctx.base, b),
-              'claimed_gain': v['gain'], 'reason': v['reason_code']}
+              'claimed_gain': v.gain, 'reason': v.reason_code}
              for a, b, v in zip(files, files[1:], kept)]
-  proposals = [_digest(r.payload['changes']) for r in journal.records('proposal')]
-  saved = sum(r.payload.get('compute_saved_seconds', 0.0) for r in journal.records('verdict'))
+  proposals = [_digest(p.changes) for p in journal.read(records.Proposed)]
+  saved = sum(v.compute_saved_seconds or 0.0 for v in verdicts)
   journal.close()
   return {'stop_reason': reason, 'points': path.points, 'final_files': files[-1],
           'accepted_changes': changes, 'proposals': proposals, 'saved_estimate': saved}
@@ -176,23 +177,23 @@ def _digest(changes: Mapping[str, str | None]) -> str:
 
 def _agent_trajectory(journal: Journal) -> Trajectory:
   """Per trial: compute spent (screen and confirmation runs) and the incumbent after it."""
-  records = journal.records()
-  baseline = next(r for r in records if r.kind == 'baseline').payload
-  compute = baseline['wall_seconds']
-  path = Trajectory(trials.mean(baseline['arm']['per_seed']), compute)
-  for n in sorted({r.trial for r in records if r.trial is not None}):
-    mine = [r for r in records if r.trial == n]
-    compute += sum(r.payload.get('wall_seconds', 0.0) for r in mine
-                   if r.kind in ('trial_finished', 'confirm_finished'))
-    verdict = next((r.payload for r in mine if r.kind in ('verdict', 'guard_rejected')), None)
+  stored = journal.records()
+  baseline = next(r.body for r in stored if isinstance(r.body, records.Baseline))
+  compute = baseline.wall_seconds
+  path = Trajectory(trials.mean(baseline.arm.per_seed), compute)
+  for n in sorted({r.trial for r in stored if r.trial is not None}):
+    mine = [r.body for r in stored if r.trial == n]
+    compute += sum(b.wall_seconds for b in mine
+                   if isinstance(b, (records.TrialFinished, records.ConfirmFinished)))
+    verdict = next((b for b in mine if isinstance(b, (records.Verdict, records.GuardRejected))),
+                   None)
     if verdict is None:
       continue
-    operator = next((r.payload['operator'] for r in mine if r.kind == 'proposal'), '?')
-    accepted = bool(verdict.get('accepted'))
-    per_seed = (verdict.get('candidate') or {}).get('per_seed')
-    value = trials.mean(per_seed) if per_seed else None
-    path.add(operator, value, accepted, value if accepted else path.best, compute,
-             verdict.get('reason_code', ''))
+    operator = next((b.operator for b in mine if isinstance(b, records.Proposed)), '?')
+    candidate = getattr(verdict, 'candidate', None)
+    value = trials.mean(candidate.per_seed) if candidate and candidate.per_seed else None
+    path.add(operator, value, verdict.accepted, value if verdict.accepted else path.best,
+             compute, verdict.reason_code)
   return path
 
 
