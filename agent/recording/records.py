@@ -232,22 +232,26 @@ class Proposed(_Record):
 
 
 @dataclasses.dataclass(frozen=True)
-class FailedProposal(_Record):
-  """The proposer produced nothing usable: a trial spent, nothing run."""
-  KIND = 'proposal_failed'
+class _NothingRan(_Record):
+  """A trial spent before anything ran, and why in words (a verdict's fields, not all)."""
   rationale: str
   accepted: bool = False
-  reason_code: str = 'proposal_failed'
+  reason_code: str = ''
   gain: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
-class GuardRejected(_Record):
+class FailedProposal(_NothingRan):
+  """The proposer produced nothing usable."""
+  KIND = 'proposal_failed'
+  reason_code: str = 'proposal_failed'
+
+
+@dataclasses.dataclass(frozen=True)
+class GuardRejected(_NothingRan):
+  """The guard or the import check refused the proposal."""
   KIND = 'guard_rejected'
-  rationale: str
-  accepted: bool = False
   reason_code: str = 'guard'
-  gain: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)

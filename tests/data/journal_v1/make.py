@@ -22,22 +22,18 @@ from agent.editing import config_edit
 from agent.loop import Loop
 from agent.recording import report, review
 from agent.recording.state import RunState
-from harness.scorecard import TEST_SCORECARD, summarize
 from tests.agent_workspace import TINY_EXPERIMENT
-from tests.test_agent_loop import (FailingThenScripted, ScriptedProposer, SimulatedRunner,
-                                   make_loop, set_lr, touch)
+from tests.test_agent_loop import FailingThenScripted, ScriptedProposer, make_loop, set_lr, touch
+from tests.test_audit import FinalRunner
 
 HERE = Path(__file__).resolve().parent
 
 
-class Runner(SimulatedRunner):
-  """Writes the final test scorecard; a candidate run on another experiment breaks there."""
+class Runner(FinalRunner):
+  """A candidate run on another experiment breaks there."""
 
   def __call__(self, spec, scorer=None, on_curve=None):
     outcome = super().__call__(spec, scorer, on_curve)
-    if spec.workdir.parent.name == 'final':
-      test = [v - 0.01 for v in outcome.scorecard['val_metric']['per_seed']]
-      (spec.workdir / TEST_SCORECARD).write_text(json.dumps({'test_metric': summarize(test)}))
     if spec.experiment != TINY_EXPERIMENT and spec.workdir.name == 'candidate':
       return dataclasses.replace(outcome, status='invalid', scorecard=None,
                                  reason='invariant broken (probe_causal): reads ahead')
