@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from agent.charter import load_charter
-from agent.editing import knobs
+from agent.editing import knobs, space
+from agent.proposing import diagnosis as d
 from agent.proposing import heuristic as h
 from agent.proposing.heuristic import HeuristicProposer
 from agent.proposing.proposal import NoProposal, Observation, Proposal
@@ -25,6 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CHARTER = load_charter(ROOT / 'WORKSPACE.md')
 MNIST1D = 'experiments/mnist1d_mlp.py'
 MODEL_FILES = ('models/mlp.py', 'models/cnn.py', 'models/transformer.py')
+# What the harness records of one example, per task: (input_kind, input_shape).
+INPUTS = {'mnist1d': ('signal', [40, 1]), 'digits': ('image', [8, 8, 1]), 'charlm': ('text', [128])}
 
 
 def card(points: list[tuple[int, float, float]], *, task: str = 'mnist1d', model: str = 'mlp',
@@ -40,6 +43,7 @@ def card(points: list[tuple[int, float, float]], *, task: str = 'mnist1d', model
       'step_latency_ms': {'p50': 1.0, 'p95': 2.0},
       'memory': {'compiled_bytes': None, 'device_peak_bytes': None},
       'config': {'model': {'name': model}},
+      'input_kind': INPUTS[task][0], 'input_shape': INPUTS[task][1],
       'curve': [{'step': s, 'train_loss': [t] * 3, 'val_loss': [v] * 3,
                  'val_metric': [val_metric] * 3} for s, t, v in points]}
   return base | extra
@@ -91,69 +95,75 @@ def test_nonfinite():
   diverged = card([(250, 1.0, 1.1)], status='diverged')
   diverged['stability'] |= {'nonfinite': True, 'nonfinite_step': 412,
                             'max_grad_norm': {'per_seed': [3e4, None, 5.0]}}
-  text = h.diagnose_nonfinite(diverged)
+  text = d.diagnose_nonfinite(diverged)
   assert 'step 412 of 250' in text and '3e+04' in text and 'diverged' in text
-  assert h.diagnose_nonfinite(HEALTHY) is None
+  assert d.diagnose_nonfinite(HEALTHY) is None
 
 
 def test_spikes():
   spiky = card([(250, 1.0, 1.1)])
   spiky['stability']['loss_spikes'] = {'per_seed': [2, 0, 1], 'total': 3}
-  assert h.diagnose_spikes(spiky).startswith('3 loss spike(s) over 3 seed(s)')
-  assert h.diagnose_spikes(HEALTHY) is None
+  assert d.diagnose_spikes(spiky).startswith('3 loss spike(s) over 3 seed(s)')
+  assert d.diagnose_spikes(HEALTHY) is None
 
 
 def test_overfitting_by_gap_and_by_rising_val_loss():
-  text = h.diagnose_overfitting(OVERFIT)
+  text = d.diagnose_overfitting(OVERFIT)
   assert 'train loss 0.01 vs val loss 2.9' in text and 'the MLP memorises' in text
   assert 'minimum 1.1 at step 500' in text
   rising_only = card([(500, 0.6, 0.7), (1000, 0.5, 0.8)])
-  assert 'val loss up from its minimum 0.7 at step 500' in h.diagnose_overfitting(rising_only)
-  assert h.diagnose_overfitting(HEALTHY) is None
+  assert 'val loss up from its minimum 0.7 at step 500' in d.diagnose_overfitting(rising_only)
+  assert d.diagnose_overfitting(HEALTHY) is None
 
 
 def test_underfitting():
-  text = h.diagnose_underfitting(card([(500, 1.6, 1.7), (1000, 1.5, 1.6)]))
+  text = d.diagnose_underfitting(card([(500, 1.6, 1.7), (1000, 1.5, 1.6)]))
   assert 'train loss 1.5 is high and close to val loss 1.6' in text
-  assert h.diagnose_underfitting(HEALTHY) is None
-  assert h.diagnose_underfitting(OVERFIT) is None
+  assert d.diagnose_underfitting(HEALTHY) is None
+  assert d.diagnose_underfitting(OVERFIT) is None
 
 
 def test_undertrained():
   falling = card([(100, 1.0, 1.1), (200, 0.8, 0.9), (300, 0.6, 0.75)])
-  assert '(0.8 -> 0.6 over the last 100 steps, val loss 0.9 -> 0.75)' in h.diagnose_undertrained(
+  assert '(0.8 -> 0.6 over the last 100 steps, val loss 0.9 -> 0.75)' in d.diagnose_undertrained(
       falling)
-  assert h.diagnose_undertrained(HEALTHY) is None  # flat at the end
-  assert h.diagnose_undertrained(OVERFIT) is None  # train falls, but val loss rises
+  assert d.diagnose_undertrained(HEALTHY) is None  # flat at the end
+  assert d.diagnose_undertrained(OVERFIT) is None  # train falls, but val loss rises
 
 
 def test_slow_steps_and_memory():
   slow = card([(100, 1.0, 1.1)], step_latency_ms={'p50': 80.0, 'p95': 90.0},
               memory={'device_peak_bytes': 9 * 2**30, 'compiled_bytes': None})
-  assert h.diagnose_slow(slow) == 'the median step takes 80 ms (over 50 ms): steps are slow'
-  assert h.diagnose_memory(slow) == 'peak memory 9216 MB (over 8192 MB): memory is tight'
-  assert h.diagnose_memory(slow, cap_mb=10000) == (
+  assert d.diagnose_slow(slow) == 'the median step takes 80 ms (over 50 ms): steps are slow'
+  assert d.diagnose_memory(slow) == 'peak memory 9216 MB (over 8192 MB): memory is tight'
+  assert d.diagnose_memory(slow, cap_mb=10000) == (
       'peak memory 9216 MB (cap 10000 MB): memory is tight')
-  assert h.diagnose_memory(slow, cap_mb=20000) is None
-  assert h.diagnose_slow(HEALTHY) is None and h.diagnose_memory(HEALTHY) is None
+  assert d.diagnose_memory(slow, cap_mb=20000) is None
+  assert d.diagnose_slow(HEALTHY) is None and d.diagnose_memory(HEALTHY) is None
 
 
 def test_data_and_family_mismatches():
-  assert 'a 1-D convolution' in h.diagnose_signal_under_mlp('mnist1d', 'mlp')
-  assert 'a 1-D convolution' in h.diagnose_signal_under_mlp('other', 'mlp', (128, 1))
-  assert h.diagnose_signal_under_mlp('mnist1d', 'cnn1d') is None
-  assert 'a 2-D convolution' in h.diagnose_image_under_mlp('digits', 'mlp')
-  assert h.diagnose_image_under_mlp('mnist1d', 'mlp') is None
-  assert 'width, depth and learning rate' in h.diagnose_char_lm_transformer('charlm',
-                                                                            'transformer')
-  assert h.diagnose_char_lm_transformer('mnist1d', 'transformer') is None
+  assert 'a 1-D convolution' in d.diagnose_signal_under_mlp('mnist1d', 'mlp', 'signal')
+  assert d.diagnose_signal_under_mlp('mnist1d', 'cnn1d', 'signal') is None
+  assert 'a 2-D convolution' in d.diagnose_image_under_mlp('digits', 'mlp', 'image')
+  assert d.diagnose_image_under_mlp('mnist1d', 'mlp', 'signal') is None
+  assert 'width, depth and learning rate' in d.diagnose_char_lm_transformer('transformer',
+                                                                            'text')
+  assert d.diagnose_char_lm_transformer('transformer', 'signal') is None
+
+
+def test_the_input_kind_is_the_scorecards():
+  assert d.input_kind(OVERFIT) == 'signal' and d.input_kind(card([], task='digits')) == 'image'
+  unknown = {k: v for k, v in OVERFIT.items() if k not in ('input_kind', 'input_shape')}
+  assert d.input_kind(unknown) == 'unknown'
+  assert set(d.diagnose(unknown, dataset='mnist1d', family='mlp')) == {'overfitting'}
 
 
 def test_diagnose_collects_symptoms_and_ignores_losses_of_a_diverged_run():
-  assert set(h.diagnose(OVERFIT, dataset='mnist1d', family='mlp')) == {
+  assert set(d.diagnose(OVERFIT, dataset='mnist1d', family='mlp')) == {
       'overfitting', 'signal_under_mlp'}
   diverged = OVERFIT | {'status': 'diverged'}
-  assert set(h.diagnose(diverged, dataset='mnist1d', family='mlp')) == {
+  assert set(d.diagnose(diverged, dataset='mnist1d', family='mlp')) == {
       'nonfinite', 'signal_under_mlp'}
 
 
@@ -269,6 +279,10 @@ def _config_proposals(tmp_path: Path) -> list[Proposal]:
     history.append(rejected(proposal, len(history)))
 
 
+WIDTH, DEPTH, STEPS, LR = (space.BY_PATH[p] for p in (
+    'model.width', 'model.depth', 'train.steps', 'optimizer.learning_rate'))
+
+
 def test_accepting_everything_stays_within_bounds(tmp_path: Path):
   """A walk that accepts each proposal keeps width, depth, steps and lr inside the bounds."""
   files, history = files_with(MNIST1D), []
@@ -286,10 +300,10 @@ def test_accepting_everything_stays_within_bounds(tmp_path: Path):
                                 0.01, dict(proposal.changes)))
     config = load_config(files[MNIST1D], tmp_path)
     model = config.model
-    assert model.get('width', 0) <= h.MAX_WIDTH and model.get('channels', 0) <= h.MAX_WIDTH
-    assert 1 <= model.depth <= h.MAX_DEPTH
-    assert config.train.steps <= h.MAX_STEPS_FACTOR * start_steps
-    assert h.LR_MIN <= config.optimizer.learning_rate <= h.LR_MAX
+    assert model.get('width', 0) <= WIDTH.high and model.get('channels', 0) <= WIDTH.high
+    assert 1 <= model.depth <= DEPTH.high
+    assert config.train.steps <= STEPS.high * start_steps
+    assert LR.low <= config.optimizer.learning_rate <= LR.high
     assert config.optimizer.warmup_steps < config.train.steps
     assert config.train.seed == 0 and config.dataset.name == 'mnist1d'
   assert any(t.operator == 'steps_up' for t in history)

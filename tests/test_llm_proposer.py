@@ -177,9 +177,10 @@ def test_prompt_holds_the_search_state_and_no_test_numbers(server, tmp_path):
   assert 'Improve validation accuracy on MNIST-1D.' in prompt  # the charter's prose
   assert 'models/**, experiments/**' in prompt  # its scope
   assert CONFIG.strip() in prompt and MODEL.strip() in prompt  # editable source
-  assert '| optimizer.learning_rate | 0.01 | optimization | 12 |' in prompt  # knobs
-  assert '| optimizer.weight_decay | 0.0 | regularization | 13 | decoupled (adamw) when > 0 |' \
-      in prompt
+  assert '| optimizer.learning_rate | 0.01 | optimization | [1e-05, 1] log | 12 |' in prompt
+  assert ('| optimizer.weight_decay | 0.0 | regularization | [1e-06, 0.1] log | 13 | '
+          'decoupled (adamw) when > 0 |') in prompt  # knobs, with the space's bounds
+  assert '| dataset.name | \'mnist1d\' | data |  |' in prompt  # never searched
   assert '| 1 | llm:width_down | rejected (no_gain) | -0.004 | experiments/mnist1d_mlp.py |' \
       in prompt  # the history table
   assert 'train loss 0.01 vs val loss 2.9' in prompt and 'overfitting' in prompt  # diagnosis

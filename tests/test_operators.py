@@ -22,12 +22,6 @@ from agent.recording.state import TrialSummary
 from tests.test_heuristic_proposer import MNIST1D, OVERFIT, ROOT, card, files_with, observe
 
 CHARLM = 'experiments/charlm_transformer.py'
-KINDS = {'mnist1d': ('signal', [40, 1]), 'charlm': ('text', [128])}
-
-
-def with_kind(scorecard: dict, task: str) -> dict:
-  kind, shape = KINDS[task]
-  return scorecard | {'input_kind': kind, 'input_shape': shape}
 
 
 def digest(value: object) -> str:
@@ -42,8 +36,7 @@ def edited(text: str, **values) -> str:
 def experiments(tmp_path: Path) -> dict[str, tuple[str, str]]:
   """Incumbent texts: the shipped three, the MNIST-1D CNN, and values at or near the bounds."""
   mnist1d = (ROOT / MNIST1D).read_text()
-  cnn = HeuristicProposer(None, 0).propose(observe(with_kind(OVERFIT, 'mnist1d'),
-                                                   tmp_path=tmp_path)).changes[MNIST1D]
+  cnn = HeuristicProposer(None, 0).propose(observe(OVERFIT, tmp_path=tmp_path)).changes[MNIST1D]
   return {
       'mnist1d': (MNIST1D, mnist1d),
       'digits': ('experiments/digits_mlp.py', (ROOT / 'experiments/digits_mlp.py').read_text()),
@@ -197,16 +190,16 @@ SEQUENCES = {
 def _scenario(name: str, tmp_path: Path) -> tuple[dict, str, int, int, bool, str, str | None]:
   """(scorecard, experiment, seed, trials, accept each, direction, experiment text)."""
   if name == 'overfit_rejected':
-    return with_kind(OVERFIT, 'mnist1d'), MNIST1D, 3, 8, False, 'max', None
+    return OVERFIT, MNIST1D, 3, 8, False, 'max', None
   if name == 'undertrained_accepted':
     falling = card([(100, 1.0, 1.1), (200, 0.8, 0.9), (300, 0.6, 0.75)])
-    return with_kind(falling, 'mnist1d'), MNIST1D, 5, 10, True, 'max', None
+    return falling, MNIST1D, 5, 10, True, 'max', None
   if name == 'charlm_rejected':
     flat = card([(100, 1.6, 1.65), (200, 1.55, 1.6), (300, 1.55, 1.6)], task='charlm',
                 model='transformer', metric='bits_per_byte', val_metric=2.3)
-    return with_kind(flat, 'charlm'), CHARLM, 0, 6, False, 'min', None
+    return flat, CHARLM, 0, 6, False, 'min', None
   underfit = card([(500, 1.6, 1.7), (1000, 1.5, 1.6)], model='cnn1d')
-  return (with_kind(underfit, 'mnist1d'), MNIST1D, 2, 8, True, 'max',
+  return (underfit, MNIST1D, 2, 8, True, 'max',
           experiments(tmp_path)['cnn1d'][1])
 
 

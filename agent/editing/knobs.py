@@ -5,40 +5,27 @@ agent's own edits, so reading them must not run them, and the line numbers and c
 ("# used by sgd only") are what a proposer needs to reason about a knob.
 """
 
+import ast
 import dataclasses
+import functools
+import re
 from pathlib import Path
 
 import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
-from agent.editing import config_edit
+from agent.editing import config_edit, space
 
 Scalar = bool | int | float | str
 
-# config.model.name -> (file under models/, class); mirrors models.MODELS.
-FAMILIES: dict[str, tuple[str, str]] = {
-    'mlp': ('mlp.py', 'MLP'),
-    'cnn1d': ('cnn.py', 'CNN1D'),
-    'cnn2d': ('cnn.py', 'CNN2D'),
-    'transformer': ('transformer.py', 'Transformer'),
-}
+# The model registry, the one list of families: its MODELS dict names each family's class,
+# and its `from models.<file> import <Class>` lines say where the class lives.
+REGISTRY = '__init__.py'
+# The agent's own checkout of models/: read where a run's files do not include one.
+MODELS_DIR = Path(__file__).resolve().parents[2] / 'models'
 
 # Constructor arguments models.build_model fills in itself; they are not config keys.
 HARNESS_SUPPLIED = frozenset({'input_shape', 'num_outputs', 'rngs'})
-
-CATEGORIES = ('optimization', 'regularization', 'capacity', 'architecture', 'efficiency',
-              'schedule', 'data', 'other')
-
-_CATEGORY_OF_KEY = {
-    **dict.fromkeys(('learning_rate', 'schedule', 'warmup_steps', 'momentum',
-                     'grad_clip_norm', 'b1', 'b2', 'eps'), 'optimization'),
-    **dict.fromkeys(('weight_decay', 'dropout', 'label_smoothing'), 'regularization'),
-    **dict.fromkeys(('width', 'depth', 'channels', 'num_heads', 'mlp_ratio', 'kernel_size'),
-                    'capacity'),
-    **dict.fromkeys(('activation', 'normalization', 'residual', 'pooling'), 'architecture'),
-    **dict.fromkeys(('dtype', 'remat', 'batch_size', 'scan_steps'), 'efficiency'),
-    **dict.fromkeys(('steps', 'eval_every', 'checkpoint_every', 'log_every'), 'schedule'),
-}
 
 
 class KnobError(ValueError):
@@ -81,17 +68,64 @@ REQUIRED = _Required()
 
 
 def categorize(path: str) -> str:
-  """The proposer's category of a knob path; seeds and unknown keys are 'other'.
+  """The proposer's category of a knob path (agent.editing.space); seeds, unknown keys 'other'.
 
   'other' is deliberately not tunable by category: train.seed in particular must not be
   searched, since seeds are what the paired comparison holds fixed.
   """
-  section, _, key = path.rpartition('.')
+  section = path.rpartition('.')[0]
   if section == 'dataset' or section.startswith('dataset.'):
     return 'data'
-  if key == 'name':
-    return {'model': 'architecture', 'optimizer': 'optimization'}.get(section, 'other')
-  return _CATEGORY_OF_KEY.get(key, 'other')
+  dim = space.dim(path)
+  return dim.category if dim else 'other'
+
+
+def families(registry: str) -> dict[str, tuple[str, str]]:
+  """config.model.name -> (file under models/, class), read from the registry's text."""
+  return dict(_families(registry))
+
+
+def checkout_families() -> dict[str, tuple[str, str]]:
+  return families(_read(MODELS_DIR / REGISTRY))
+
+
+def family_name(family: str, known: dict[str, tuple[str, str]], default: str) -> str:
+  """A family in words, from its class name: an acronym stays ('MLP'), a dimension suffix
+  is spelled out ('CNN1D': '1-D CNN'), a word is lower-cased ('Transformer')."""
+  if family not in known:
+    return default
+  name = known[family][1]
+  spatial = re.fullmatch(r'([A-Z]+)(\d)D', name)
+  if spatial:
+    return f'{spatial[2]}-D {spatial[1]}'
+  return name if name.isupper() else name.lower()
+
+
+@functools.lru_cache(maxsize=32)
+def _families(registry: str) -> tuple[tuple[str, tuple[str, str]], ...]:
+  try:
+    module = ast.parse(registry)
+  except SyntaxError as e:
+    raise KnobError(f'models/{REGISTRY} line {e.lineno}: {e.msg}') from e
+  where = {}
+  for node in module.body:
+    if isinstance(node, ast.ImportFrom) and node.module:
+      package, _, name = node.module.rpartition('.')
+      if (node.level, package) in ((0, 'models'), (1, '')):
+        where |= {a.asname or a.name: (f'{name}.py', a.name) for a in node.names}
+  for node in module.body:
+    if isinstance(node, ast.Assign):
+      target = node.targets[0]
+    elif isinstance(node, ast.AnnAssign):
+      target = node.target
+    else:
+      continue
+    if isinstance(target, ast.Name) and target.id == 'MODELS' and isinstance(node.value,
+                                                                             ast.Dict):
+      return tuple((k.value, where[v.id]) for k, v in zip(node.value.keys, node.value.values)
+                   if isinstance(k, ast.Constant) and isinstance(k.value, str)
+                   and isinstance(v, ast.Name) and v.id in where)
+  raise KnobError(f'models/{REGISTRY} has no MODELS dict')
 
 
 def inventory(config_path: str | Path) -> list[Knob]:
@@ -116,20 +150,26 @@ def inventory(config_path: str | Path) -> list[Knob]:
 
 
 def model_signature(models_dir: str | Path, family: str) -> dict[str, object]:
-  """Constructor parameters of a family's class (config keys) and their defaults.
+  """Constructor parameters of a family's class (config keys) and their defaults."""
+  known = families(_read(Path(models_dir) / REGISTRY))
+  if family not in known:
+    raise KnobError(f'unknown model family {family!r}; known: {", ".join(known)}')
+  filename, class_name = known[family]
+  path = Path(models_dir) / filename
+  return constructor(_read(path), class_name, str(path))[1]
+
+
+def constructor(text: str, class_name: str, where: str) -> tuple[str, dict[str, object]]:
+  """(the class whose `__init__` builds `class_name`, its parameters and their defaults).
 
   Harness-supplied arguments are left out; a parameter without a default maps to
   REQUIRED and a non-literal default to Expr(code). An `__init__` inherited from a base
   class defined in the same file (CNN1D from ConvNet) is followed.
   """
-  if family not in FAMILIES:
-    raise KnobError(f'unknown model family {family!r}; known: {", ".join(FAMILIES)}')
-  filename, class_name = FAMILIES[family]
-  path = Path(models_dir) / filename
-  module = config_edit.parse_module(_read(path))
-  init = _find_init(module, class_name, path)
-  return {p.name.value: _default(module, p) for p in _init_params(init)
-          if p.name.value not in HARNESS_SUPPLIED}
+  module = config_edit.parse_module(text)
+  owner, init = _find_init(module, class_name, where)
+  return owner, {p.name.value: _default(module, p) for p in _init_params(init)
+                 if p.name.value not in HARNESS_SUPPLIED}
 
 
 def _read(path: str | Path) -> str:
@@ -139,8 +179,8 @@ def _read(path: str | Path) -> str:
     raise KnobError(f'cannot read {path}: {e.strerror}') from e
 
 
-def _find_init(module: cst.Module, class_name: str, path: Path) -> cst.FunctionDef:
-  """The __init__ of the class, or of the nearest base class defined in the same module."""
+def _find_init(module: cst.Module, class_name: str, path: str) -> tuple[str, cst.FunctionDef]:
+  """(class, its __init__): the class's own, or the nearest base class's in the module."""
   classes = {s.name.value: s for s in module.body if isinstance(s, cst.ClassDef)}
   name, seen = class_name, set()
   while name in classes and name not in seen:
@@ -148,7 +188,7 @@ def _find_init(module: cst.Module, class_name: str, path: Path) -> cst.FunctionD
     cls = classes[name]
     for stmt in cls.body.body:
       if isinstance(stmt, cst.FunctionDef) and stmt.name.value == '__init__':
-        return stmt
+        return name, stmt
     bases = [b.value for b in cls.bases if isinstance(b.value, cst.Name)]
     name = bases[0].value if bases else ''
   if class_name not in classes:

@@ -20,9 +20,10 @@ import math
 import re
 from typing import Any, Mapping, Sequence
 
+from agent.editing import space
 from agent.editing.knobs import Knob
 from agent.proposing.edit_formats import SECTIONS
-from agent.proposing.heuristic import diagnose
+from agent.proposing.diagnosis import diagnose
 from agent.proposing.proposal import Observation
 from agent.recording.state import TrialSummary
 from agent.safety.allow_list import allowed_modules
@@ -191,7 +192,6 @@ def _diagnosis(card: Mapping[str, Any], observation: Observation) -> str:
   values = {k.path: k.value for k in observation.knobs}
   findings = diagnose(card, dataset=str(values.get('dataset.name', card.get('task', '?'))),
                       family=str(values.get('model.name', '')),
-                      input_shape=card.get('input_shape'),
                       memory_cap_mb=observation.charter.tradeoffs.max_memory_mb)
   lines = [f'- {name}: {text}' for name, text in findings.items()]
   return ('## Diagnosis of the incumbent\'s curves (rule-based)\n\n'
@@ -199,10 +199,17 @@ def _diagnosis(card: Mapping[str, Any], observation: Observation) -> str:
 
 
 def _knobs(experiment: str, knobs: Sequence[Knob]) -> str:
-  rows = '\n'.join(f'| {k.path} | {k.value!r} | {k.category} | {k.line} | '
+  """The experiment's knobs, each with the range the offline proposer keeps it in."""
+  rows = '\n'.join(f'| {k.path} | {k.value!r} | {k.category} | {_range(k.path)} | {k.line} | '
                    f'{_cell(k.comment or "")} |' for k in knobs)
-  return (f'## Knobs of {experiment}\n\n| key | value | category | line | comment |\n'
-          f'| --- | --- | --- | --- | --- |\n{rows}')
+  return (f'## Knobs of {experiment}\n\n| key | value | category | range | line | comment |\n'
+          f'| --- | --- | --- | --- | --- | --- |\n{rows}')
+
+
+def _range(path: str) -> str:
+  dim = space.dim(path)
+  return dim.describe() if dim and dim.searched else ''
+
 
 
 def _files(files: Mapping[str, str]) -> str:

@@ -1,0 +1,153 @@
+"""The search space: every config knob the agent knows, its category, and where it may move.
+
+One declaration read by the knob inventory (categories), the heuristic's numeric operator
+(bounds, scale, rounding), the LLM prompt (the ranges it is shown) and the benchmarks'
+random and TPE baselines (the neighbourhood they sample). A Dim without a kind is known
+and categorised but never searched (seeds, bookkeeping, the optimiser's name).
+
+Some bounds depend on other knobs: warmup is at most a quarter of the steps (`per`), steps
+at most four times what the run started with (`per='start'`), and a transformer's width a
+multiple of its head count (`multiple_of`). `shape_free` marks the knobs that change no
+array shape, which a batched-candidate path can vary inside one compiled program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+from agent.editing.config_edit import Scalar, literal_code
+
+CATEGORIES = ('optimization', 'regularization', 'capacity', 'architecture', 'efficiency',
+              'schedule', 'data', 'other')
+CONV = frozenset({'cnn1d', 'cnn2d'})
+
+
+@dataclasses.dataclass(frozen=True)
+class Dim:
+  """One config knob; `kind` '' is known but never searched."""
+  path: str
+  category: str
+  kind: str = ''  # 'float' | 'int' | 'choice' | ''
+  low: float = 0.0
+  high: float = 0.0
+  scale: str = 'linear'  # 'log' | 'linear'
+  choices: tuple[Scalar, ...] = ()
+  digits: int = 2  # floats: significant digits (log scale) or decimals (linear)
+  multiple: int = 1  # ints are multiples of this ...
+  multiple_of: str = ''  # ... and of this knob's value, where the family has it
+  per: str = ''  # low and high are multiples of this knob's value ('start': the run's own)
+  families: frozenset[str] = frozenset()  # empty: every family
+  shape_free: bool = False
+  near: float = 0.0  # a search without judgement looks within [start / near, start * near]
+  sample: tuple[float, float] | None = None  # ... or within this range (else the bounds)
+
+  @property
+  def key(self) -> str:
+    return self.path.rpartition('.')[2]
+
+  @property
+  def searched(self) -> bool:
+    return bool(self.kind)
+
+  def applies(self, family: str) -> bool:
+    return not self.families or family in self.families
+
+  def step(self, value: Callable[[str], Scalar | None]) -> int:
+    """The multiple an int takes: `multiple`, and the value of `multiple_of` if positive."""
+    other = value(self.multiple_of) if self.multiple_of else None
+    return math.lcm(self.multiple, other if _is_int(other) and other > 0 else 1)
+
+  def bounds(self, value: Callable[[str], Scalar | None], start: Scalar | None = None,
+             step: int = 1) -> tuple[float, float] | None:
+    """(low, high) given the knobs' values (and the run's starting value of this one); an
+    int's on multiples of `step`. None when the value they scale with is unknown."""
+    ref = 1 if not self.per else start if self.per == 'start' else value(self.per)
+    if not _is_number(ref):
+      return None
+    low, high = self.low * ref, self.high * ref
+    if self.kind == 'int':
+      return int(-(-low // step) * step), int(high // step * step)
+    return low, high
+
+  def snap(self, x: float, step: int = 1) -> Scalar:
+    """A value a person would write: 2 significant digits (log), 2 decimals (linear), or
+    the nearest multiple of `step` (at least `step`)."""
+    if self.kind == 'int':
+      return max(step, int(round(x / step)) * step)
+    if self.scale == 'log':
+      return float(f'{x:.{self.digits}g}')
+    return round(x, self.digits)
+
+  def describe(self) -> str:
+    """The range in words, e.g. '[1e-05, 1] log' or 'relu, gelu (mlp only)'."""
+    where = f' ({", ".join(sorted(self.families))} only)' if self.families else ''
+    if self.kind == 'choice':
+      return ', '.join(literal_code(c) for c in self.choices) + where
+    per = {'': '', 'start': ' x the run\'s first value'}.get(self.per, f' x {self.per}')
+    scale = (',' if per else '') + ' log' if self.scale == 'log' else ''
+    step = ' and '.join(([str(self.multiple)] if self.multiple > 1 else [])
+                        + ([self.multiple_of] if self.multiple_of else []))
+    return (f'[{self.low:g}, {self.high:g}]{per}{scale}' + (f', step {step}' if step else '')
+            + where)
+
+
+def _fixed(category: str, *paths: str) -> tuple[Dim, ...]:
+  return tuple(Dim(path, category) for path in paths)
+
+
+_SHAPE_FREE = {'shape_free': True}
+
+DIMS: tuple[Dim, ...] = (
+    Dim('optimizer.learning_rate', 'optimization', 'float', 1e-5, 1.0, 'log', near=10,
+        **_SHAPE_FREE),
+    Dim('optimizer.schedule', 'optimization', 'choice', choices=('constant', 'cosine'),
+        **_SHAPE_FREE),
+    Dim('optimizer.warmup_steps', 'optimization', 'int', 0, 0.25, per='train.steps',
+        **_SHAPE_FREE),
+    Dim('optimizer.grad_clip_norm', 'optimization', 'float', 0.05, math.inf, 'log',
+        **_SHAPE_FREE),
+    *_fixed('optimization', 'optimizer.name', 'optimizer.momentum', 'optimizer.b1',
+            'optimizer.b2', 'optimizer.eps'),
+    Dim('optimizer.weight_decay', 'regularization', 'float', 1e-6, 0.1, 'log', **_SHAPE_FREE),
+    Dim('model.dropout', 'regularization', 'float', 0.0, 0.5, **_SHAPE_FREE),
+    Dim('train.label_smoothing', 'regularization', shape_free=True),
+    Dim('model.width', 'capacity', 'int', 8, 1024, 'log', multiple=8,
+        multiple_of='model.num_heads', families=frozenset({'mlp', 'transformer'}), near=4),
+    Dim('model.channels', 'capacity', 'int', 8, 1024, 'log', multiple=8, families=CONV,
+        sample=(8, 64)),
+    Dim('model.depth', 'capacity', 'int', 1, 8, sample=(1, 4)),
+    Dim('model.kernel_size', 'capacity', 'int', 1, 15, families=CONV),
+    *_fixed('capacity', 'model.num_heads', 'model.mlp_ratio'),
+    Dim('model.activation', 'architecture', 'choice', choices=('relu', 'gelu')),
+    Dim('model.normalization', 'architecture', 'choice', choices=('none', 'layernorm')),
+    Dim('model.residual', 'architecture', 'choice', choices=(False, True),
+        families=frozenset({'mlp'}) | CONV),
+    Dim('model.pooling', 'architecture', families=CONV),
+    Dim('model.name', 'architecture'),  # a family switch is its own operator
+    Dim('model.dtype', 'efficiency', 'choice', choices=('float32', 'bfloat16')),
+    Dim('model.remat', 'efficiency', 'choice', choices=(False, True)),
+    Dim('train.batch_size', 'efficiency', 'int', 8, 512, 'log', multiple=8, near=4),
+    *_fixed('efficiency', 'train.scan_steps'),
+    Dim('train.steps', 'schedule', 'int', 1, 4, 'log', multiple_of='train.eval_every',
+        per='start'),
+    *_fixed('schedule', 'train.eval_every', 'train.checkpoint_every', 'train.log_every'),
+)
+
+BY_PATH = {d.path: d for d in DIMS}
+# Knobs are matched by key as well, wherever a config puts them; `name` only by path.
+_BY_KEY = {d.key: d for d in DIMS if d.key != 'name'}
+
+
+def dim(path: str) -> Dim | None:
+  """The knob's declaration: by path, else by key (a `name` only by path)."""
+  return BY_PATH.get(path) or _BY_KEY.get(path.rpartition('.')[2])
+
+
+def _is_int(value: object) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)

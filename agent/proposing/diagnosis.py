@@ -1,0 +1,222 @@
+"""Reading a run the way a researcher does: symptoms, each a small pure function of the
+scorecard that returns a plain sentence with the numbers it saw (or None).
+
+The loss went non-finite, it spiked, train loss sits far below val loss, both are high,
+train loss was still falling when training stopped, steps are slow or memory is tight,
+and the mismatches a model family has with its inputs (a 1-D signal or an image under an
+MLP; the kind is the scorecard's `input_kind`, 'unknown' without one). The heuristic
+proposer turns symptoms into remedies; the LLM prompt shows them as a second opinion.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+from agent.editing import knobs
+
+SPIKE_RATE = 0.02  # spikes per seed-step below this are the noise of a near-zero loss
+
+# Symptom thresholds (losses in nats).
+OVERFIT_RATIO = 2.0  # val loss this many times the train loss ...
+OVERFIT_MIN_GAP = 0.1  # ... and this much above it
+VAL_RISE = 1.1  # final val loss this multiple of its minimum: rising
+UNDERFIT_LOSS = 0.5  # train loss above this ...
+UNDERFIT_GAP_RATIO = 1.25  # ... with val loss within this multiple of it
+STILL_FALLING = 0.05  # relative train-loss drop over the last evaluation interval
+SLOW_STEP_MS = 50.0
+HIGH_MEMORY_MB = 8192.0  # when the charter sets no memory cap
+MEMORY_CAP_FRACTION = 0.8
+
+
+def diagnose_nonfinite(card: Mapping[str, Any]) -> str | None:
+  """The run produced NaN or infinity: nothing else in the scorecard can be trusted."""
+  stability = card.get('stability') or {}
+  if card.get('status') != 'diverged' and not stability.get('nonfinite'):
+    return None
+  step = stability.get('nonfinite_step')
+  where = f' at step {step} of {card.get("steps", "?")}' if step is not None else ''
+  return (f'the loss went non-finite{where} (max grad norm '
+          f'{_num(_max(stability.get("max_grad_norm")))}): training diverged')
+
+
+def diagnose_spikes(card: Mapping[str, Any]) -> str | None:
+  """Sudden jumps of the training loss: the step size or gradients are too large at times."""
+  stability = card.get('stability') or {}
+  spikes = (stability.get('loss_spikes') or {}).get('total') or 0
+  seeds = len(card.get('seeds') or []) or 1
+  seed_steps = (card.get('steps_completed') or 0) * seeds
+  if spikes <= 0 or (seed_steps and spikes / seed_steps < SPIKE_RATE):
+    return None
+  return (f'{spikes} loss spike(s) over {seeds} seed(s) (max grad norm '
+          f'{_num(_max(stability.get("max_grad_norm")))}): training is unstable')
+
+
+def diagnose_overfitting(card: Mapping[str, Any]) -> str | None:
+  """Train loss far below val loss, or val loss rising from its minimum while train falls."""
+  points = _curve(card)
+  train, val = _final_losses(card, points)
+  if not (math.isfinite(train) and math.isfinite(val)):
+    return None
+  gap = val > OVERFIT_RATIO * train and val - train > OVERFIT_MIN_GAP
+  rising = ''
+  finite = [p for p in points if math.isfinite(p[2])]
+  if finite:
+    best = min(finite, key=lambda p: p[2])
+    if (best[0] < points[-1][0] and val > VAL_RISE * best[2] and train < best[1]):
+      rising = f', val loss up from its minimum {_num(best[2])} at step {best[0]}'
+  if not (gap or rising):
+    return None
+  return (f'train loss {_num(train)} vs val loss {_num(val)}{rising}: the '
+          f'{_model_name(card)} memorises the training set (overfitting)')
+
+
+def diagnose_underfitting(card: Mapping[str, Any]) -> str | None:
+  """Both losses high and close together: the model cannot even fit the training set."""
+  train, val = _final_losses(card, _curve(card))
+  if not (math.isfinite(train) and math.isfinite(val)):
+    return None
+  if train <= UNDERFIT_LOSS or val > UNDERFIT_GAP_RATIO * train:
+    return None
+  return (f'train loss {_num(train)} is high and close to val loss {_num(val)}: the '
+          f'{_model_name(card)} underfits (too little capacity or too little progress)')
+
+
+def diagnose_undertrained(card: Mapping[str, Any]) -> str | None:
+  """Train and val loss both still falling over the last interval: stopped too early."""
+  points = [p for p in _curve(card) if math.isfinite(p[1]) and math.isfinite(p[2])]
+  if len(points) < 2:
+    return None
+  (step0, train0, val0), (step1, train1, val1) = points[-2], points[-1]
+  if train0 <= 0 or (train0 - train1) / train0 <= STILL_FALLING or val1 >= val0:
+    return None
+  return (f'train loss still falling at the end ({_num(train0)} -> {_num(train1)} over the '
+          f'last {step1 - step0} steps, val loss {_num(val0)} -> {_num(val1)}): undertrained')
+
+
+def diagnose_slow(card: Mapping[str, Any]) -> str | None:
+  """Slow steps: the compute dtype or the batch is where time goes."""
+  p50 = _float((card.get('step_latency_ms') or {}).get('p50'))
+  if not p50 > SLOW_STEP_MS:
+    return None
+  return f'the median step takes {p50:.0f} ms (over {SLOW_STEP_MS:.0f} ms): steps are slow'
+
+
+def diagnose_memory(card: Mapping[str, Any], cap_mb: float = 0.0) -> str | None:
+  """Peak memory near the charter's cap (or, without a cap, simply large)."""
+  peak = _peak_memory_mb(card)
+  limit = MEMORY_CAP_FRACTION * cap_mb if cap_mb > 0 else HIGH_MEMORY_MB
+  if not peak > limit:
+    return None
+  against = f'cap {cap_mb:.0f} MB' if cap_mb > 0 else f'over {HIGH_MEMORY_MB:.0f} MB'
+  return f'peak memory {peak:.0f} MB ({against}): memory is tight'
+
+
+def input_kind(card: Mapping[str, Any]) -> str:
+  """What one example is, as the harness recorded it: 'signal', 'image', 'text', ..."""
+  kind = card.get('input_kind')
+  return kind if isinstance(kind, str) and kind else 'unknown'
+
+
+def diagnose_signal_under_mlp(dataset: str, family: str, kind: str) -> str | None:
+  """A 1-D signal under an MLP: the model must relearn every shift of every feature."""
+  if family != 'mlp' or kind != 'signal':
+    return None
+  return (f'{dataset} inputs are 1-D signals, but an MLP ignores their locality and '
+          'translation structure; a 1-D convolution shares weights along the signal')
+
+
+def diagnose_image_under_mlp(dataset: str, family: str, kind: str) -> str | None:
+  """An image under an MLP: no use of the 2-D neighbourhood of pixels."""
+  if family != 'mlp' or kind != 'image':
+    return None
+  return (f'{dataset} inputs are images, but an MLP flattens away their 2-D neighbourhoods; '
+          'a 2-D convolution shares weights across positions')
+
+
+def diagnose_char_lm_transformer(family: str, kind: str) -> str | None:
+  """A character LM under a transformer: width, depth and step size are the known levers."""
+  if family != 'transformer' or kind != 'text':
+    return None
+  return ('a character-level language model under a small transformer: width, depth and '
+          'learning rate are the levers that usually move bits per byte')
+
+
+def diagnose(card: Mapping[str, Any], *, dataset: str, family: str,
+             memory_cap_mb: float = 0.0) -> dict[str, str]:
+  """Every symptom that holds, by name; a diverged run's losses are not read further."""
+  kind = input_kind(card)
+  found = {'nonfinite': diagnose_nonfinite(card), 'spikes': diagnose_spikes(card)}
+  if not found['nonfinite']:
+    found |= {'overfitting': diagnose_overfitting(card),
+              'underfitting': diagnose_underfitting(card),
+              'undertrained': diagnose_undertrained(card)}
+  found |= {'slow': diagnose_slow(card), 'memory': diagnose_memory(card, memory_cap_mb),
+            'signal_under_mlp': diagnose_signal_under_mlp(dataset, family, kind),
+            'image_under_mlp': diagnose_image_under_mlp(dataset, family, kind),
+            'char_lm_transformer': diagnose_char_lm_transformer(family, kind)}
+  return {name: text for name, text in found.items() if text}
+
+
+def headline(card: Mapping[str, Any]) -> str:
+  """The incumbent in one phrase: its validation metric and final losses."""
+  metric = (card.get('metric') or {}).get('name', 'metric')
+  train, val = _final_losses(card, _curve(card))
+  return (f'val {metric} {_num(_float((card.get("val_metric") or {}).get("mean")))} '
+          f'(val loss {_num(val)}, train loss {_num(train)})')
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _curve(card: Mapping[str, Any]) -> list[tuple[int, float, float]]:
+  """(step, mean train loss, mean val loss) per evaluation, NaN where unknown."""
+  return [(int(p.get('step', 0)), _mean(p.get('train_loss')), _mean(p.get('val_loss')))
+          for p in card.get('curve') or []]
+
+
+def _final_losses(card: Mapping[str, Any],
+                  points: list[tuple[int, float, float]]) -> tuple[float, float]:
+  """(train, val) at the end: the last curve point, else the scorecard's summaries."""
+  if points:
+    return points[-1][1], points[-1][2]
+  return (_float((card.get('train_loss') or {}).get('mean')),
+          _float((card.get('val_loss') or {}).get('mean')))
+
+
+def _peak_memory_mb(card: Mapping[str, Any]) -> float:
+  memory = card.get('memory') or {}
+  peak = memory.get('device_peak_bytes')
+  if peak is None:
+    peak = (memory.get('compiled_bytes') or {}).get('peak')
+  return _float(peak) / 2**20
+
+
+def _model_name(card: Mapping[str, Any]) -> str:
+  family = ((card.get('config') or {}).get('model') or {}).get('name')
+  return knobs.family_name(str(family), knobs.checkout_families(), 'model')
+
+
+def _mean(values: Any) -> float:
+  """Mean of the finite entries of a per-seed list (JSON null is NaN); NaN if none."""
+  finite = [v for v in map(_float, values or []) if math.isfinite(v)]
+  return sum(finite) / len(finite) if finite else math.nan
+
+
+def _max(summary: Any) -> float:
+  finite = [v for v in map(_float, (summary or {}).get('per_seed') or []) if math.isfinite(v)]
+  return max(finite) if finite else math.nan
+
+
+def _float(value: Any) -> float:
+  return float(value) if _is_number(value) else math.nan
+
+
+def _is_number(value: Any) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _num(x: float) -> str:
+  return f'{x:.3g}' if math.isfinite(x) else 'n/a'
+
+

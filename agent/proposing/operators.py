@@ -1,0 +1,420 @@
+"""The heuristic's edit operators: each a named kind of change to an incumbent.
+
+Numeric operators are one `Move` along a Dim of the declared space (agent.editing.space):
+up or down by a drawn factor or increment, rounded the way a person writes values, kept
+inside the Dim's bounds. Categorical operators set one knob (`Switch`), the family switches
+rewrite the model section for another constructor, and the source operators change one
+keyword of the model code. Each draws from the generator it is given, in a fixed order, so
+a seed replays; a None is "not applicable here".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import re
+from typing import Callable, Mapping
+
+import numpy as np
+
+from agent.editing import knobs, source_edit, space
+from agent.editing.config_edit import ConfigEdit, EditError, Scalar, literal_code
+
+
+@dataclasses.dataclass(frozen=True)
+class Incumbent:
+  """What operators read: the experiment text, its knob values and the model family."""
+  text: str
+  values: Mapping[str, Scalar]
+  family: str
+  signature: Mapping[str, object]  # the family's constructor keys and defaults
+  files: Mapping[str, str]
+  start_steps: int
+  families: Mapping[str, tuple[str, str]]  # the run's model registry: name -> (file, class)
+  head: str = ''  # the class whose __init__ builds the family (it holds the output head)
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+  """An operator's edit, with the words for it; `expected` may use {metric}, {better}, {unit}."""
+  what: str
+  why: str  # used when no symptom nominated the operator
+  expected: str
+  edits: tuple[ConfigEdit, ...] = ()
+  source: tuple[str, str] | None = None  # (model file, new text) for a source edit
+
+
+Build = Callable[[Incumbent, np.random.Generator], Change | None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Operator:
+  """A named kind of edit; `requires` lists symptoms of which one must hold (empty: any)."""
+  name: str
+  build: Build
+  requires: frozenset[str] = frozenset()
+  source: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Move:
+  """One step along the Dim at `path`, strictly up or down, or None.
+
+  The step multiplies by a factor drawn log-uniform from `by` (`uniform`: uniform), or
+  with `add` adds a draw from `by` (integers for an int Dim, times `unit`); equal ends
+  draw nothing. A knob at or below zero with a `start` is switched on instead: to
+  `start`, or to a draw from that range, log-uniform (uniform to the nearest 1/`grid`
+  with a grid), times the value the Dim's bounds scale with. `what` and `expected` may
+  use {old}, {new}, {ratio} (new/old) and {model} (the family in words).
+  """
+  path: str
+  up: bool
+  by: tuple[float, float]
+  what: str
+  why: str
+  expected: str
+  add: bool = False
+  unit: int = 1
+  uniform: bool = False
+  start: tuple[float, float] | float | None = None
+  grid: int = 0
+  what_on: str = ''  # the words when the knob is switched on, if they differ
+
+  def __call__(self, inc: Incumbent, rng: np.random.Generator) -> Change | None:
+    dim = space.BY_PATH[self.path]
+    value = functools.partial(_current, inc)
+    old = value(self.path)
+    if not (_is_int(old) if dim.kind == 'int' else _is_number(old)):
+      return None
+    step = dim.step(value) if dim.kind == 'int' else 1
+    bounds = dim.bounds(value, inc.start_steps, step)
+    if bounds is None:
+      return None
+    on = self.start is not None and old <= 0
+    new = min(bounds[1], max(bounds[0], dim.snap(
+        self._start(rng, bounds, dim, value) if on else self._step(rng, old, dim), step)))
+    if not (new > old if self.up or on else new < old):  # switching on always raises
+      return None
+    new = float(new) if dim.kind == 'float' else new
+    words = dict(old=literal_code(old), new=literal_code(new), ratio=f'{new / old:.1f}'
+                 if old else '', model=knobs.family_name(inc.family, inc.families, 'model'))
+    return Change(_fill(self.what_on if on and self.what_on else self.what, words), self.why,
+                  _fill(self.expected, words), (_edit(inc, self.path, new),))
+
+  def _step(self, rng: np.random.Generator, old: float, dim: space.Dim) -> float:
+    lo, hi = self.by
+    if lo == hi:
+      delta = lo
+    elif self.add:
+      delta = self.unit * int(rng.integers(lo, hi)) if dim.kind == 'int' else rng.uniform(lo, hi)
+    else:
+      delta = rng.uniform(lo, hi) if self.uniform else _log_uniform(rng, lo, hi)
+    if self.add:
+      return old + delta if self.up else old - delta
+    return old * delta if self.up else old / delta
+
+  def _start(self, rng: np.random.Generator, bounds: tuple[float, float], dim: space.Dim,
+             value: Callable[[str], Scalar | None]) -> float:
+    if not isinstance(self.start, tuple):
+      return self.start
+    if self.grid:
+      return round(rng.uniform(*self.start) * self.grid) / self.grid
+    ref = value(dim.per) if dim.per and dim.per != 'start' else 1
+    return _log_uniform(rng, *self.start) * ref
+
+
+@dataclasses.dataclass(frozen=True)
+class Switch:
+  """Sets a categorical knob the family has, unless it already holds the value."""
+  path: str
+  value: Scalar
+  what: str
+  why: str
+  expected: str
+
+  def __call__(self, inc: Incumbent, rng: np.random.Generator) -> Change | None:
+    old = _current(inc, self.path)
+    if old is None or old == self.value or type(old) is not type(self.value):
+      return None
+    return Change(f'{self.what} ({self.path} {literal_code(old)} -> '
+                  f'{literal_code(self.value)})', self.why, self.expected,
+                  (_edit(inc, self.path, self.value),))
+
+
+_MORE_CAPACITY = ('lower train loss; val {metric} {better} by about 1-3{unit} if capacity was '
+                  'the limit; step time up')
+_LESS_CAPACITY = ('smaller train/val gap; val {metric} {better} by about 0.5-2{unit}; step time '
+                  'down')
+
+
+def _resize(name: str, path: str, noun: str, up: bool) -> Operator:
+  """A width-like knob times (or over) 1.5-2, on multiples of 8 (and of the head count)."""
+  if up:
+    return Operator(name, Move(path, True, (1.5, 2.0), f'raise the {noun} {{old}} -> {{new}}',
+                               'for more capacity', _MORE_CAPACITY))
+  return Operator(name, Move(path, False, (1.5, 2.0), f'lower the {noun} {{old}} -> {{new}}',
+                             'so the model has less room to memorise', _LESS_CAPACITY))
+
+
+def _residual_on(inc: Incumbent, rng: np.random.Generator) -> Change | None:
+  depth = _current(inc, 'model.depth')
+  if not (_is_int(depth) and depth >= 2):  # skips join equal widths only: needs 2+ blocks
+    return None
+  return Switch('model.residual', True, 'add residual connections between blocks',
+                'so gradients reach the early layers directly',
+                'faster optimisation of the deeper layers; val {metric} {better} by about '
+                '0.5-2{unit}; cost unchanged')(inc, rng)
+
+
+def _family_switch(target: str, expected: str) -> Build:
+  """model.name -> target, with the model keys replaced by the target's constructor keys.
+
+  Structural keys both families share (activation, dropout, dtype, ...) keep the
+  incumbent's values; capacity keys take the target's defaults, except channels (16 or
+  32), kernel size 5 and flatten pooling, which suit small signals and images.
+  """
+  def build(inc: Incumbent, rng: np.random.Generator) -> Change | None:
+    signature = constructor(inc.files, inc.families, target)[1]
+    if inc.family == target or not signature:
+      return None
+    present = [p.partition('.')[2] for p in inc.values if p.startswith('model.')]
+    chosen = {'channels': int(rng.choice([16, 32])), 'kernel_size': 5, 'pooling': 'flatten'}
+    edits = [ConfigEdit('model.name', target)]
+    if inc.values.get('train.scan_steps') is True:  # XLA:CPU runs convs inside loops ~10x slower
+      edits.append(ConfigEdit('train.scan_steps', False))
+    edits += [ConfigEdit(f'model.{k}', op='remove') for k in present
+              if k != 'name' and k not in signature]
+    after, values = 'model.name', {}
+    for key, default in signature.items():
+      path = f'model.{key}'
+      if key in chosen:
+        value = chosen[key]
+      elif key in present and knobs.categorize(path) != 'capacity':
+        after = path
+        continue
+      elif default is knobs.REQUIRED:
+        return None
+      elif isinstance(default, knobs.Expr):
+        continue  # not writable as a literal; the constructor's own default applies
+      else:
+        value = default
+      values[key] = value
+      edits.append(ConfigEdit(path, value) if key in present
+                   else ConfigEdit(path, value, op='add', after=after))
+      after = path
+    shape = ', '.join(f'{k} {literal_code(values[k])}' for k in (
+        'depth', 'channels', 'kernel_size', 'pooling') if k in values)
+    return Change(f'switch the model from '
+                  f'{knobs.family_name(inc.family, inc.families, inc.family)} to '
+                  f'{knobs.family_name(target, inc.families, target)} ({shape})',
+                  'for the inductive bias the data has', expected, tuple(edits))
+  return build
+
+
+# Hidden-layer blocks the He-init operator knows, with the layer that feeds the activation.
+_HIDDEN_LAYERS = {'DenseBlock': 'Linear', 'ConvBlock': 'Conv'}
+_RELU_LIKE = ('relu', 'gelu', 'silu', 'elu')
+
+
+def _init_he(inc: Incumbent, rng: np.random.Generator) -> Change | None:
+  path, text = _model_file(inc)
+  if text is None or _current(inc, 'model.activation') not in _RELU_LIKE:
+    return None
+  block = next((b for b in _HIDDEN_LAYERS if re.search(rf'^class {b}\b', text, re.M)), None)
+  if block is None:
+    return None
+  callee = _HIDDEN_LAYERS[block]
+  new = source_edit.replace_call_keyword(text, block, callee, 'kernel_init',
+                                         'nnx.initializers.he_normal()')
+  return Change(f'initialise the hidden {callee} layers of {block} in {path} He-normal '
+                '(kernel_init) instead of LeCun-normal',
+                'so ReLU-like activations keep their variance from layer to layer',
+                'faster early training; val {metric} {better} by up to about 1 point; cost '
+                'unchanged', source=(path, new))
+
+
+def _head_zero_init(inc: Incumbent, rng: np.random.Generator) -> Change | None:
+  path, text = _model_file(inc)
+  if text is None or not inc.head:
+    return None
+  new = source_edit.replace_call_keyword(text, inc.head, 'Linear', 'kernel_init',
+                                         'nnx.initializers.zeros_init()')
+  return Change(f'zero-initialise the output head of {inc.head} in {path}',
+                'so training starts from uniform predictions instead of random confident ones',
+                'smoother start and slightly lower final loss; val {metric} {better} by up '
+                'to about 1 point; cost unchanged', source=(path, new))
+
+
+# In this order: the bandit draws for its candidates in it, so a seed replays only with it.
+OPERATORS: dict[str, Operator] = {op.name: op for op in (
+    Operator('lr_up', Move(
+        'optimizer.learning_rate', True, (1.5, 3.0), 'raise the learning rate {old} -> {new}',
+        'so each step makes more progress', 'lower final train loss; val {metric} {better} '
+        'if the run was step-limited; train time unchanged')),
+    Operator('lr_down', Move(
+        'optimizer.learning_rate', False, (1.5, 3.0), 'lower the learning rate {old} -> {new}',
+        'for smaller, steadier steps', 'steadier loss and a lower final val loss; val '
+        '{metric} {better} by about 0.5-2{unit} if the step size was too large; train time '
+        'unchanged')),
+    Operator('warmup', Move(
+        'optimizer.warmup_steps', True, (1.5, 3), 'lengthen the warmup {old} -> {new} steps',
+        'so the first steps do not blow up the freshly initialised weights',
+        'no early loss spikes; val {metric} about the same or slightly {better}; train time '
+        'unchanged', uniform=True, start=(0.02, 0.08), what_on='add {new} warmup steps')),
+    Operator('schedule_cosine', Switch(
+        'optimizer.schedule', 'cosine', 'anneal the learning rate with a cosine schedule',
+        'so late steps refine instead of bouncing around the minimum',
+        'lower final losses; val {metric} {better} by about 0.5-2{unit}; train time '
+        'unchanged')),
+    Operator('clip', Move(
+        'optimizer.grad_clip_norm', False, (2.0, 4.0),
+        'tighten gradient clipping {old} -> {new}',
+        'so a rare huge gradient cannot throw the weights off', 'no loss spikes or '
+        'divergence; val {metric} unchanged or {better}; train time unchanged',
+        start=(0.5, 2.0), what_on='clip gradients at global norm {new}')),
+    Operator('wd_up', Move(
+        'optimizer.weight_decay', True, (3.0, 10.0), 'raise weight decay {old} -> {new}',
+        'to keep the weights small and the function smoother', 'smaller train/val gap; val '
+        '{metric} {better} by about 1-3{unit}; train time unchanged', start=1e-4)),
+    Operator('dropout_up', Move(
+        'model.dropout', True, (0.05, 0.15), 'raise dropout {old} -> {new}',
+        'so units cannot co-adapt to memorise examples', 'higher train loss, smaller '
+        'train/val gap; val {metric} {better} by about 1-3{unit}; train time about the same',
+        add=True, start=(0.1, 0.25), grid=20)),
+    _resize('width_up', 'model.width', 'width', up=True),
+    _resize('width_down', 'model.width', 'width', up=False),
+    _resize('channels_up', 'model.channels', 'channel count', up=True),
+    Operator('depth_up', Move(
+        'model.depth', True, (1, 3), 'deepen the {model} {old} -> {new} layers',
+        'for more capacity and more composed features', 'lower train loss; val {metric} '
+        '{better} by about 1-3{unit} if capacity was the limit; train time up by about the '
+        'depth ratio', add=True)),
+    Operator('depth_down', Move(
+        'model.depth', False, (1, 1), 'make the {model} shallower {old} -> {new} layers',
+        'so it has less room to memorise', 'smaller train/val gap; val {metric} {better} by '
+        'about 0.5-2{unit}; train time down', add=True)),
+    Operator('steps_up', Move(
+        'train.steps', True, (1.5, 2.0), 'train longer {old} -> {new} steps',
+        'so the model converges', 'lower final losses; val {metric} {better} by about '
+        '1-3{unit}; train time up about {ratio}x')),
+    Operator('batch_up', Move(
+        'train.batch_size', True, (1.5, 2.0), 'raise the batch size {old} -> {new}',
+        'so each step sees more examples with less gradient noise', 'smoother, lower train '
+        'loss; val {metric} {better} if training was noise-limited; step time up, '
+        'examples/s up')),
+    Operator('batch_down', Move(
+        'train.batch_size', False, (1.5, 2.0), 'lower the batch size {old} -> {new}',
+        'for noisier gradients that regularise and less memory per step', 'smaller '
+        'train/val gap and lower peak memory; val {metric} about the same or {better}; step '
+        'time down')),
+    Operator('normalization_layernorm', Switch(
+        'model.normalization', 'layernorm', 'add layer normalisation to every block',
+        'so activations stay well scaled whatever the learning rate', 'faster, steadier '
+        'training; val {metric} {better} by about 0.5-2{unit}; step time up slightly')),
+    Operator('residual_on', _residual_on),
+    Operator('activation_gelu', Switch(
+        'model.activation', 'gelu', 'use GELU activations', 'so no unit dies at zero '
+        'gradient', 'val {metric} about the same or slightly {better}; step time up '
+        'slightly')),
+    Operator('kernel_up', Move(  # odd stays odd: 'SAME' padding is centred
+        'model.kernel_size', True, (1, 3), 'widen the convolution kernels {old} -> {new}',
+        'for a larger receptive field', 'val {metric} {better} by about 0.5-2{unit} if '
+        'patterns are wider than the kernel; step time up about the kernel ratio', add=True,
+        unit=2)),
+    Operator('dtype_bf16', Switch(
+        'model.dtype', 'bfloat16', 'compute in bfloat16 (parameters stay float32)',
+        'to halve activation memory and use faster matrix units', 'step time and peak '
+        'memory down by up to 2x on accelerators; val {metric} within noise'),
+        requires=frozenset({'slow', 'memory'})),
+    Operator('remat_on', Switch(
+        'model.remat', True, 'recompute block activations in the backward pass',
+        'to trade compute for memory', 'peak memory down; step time up by about 20-30%; val '
+        '{metric} unchanged (same numbers)'), requires=frozenset({'memory'})),
+    Operator('to_cnn1d', _family_switch('cnn1d', (
+        'val {metric} {better} by 10+{unit} (on MNIST-1D small CNNs reach 85%+ where an MLP '
+        'stalls near 65%); step time up about 2-3x')),
+        requires=frozenset({'signal_under_mlp'})),
+    Operator('to_cnn2d', _family_switch('cnn2d', (
+        'val {metric} {better} by 2-5{unit}; step time up about 2-3x')),
+        requires=frozenset({'image_under_mlp'})),
+    Operator('init_he', _init_he, source=True),
+    Operator('head_zero_init', _head_zero_init, source=True),
+)}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def run_families(files: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+  """The run's model registry (models/__init__.py as observed, else the checkout's)."""
+  registry = files.get(f'models/{knobs.REGISTRY}')
+  try:
+    return knobs.families(registry) if registry is not None else knobs.checkout_families()
+  except knobs.KnobError:
+    return {}
+
+
+def constructor(files: Mapping[str, str], families: Mapping[str, tuple[str, str]],
+                family: str) -> tuple[str, dict[str, object]]:
+  """(class whose __init__ builds the family, its keys and defaults), read from the observed
+  model file (else the checkout's); ('', {}) when unknown or unreadable."""
+  if family not in families:
+    return '', {}
+  filename, class_name = families[family]
+  text = files.get(f'models/{filename}')
+  if text is None:
+    try:
+      text = (knobs.MODELS_DIR / filename).read_text(encoding='utf-8')
+    except OSError:
+      return '', {}
+  owner, signature = _constructor(text, class_name)
+  return owner, dict(signature)
+
+
+@functools.lru_cache(maxsize=32)
+def _constructor(text: str, class_name: str) -> tuple[str, tuple[tuple[str, object], ...]]:
+  try:
+    owner, signature = knobs.constructor(text, class_name, class_name)
+  except (knobs.KnobError, EditError):
+    return '', ()
+  return owner, tuple(signature.items())
+
+
+def _model_file(inc: Incumbent) -> tuple[str, str | None]:
+  """(path, text) of the family's source file as observed; text None if not editable here."""
+  if inc.family not in inc.families:
+    return '', None
+  path = f'models/{inc.families[inc.family][0]}'
+  return path, inc.files.get(path)
+
+
+def _current(inc: Incumbent, path: str) -> Scalar | None:
+  """The knob's value: the config's, else for a model key the constructor's literal default."""
+  if path in inc.values:
+    return inc.values[path]
+  section, _, key = path.rpartition('.')
+  default = inc.signature.get(key) if section == 'model' else None
+  return default if isinstance(default, (bool, int, float, str)) else None
+
+
+def _edit(inc: Incumbent, path: str, value: Scalar) -> ConfigEdit:
+  """Set the line if the experiment has it; add it (a model key left at its default) if not."""
+  return ConfigEdit(path, value, op='set' if path in inc.values else 'add')
+
+
+def _fill(template: str, words: Mapping[str, str]) -> str:
+  """The template with `words` in; {metric}, {better} and {unit} are left for the proposal."""
+  return template.format(**words, metric='{metric}', better='{better}', unit='{unit}')
+
+
+def _is_number(value: object) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value: object) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+  return math.exp(rng.uniform(math.log(lo), math.log(hi)))
