@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.editing.knobs import REQUIRED, Expr, KnobError, categorize, inventory, model_signature
+from agent.editing.knobs import (REQUIRED, Expr, KnobError, categorize, families, family_name,
+                                 inventory, model_signature)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ['mnist1d_mlp', 'digits_mlp', 'charlm_transformer']
@@ -80,9 +81,29 @@ def test_inventory_reads_without_running_the_file(tmp_path):
       'model.width', -8, 'int', 7, 'negative on purpose')
 
 
+REGISTRY = (ROOT / 'models' / '__init__.py').read_text()
+
+
 def write_models(tmp_path, source, filename='cnn.py'):
+  (tmp_path / '__init__.py').write_text(REGISTRY)
   (tmp_path / filename).write_text(source)
   return tmp_path
+
+
+def test_families_are_read_from_the_registry():
+  assert families(REGISTRY) == {'mlp': ('mlp.py', 'MLP'), 'cnn1d': ('cnn.py', 'CNN1D'),
+                                'cnn2d': ('cnn.py', 'CNN2D'),
+                                'transformer': ('transformer.py', 'Transformer')}
+  assert families('from .res import ResNet as R\nMODELS = {"resnet": R, "x": Unknown}\n') == {
+      'resnet': ('res.py', 'ResNet')}
+  with pytest.raises(KnobError, match='no MODELS dict'):
+    families('from models.mlp import MLP\n')
+  with pytest.raises(KnobError, match='line 1'):
+    families('MODELS = {\n')
+  names = families(REGISTRY)
+  assert [family_name(f, names, '?') for f in names] == ['MLP', '1-D CNN', '2-D CNN',
+                                                         'transformer']
+  assert family_name('resnet', names, 'model') == 'model'
 
 
 def test_signature_follows_a_base_class_and_drops_harness_arguments(tmp_path):
@@ -98,6 +119,9 @@ def test_signature_follows_a_base_class_and_drops_harness_arguments(tmp_path):
 
 
 def test_signature_errors_are_clear(tmp_path):
+  with pytest.raises(KnobError, match='cannot read .*__init__.py'):
+    model_signature(tmp_path, 'mlp')
+  (tmp_path / '__init__.py').write_text(REGISTRY)
   with pytest.raises(KnobError, match='unknown model family'):
     model_signature(tmp_path, 'resnet')
   with pytest.raises(KnobError, match='cannot read'):

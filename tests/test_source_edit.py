@@ -105,5 +105,6 @@ def test_against_the_shipped_mlp(tmp_path):
   new = replace_call_keyword(new, 'MLP', 'nnx.Linear', 'use_bias', 'False')
   assert len(changed_lines(source, new)) == 4
   (tmp_path / 'mlp.py').write_text(new)
+  (tmp_path / '__init__.py').write_text((ROOT / 'models' / '__init__.py').read_text())
   assert model_signature(tmp_path, 'mlp')['width'] == 256
   compile(new, 'mlp.py', 'exec')
