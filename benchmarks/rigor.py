@@ -111,7 +111,7 @@ def false_acceptance(size: Size, work: Path, say: Say) -> dict[str, Any]:
           f'{n} {h / draws:.2%}' for n, h in hits.items()))
     tasks[task] = {'population': values.tolist(), 'seed_std': float(values.std(ddof=1)),
                    'rates': rates}
-  return {'policy': dataclasses.asdict(rule), 'tasks': tasks}
+  return {'policy': dataclasses.asdict(rule.acceptance), 'tasks': tasks}  # costs never bind
 
 
 def replication(size: Size, work: Path, say: Say, found: dict[str, Any]) -> dict[str, Any]:
