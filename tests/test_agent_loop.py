@@ -18,7 +18,8 @@ from agent.editing import config_edit, knobs
 from agent.loop import Loop, RunHalted
 from agent.proposing.proposal import NoProposal, Observation, Proposal, ProposalFailed
 from agent.recording.journal import Journal
-from agent.recording.state import RunConfig, RunState
+from agent.recording.records import RunConfig
+from agent.recording.state import RunState
 from agent.safety.executor import TrialOutcome
 from tests.agent_workspace import (TINY_EXPERIMENT, fake_scorecard, git, make_workspace,
                                    write_scorecard)

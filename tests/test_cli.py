@@ -20,7 +20,8 @@ from agent import main as agent_main
 from agent.charter import load_charter
 from agent.loop import Loop
 from agent.recording.journal import Journal
-from agent.recording.state import RunConfig, RunState
+from agent.recording.records import RunConfig
+from agent.recording.state import RunState
 from harness import scorecard as sc
 from tests.agent_workspace import git
 from tests.conftest import ROOT, load_experiment, run_binary, tiny

@@ -21,7 +21,8 @@ from agent.charter import load_charter
 from agent.loop import Loop
 from agent.proposing.proposal import NoProposal, Observation, Proposal
 from agent.recording.journal import Journal
-from agent.recording.state import RunConfig, RunState
+from agent.recording.records import RunConfig
+from agent.recording.state import RunState
 from tests.agent_workspace import TINY_EXPERIMENT, git, make_workspace
 
 MODEL = 'models/mlp.py'
