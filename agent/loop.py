@@ -149,14 +149,16 @@ class Loop:
 
   # ---- running --------------------------------------------------------------------------
   def _run(self, workdir: Path, first_seed: int, *, on_curve=None,
-           worktree: Path | None = None, experiment: str | None = None) -> TrialOutcome:
+           worktree: Path | None = None, experiment: str | None = None,
+           timeout_s: float | None = None) -> TrialOutcome:
     if workdir.exists():  # an interrupted attempt: keep it beside, never overwrite it
       workdir.rename(workdir.with_name(f'{workdir.name}.interrupted-{int(time.time())}'))
     experiment = experiment or self.config.experiment
     inputs, targets = self.data[experiment]
     spec = TrialSpec(worktree=worktree or self.worktree.path, experiment=experiment,
                      workdir=workdir, seeds=self.config.seeds, first_seed=first_seed,
-                     timeout_s=self._timeout(), limits=self.charter.trial, inputs=inputs)
+                     timeout_s=timeout_s or self._timeout(), limits=self.charter.trial,
+                     inputs=inputs)
     scorer = scoring.Scorer(targets, self.config.seeds)
     outcome = self.execute(spec, scorer=scorer, on_curve=on_curve)
     self._check_repository(f'the trial in {workdir}')
@@ -297,9 +299,13 @@ class Loop:
     self.worktree.reset_to(final.commit)
     self._prepare_data(final=True)
     arms = {}
+    # The minute budget bounds the search; the one test evaluation it ends with gets the
+    # charter's full per-trial time, or a search that used its budget would end untested.
+    timeout_s = self.charter.trial.timeout_minutes * 60
     for name, tree in (('baseline', start_tree), ('final', self.worktree.path)):
       self.say(f'[final] evaluating the {name} on fresh seeds and the test split')
-      outcome = self._run(self.run_dir / 'final' / name, FINAL_FIRST_SEED, worktree=tree)
+      outcome = self._run(self.run_dir / 'final' / name, FINAL_FIRST_SEED, worktree=tree,
+                          timeout_s=timeout_s)
       arms[name] = _final_arm(outcome)
     results = records.FinalEval(**arms, commit={'baseline': self.config.start_commit,
                                                 'final': final.commit})

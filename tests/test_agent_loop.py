@@ -96,8 +96,8 @@ def make_loop(tmp_path, proposer, runner, trials, charter_text=None, **config):
   run_dir = repo / 'runs' / 'r1'
   journal = Journal.open(run_dir / 'journal.sqlite')
   config = RunConfig(run_id='r1', experiment=TINY_EXPERIMENT, proposer=proposer.name, seeds=3,
-                     budget_trials=trials, budget_minutes=60, budget_compute_seconds=0,
-                     start_commit=git(repo, 'rev-parse', 'HEAD'), **config)
+                     budget_trials=trials, start_commit=git(repo, 'rev-parse', 'HEAD'),
+                     **{'budget_minutes': 60, 'budget_compute_seconds': 0, **config})
   charter = load_charter(repo / 'WORKSPACE.md')
   settings = {k: v for k, v in dataclasses.asdict(charter).items() if k != 'prose'}
   journal.append('run_started', {'config': dataclasses.asdict(config), 'charter': settings})
@@ -351,3 +351,4 @@ def test_a_change_to_the_repositorys_git_settings_during_a_trial_halts_the_run(t
   with pytest.raises(RunHalted, match='git settings'):
     loop.run()
   assert not journal.records('verdict')  # nothing after the trial ran, git included
+

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import shutil
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -300,3 +301,19 @@ def test_a_run_whose_winner_was_approved_in_review_verifies(tmp_path):
   review.decide(journal, repo, loop.run_dir, 1, approved=True, why='fine', reviewer='alice')
   assert git(repo, 'rev-parse', 'agent/r1') == journal.last('review').payload['commit']
   assert verify_run(repo, journal) is None
+
+
+def test_the_final_evaluation_gets_the_charters_trial_time_when_the_search_spent_its_budget(
+    tmp_path):
+  timeouts: dict[str, float] = {}
+  base = FinalRunner()
+
+  def runner(spec, scorer=None, on_curve=None):
+    timeouts[f'{spec.workdir.parent.name}/{spec.workdir.name}'] = spec.timeout_s
+    return base(spec, scorer, on_curve)
+
+  _, loop, _ = make_loop(tmp_path, ScriptedProposer([]), runner, trials=0, budget_minutes=0.01)
+  loop.run()
+  time.sleep(0.7)  # the minute budget (0.6 s) is spent: a search trial would get the 30 s floor
+  loop.final_evaluation()
+  assert timeouts['final/baseline'] == timeouts['final/final'] == 10 * 60
