@@ -351,4 +351,3 @@ def test_a_change_to_the_repositorys_git_settings_during_a_trial_halts_the_run(t
   with pytest.raises(RunHalted, match='git settings'):
     loop.run()
   assert not journal.records('verdict')  # nothing after the trial ran, git included
-
