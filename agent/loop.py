@@ -33,6 +33,9 @@ from harness import scoring, trial_inputs
 from harness.scorecard import SCORECARD, TEST_SCORECARD, read_json
 
 FINAL_FIRST_SEED = 1_000_000  # never used during the search
+# The workspace's JAX compilation cache, beside the runs (a run id starts with a letter or a
+# digit, so no run is named so); each trial sees only its own code's folder in it.
+COMPILE_CACHE = '_compile-cache'
 Executor = Callable[..., TrialOutcome]
 
 
@@ -158,7 +161,7 @@ class Loop:
     spec = TrialSpec(worktree=worktree or self.worktree.path, experiment=experiment,
                      workdir=workdir, seeds=self.config.seeds, first_seed=first_seed,
                      timeout_s=timeout_s or self._timeout(), limits=self.charter.trial,
-                     inputs=inputs)
+                     inputs=inputs, compile_cache=self.run_dir.parent / COMPILE_CACHE)
     scorer = scoring.Scorer(targets, self.config.seeds)
     outcome = self.execute(spec, scorer=scorer, on_curve=on_curve)
     self._check_repository(f'the trial in {workdir}')

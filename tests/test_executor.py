@@ -15,11 +15,13 @@ filesystem boundary itself are skipped without it.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
 import os
 import pickle
+import shutil
 import signal
 import socket
 import subprocess
@@ -682,6 +684,75 @@ def test_a_trial_writes_only_its_output_and_reads_nothing_beside_its_worktree(fa
   assert _tree(spec.worktree) == worktree and _tree(spec.inputs) == inputs
 
 
+CACHE_PROBE = '''
+import errno
+cache = Path(os.environ['JAX_COMPILATION_CACHE_DIR']) if 'JAX_COMPILATION_CACHE_DIR' in os.environ else None
+def attempt(action):
+  try:
+    action()
+    return 'ok'
+  except OSError as e:
+    return errno.errorcode.get(e.errno, str(e.errno))
+if cache:
+  note(cache=str(cache), entries=sorted(os.listdir(cache)), beside=sorted(os.listdir(cache.parent)),
+       write_beside=attempt(lambda: (cache.parent / 'planted').mkdir()),
+       write_own=attempt(lambda: (cache / f'entry-{CODE}').write_text('compiled')))
+else:
+  note(cache=None)
+point(1)
+finish()
+'''
+
+
+def _commit(worktree: Path, code: str) -> str:
+  """Commits the worktree as the code named `code` (the fake plants entries named after it)
+  and returns its tree."""
+  main = worktree / 'harness' / 'main.py'
+  main.write_text(main.read_text().split('\nCODE = ')[0] + f'\nCODE = {code!r}\n' + CACHE_PROBE)
+  git = lambda *args: subprocess.run(['git', '-c', 'user.name=t', '-c', 'user.email=t@t', *args],
+                                     cwd=worktree, check=True, capture_output=True, text=True)
+  if not (worktree / '.git').exists():
+    git('init', '-q')
+  git('add', '-A')
+  git('commit', '-q', '--allow-empty', '-m', code)
+  return git('rev-parse', 'HEAD^{tree}').stdout.strip()
+
+
+@needs_bwrap
+def test_a_trial_sees_only_its_own_codes_compile_cache(fake, tmp_path):
+  """An entry one code's trial wrote (a compiled program JAX would run) is seen by later
+  trials of that same code only: other code's cannot list it, and nothing a trial writes
+  beside its own folder reaches the cache."""
+  cache_root = tmp_path / 'cache'
+  spec = fake('', compile_cache=cache_root)
+  runs = iter(range(100))
+
+  def trial(code: str) -> tuple[str, dict[str, Any]]:
+    tree = _commit(spec.worktree, code)
+    this = dataclasses.replace(spec, workdir=tmp_path / f'out-{next(runs)}')
+    assert run(this).status == 'ok'
+    return tree, _note(this)
+
+  tree_a, seen = trial('a')
+  assert seen == {'cache': str(cache_root / tree_a), 'entries': [], 'beside': [tree_a],
+                  'write_beside': seen['write_beside'], 'write_own': 'ok'}
+  tree_b, seen = trial('b')  # other code: its own, empty folder, and no sight of a's
+  assert seen['cache'] == str(cache_root / tree_b)
+  assert seen['entries'] == [] and seen['beside'] == [tree_b]
+  assert trial('a') == (tree_a, {**seen, 'cache': str(cache_root / tree_a),
+                                 'entries': ['entry-a'], 'beside': [tree_a]})
+  assert sorted(os.listdir(cache_root)) == sorted([tree_a, tree_b])  # nothing planted beside
+  (spec.worktree / 'untracked.py').write_text('')  # code that no tree names: no cache
+  this = dataclasses.replace(spec, workdir=tmp_path / 'out-dirty')
+  assert run(this).status == 'ok' and _note(this) == {'cache': None}
+
+
+def test_a_compile_cache_inside_the_worktree_is_refused(tmp_path):
+  with pytest.raises(ValueError, match='inside the worktree'):
+    TrialSpec(tmp_path, 'experiments/x.py', tmp_path.parent / 'out', seeds=1, first_seed=0,
+              timeout_s=1, compile_cache=tmp_path / 'cache')
+
+
 BWRAP_OR_PID_NAMESPACE = BWRAP or confine.isolation(False).pid_namespace
 NETWORK_ISOLATED = BWRAP or confine.isolation(True).network_isolated
 needs_pid_namespace = pytest.mark.skipif(not BWRAP_OR_PID_NAMESPACE,
@@ -903,14 +974,30 @@ def test_dataset_config_is_read_inside_the_sandbox(tmp_path, body, expected):
 
 # ---- the real harness -----------------------------------------------------------------------
 
+def _committed_copy(folder: Path) -> Path:
+  """The trial's code of this checkout (harness, models, experiments) as one commit."""
+  for package in ('harness', 'models', 'experiments'):
+    shutil.copytree(ROOT / package, folder / package,
+                    ignore=shutil.ignore_patterns('__pycache__'))
+  git = lambda *args: subprocess.run(['git', '-c', 'user.name=t', '-c', 'user.email=t@t', *args],
+                                     cwd=folder, check=True, capture_output=True)
+  git('init', '-q')
+  git('add', '-A')
+  git('commit', '-q', '-m', 'the code under test')
+  return folder
+
+
 def test_the_real_harness_runs_under_the_executor(tmp_path):
+  """And the compilation cache changes no result: the second run of the same code loads its
+  programs from the first one's entries and gets the same per-seed numbers."""
   dataset = load_experiment('digits_mlp').dataset.to_dict()
   from harness.datasets import load_task
   inputs, targets = trial_inputs.build(load_task(ml_collections.ConfigDict(dataset)), dataset)
   trial_inputs.write(tmp_path / 'inputs', inputs)
-  spec = TrialSpec(ROOT, 'experiments/digits_mlp.py', tmp_path / 'out', seeds=2,
-                   first_seed=0, timeout_s=240, limits=bounds(memory_mb=4096),
-                   inputs=tmp_path / 'inputs',
+  spec = TrialSpec(_committed_copy(tmp_path / 'wt'), 'experiments/digits_mlp.py',
+                   tmp_path / 'out', seeds=2, first_seed=0, timeout_s=240,
+                   limits=bounds(memory_mb=4096), inputs=tmp_path / 'inputs',
+                   compile_cache=tmp_path / 'cache',
                    overrides=('--config.train.steps=20', '--config.train.eval_every=10',
                               '--config.train.checkpoint_every=20'))
   outcome = run_trial(spec, scoring.Scorer(targets, spec.seeds))
@@ -928,6 +1015,15 @@ def test_the_real_harness_runs_under_the_executor(tmp_path):
   assert (spec.workdir / 'scorecard.json').exists()
   assert not (spec.output / 'scorecard.json').exists()  # a trial writes predictions only
   assert 'trained 20 steps' in outcome.log_tail
+  if not BWRAP:
+    return  # no compilation cache without the filesystem sandbox
+  entries = list((tmp_path / 'cache').rglob('*'))
+  assert entries
+  again = run_trial(dataclasses.replace(spec, workdir=tmp_path / 'again'),
+                    scoring.Scorer(targets, spec.seeds))
+  assert sorted((tmp_path / 'cache').rglob('*')) == sorted(entries)  # all found, none added
+  for key in ('val_metric', 'val_loss', 'train_loss'):
+    assert again.scorecard[key]['per_seed'] == card[key]['per_seed'], key
 
 
 def test_inside_its_sandbox_a_trial_is_bounded_by_its_own_time_limit(tmp_path):

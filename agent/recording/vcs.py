@@ -193,6 +193,18 @@ def provenance(path: Path) -> dict[str, str | bool | None]:
     return {'commit': None, 'tree': None, 'dirty': None}
 
 
+def clean_tree(path: Path) -> str | None:
+  """The tree checked out at path when the files there are exactly that tree (no change, no
+  untracked file), else None: the name of the code a process started there can read."""
+  try:
+    if _git(Path(path), 'status', '--porcelain', '--untracked-files=all',
+            '--ignore-submodules=none').strip():
+      return None
+    return _git(Path(path), 'rev-parse', 'HEAD^{tree}').strip()
+  except VcsError:
+    return None
+
+
 def changed_files(repo: Path, a: str, b: str) -> list[str]:
   """Paths that differ between two commits (renames shown as delete + add)."""
   out = _git(Path(repo), 'diff', *_PLAIN_DIFF, '--no-renames', '--name-only', '-z', a, b)

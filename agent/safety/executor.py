@@ -18,6 +18,10 @@ read-only, `output/` writable, a private /tmp, nothing else of the machine's fil
 system and the Python installation, the data's sources hidden. Where bwrap cannot run and
 the charter allows it (`filesystem_sandbox = "best_effort"`), namespaces are all there is,
 and each outcome's `sandbox` says so.
+
+Compilation cache: given the workspace's cache folder (`compile_cache`), a trial gets JAX's
+persistent compilation cache in one sub-folder of it, its own code's (`code_cache`), mounted
+writable; it cannot see any other sub-folder.
 """
 
 from __future__ import annotations
@@ -68,18 +72,22 @@ class TrialSpec:
   limits: charter.Trial = NO_LIMITS
   max_output_bytes: int = 1_000_000
   inputs: Path | None = None  # the trial's data (harness.trial_inputs), mounted read-only
+  compile_cache: Path | None = None  # the workspace's JAX compilation cache (`code_cache`)
 
   def __post_init__(self) -> None:
     worktree, workdir = Path(self.worktree).absolute(), Path(self.workdir).absolute()
     object.__setattr__(self, 'worktree', worktree)
     object.__setattr__(self, 'workdir', workdir)
     object.__setattr__(self, 'overrides', tuple(self.overrides))
-    if self.inputs is not None:
-      object.__setattr__(self, 'inputs', Path(self.inputs).absolute())
+    for name in ('inputs', 'compile_cache'):
+      if getattr(self, name) is not None:
+        object.__setattr__(self, name, Path(getattr(self, name)).absolute())
     if Path(self.experiment).is_absolute():
       raise ValueError(f'experiment must be relative to the worktree: {self.experiment}')
     if workdir.resolve().is_relative_to(worktree.resolve()):
       raise ValueError(f'workdir {workdir} lies inside the worktree {worktree}')
+    if self.compile_cache and self.compile_cache.resolve().is_relative_to(worktree.resolve()):
+      raise ValueError(f'compile_cache {self.compile_cache} lies inside the worktree {worktree}')
     if self.seeds < 1 or self.timeout_s <= 0 or self.max_output_bytes < 1:
       raise ValueError('seeds, timeout_s and max_output_bytes must be positive')
     if min(self.limits.memory_mb, self.limits.cpu_minutes, self.limits.max_processes) < 0:
@@ -101,10 +109,12 @@ class TrialSpec:
             f'--config.train.seed={self.first_seed}', *inputs, *self.overrides,
             *(['--eval_test'] if self.eval_test else [])]
 
-  def mounts(self) -> fs_sandbox.Mounts:
-    """What the trial sees: its code read-only, its inputs read-only, its output writable."""
+  def mounts(self, cache: Path | None = None) -> fs_sandbox.Mounts:
+    """What the trial sees: its code read-only, its inputs read-only, its output (and its
+    code's compilation cache folder, `code_cache`) writable."""
     read_only = (self.worktree, *([self.inputs] if self.inputs else []))
-    return fs_sandbox.Mounts(read_only, (self.output,), source_paths(), chdir=self.worktree)
+    writable = (self.output, *([cache] if cache else []))
+    return fs_sandbox.Mounts(read_only, writable, source_paths(), chdir=self.worktree)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,9 +133,37 @@ class TrialOutcome:
   trusted: dict[str, float] | None = None  # wall and CPU seconds, peak RSS, as the parent saw
 
 
-def trial_env(spec: TrialSpec, parent: Mapping[str, str] = os.environ) -> dict[str, str]:
-  """The trial's whole environment: an allow-list, never the parent's environment minus a few."""
-  return confine.env_for(spec.worktree, parent)
+def trial_env(spec: TrialSpec, parent: Mapping[str, str] = os.environ,
+              cache: Path | None = None) -> dict[str, str]:
+  """The trial's whole environment: an allow-list, never the parent's environment minus a few;
+  with `cache`, JAX's persistent compilation cache there, for every program (JAX's default
+  keeps only those that took over a second to compile)."""
+  env = confine.env_for(spec.worktree, parent)
+  if cache is not None:
+    env |= {'JAX_COMPILATION_CACHE_DIR': str(cache),
+            'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0'}
+  return env
+
+
+def code_cache(spec: TrialSpec) -> Path | None:
+  """The trial's own folder in the workspace's compilation cache, or None for no cache.
+
+  A cache entry is a compiled program that JAX loads and runs, and the trial may write any
+  bytes into the folder it is given; so a folder belongs to one code, the git tree of a
+  worktree that holds exactly that tree, and a trial sees only its own code's. A later trial
+  of the same code reads what it could have written itself; no trial of other code (the
+  incumbent's confirmation included) and not the agent ever reads it. No cache without the
+  filesystem sandbox, which alone hides the other folders, nor for a worktree with changes
+  or untracked files (no tree names its code).
+  """
+  if spec.compile_cache is None or fs_sandbox.available() is not None:
+    return None
+  tree = vcs.clean_tree(spec.worktree)
+  if tree is None:
+    return None
+  folder = spec.compile_cache / tree
+  folder.mkdir(parents=True, exist_ok=True)
+  return folder
 
 
 class ScoredCurve:
@@ -265,8 +303,9 @@ def run_trial(spec: TrialSpec, scorer: scoring.Scorer, on_curve: OnCurve | None 
   curves = ScoredCurve(scorer, spec.output)
   start = time.monotonic()
   try:
+    cache = code_cache(spec)
     proc, iso = confine.start(confine.bounded(spec.command(), spec.timeout_s), spec.worktree,
-                              trial_env(spec), spec.limits, spec.mounts())
+                              trial_env(spec, cache=cache), spec.limits, spec.mounts(cache))
   except BaseException:
     log.close()
     raise
