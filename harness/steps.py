@@ -1,8 +1,8 @@
-"""The compiled program: per-seed batch sampling, loss, train step, and chunks of steps.
+"""The compiled program: one seed's batch sampling, loss, train step, and chunks of steps.
 
 Everything runs on device. A chunk of steps is one `lax.scan`, so the host syncs once per
-chunk, not once per step. K seeds are one `jax.vmap` over the leading axis of the
-parameters, optimiser state and keys, so K seeds cost one compile and one program.
+chunk, not once per step. The functions here train one seed; harness.runners runs them for
+K seeds (vmapped on accelerators, once per seed on CPU), always from one compile.
 Batches are drawn on device from the step number, which makes a resumed run replay the
 same data order as an uninterrupted one.
 """
@@ -20,7 +20,7 @@ from flax import nnx
 
 from harness.splits import Split
 
-Carry = tuple[Any, Any]  # (params, opt_state), each with a leading seed axis
+Carry = tuple[Any, Any]  # (params, opt_state) of one seed (a leading seed axis when vmapped)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,10 +88,10 @@ def train_loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class Program:
-  """The pure functions the training loop compiles."""
-  init: Callable[[jax.Array], Any]
+  """One seed's pure functions; harness.runners compiles them and runs them for K seeds."""
+  init: Callable[[jax.Array], Carry]
   steps_per_epoch: int
-  epoch_states: Callable[[jax.Array, jax.Array], jax.Array]
+  epoch_state: Callable[[jax.Array, jax.Array], jax.Array]
   step: Callable[..., tuple]
   chunk: Callable[..., tuple]
   predict: Callable[..., jax.Array]
@@ -99,19 +99,19 @@ class Program:
 
 def build_program(kind: str, input_shape: tuple[int, ...], train: Split, graphdef: nnx.GraphDef, make_params: Callable[[jax.Array], Any],
                   tx: optax.GradientTransformation, batch_size: int) -> Program:
-  """Wires the model, optimiser and data into per-seed functions vmapped over seeds."""
+  """Wires the model, optimiser and data into one seed's functions."""
   train_x = jnp.asarray(train.x)
   train_y = None if train.y is None else jnp.asarray(train.y)
   sampler = make_sampler(kind, input_shape, train_x, train_y, batch_size)
-  epoch_states = jax.vmap(sampler.epoch_state, in_axes=(0, None))
 
   def init(init_key: jax.Array) -> Carry:
     params = make_params(init_key)
     return params, tx.init(params)
 
-  def seed_step(params, opt_state, keys: SeedKeys, epoch_state: jax.Array, step: jax.Array):
-    x, y = sampler.batch(keys.data, epoch_state, step)
-    dropout_key = jax.random.fold_in(keys.dropout, step)
+  def step(carry: Carry, keys: SeedKeys, step_index: jax.Array, epoch_state: jax.Array):
+    params, opt_state = carry
+    x, y = sampler.batch(keys.data, epoch_state, step_index)
+    dropout_key = jax.random.fold_in(keys.dropout, step_index)
 
     def loss_fn(p):
       # Rngs are made inside the differentiated function: NNX forbids mutating their
@@ -121,39 +121,31 @@ def build_program(kind: str, input_shape: tuple[int, ...], train: Split, graphde
 
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss, optax.tree.norm(grads)
-
-  def step(carry: Carry, keys: SeedKeys, step_index: jax.Array, epoch_state: jax.Array):
-    params, opt_state, loss, grad_norm = jax.vmap(seed_step, in_axes=(0, 0, 0, 0, None))(
-        *carry, keys, epoch_state, step_index)
-    return (params, opt_state), (loss, grad_norm)
+    return (optax.apply_updates(params, updates), opt_state), (loss, optax.tree.norm(grads))
 
   def chunk(carry: Carry, keys: SeedKeys, start: jax.Array, length: int):
     """`length` steps in one lax.scan (one dispatch; see harness/runners.py for when)."""
     def body(state, step_index):
       carry_, epoch_state = state
       epoch_state = jax.lax.cond(step_index % sampler.steps_per_epoch == 0,
-                                 lambda: epoch_states(keys.data, step_index),
+                                 lambda: sampler.epoch_state(keys.data, step_index),
                                  lambda: epoch_state)
       carry_, metrics = step(carry_, keys, step_index, epoch_state)
       return (carry_, epoch_state), metrics
-    (carry, _), metrics = jax.lax.scan(body, (carry, epoch_states(keys.data, start)),
+    (carry, _), metrics = jax.lax.scan(body, (carry, sampler.epoch_state(keys.data, start)),
                                        start + jnp.arange(length))
     return carry, metrics
 
   def predict(params, x: jax.Array) -> jax.Array:
-    """Logits for fixed-size batches of inputs on a leading axis, per seed: (K, batches, B, ...).
+    """Logits for fixed-size batches of inputs on a leading axis: (batches, B, ...).
 
     Only logits leave the program: every metric is computed from them by the trusted scorer.
     """
-    def seed_predict(p):
-      model = nnx.merge(graphdef, p)
-      return jax.lax.map(lambda batch: model(batch, train=False).astype(jnp.float32), x)
-    return jax.vmap(seed_predict)(params)
+    model = nnx.merge(graphdef, params)
+    return jax.lax.map(lambda batch: model(batch, train=False).astype(jnp.float32), x)
 
-  return Program(init=jax.vmap(init), steps_per_epoch=sampler.steps_per_epoch,
-                 epoch_states=epoch_states, step=step, chunk=chunk,
-                 predict=jax.jit(predict))
+  return Program(init=init, steps_per_epoch=sampler.steps_per_epoch,
+                 epoch_state=sampler.epoch_state, step=step, chunk=chunk, predict=predict)
 
 
 def predict_batches(x: np.ndarray, batch_size: int) -> tuple[jax.Array, int]:
@@ -165,9 +157,3 @@ def predict_batches(x: np.ndarray, batch_size: int) -> tuple[jax.Array, int]:
   padded = np.concatenate([x, np.zeros((n_batches * batch_size - n,) + x.shape[1:], x.dtype)])
   return jnp.asarray(padded.reshape((n_batches, batch_size) + x.shape[1:])), n
 
-
-def predict(program: 'Program', params, x: np.ndarray, batch_size: int) -> np.ndarray:
-  """Host copy of the per-seed logits for every row of x: (K, N, ...)."""
-  batches, n = predict_batches(x, batch_size)
-  logits = np.asarray(program.predict(params, batches))
-  return logits.reshape((logits.shape[0], -1) + logits.shape[3:])[:, :n]

@@ -33,8 +33,8 @@ from harness import scoring, trial_inputs
 from harness.checkpoints import Checkpointer
 from harness.history import History
 from harness.optimizers import make_optimizer
-from harness.runners import ChunkRunner
-from harness.steps import SeedKeys, build_program, predict
+from harness.runners import SeedRunner, vmap_seeds
+from harness.steps import SeedKeys, build_program
 from harness.tb_writer import MetricsWriter
 
 CODE_ROOT = Path(__file__).resolve().parent.parent
@@ -140,7 +140,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
   if overwrite:
     clear_outputs(workdir)
   ckpt = Checkpointer(workdir / CHECKPOINTS)
-  carry = jax.jit(program.init)(keys.init)
+  runner = SeedRunner(program, keys, scan=bool(config.train.scan_steps), vmapped=vmap_seeds())
+  carry = runner.init()
   history = History(num_seeds=num_seeds)
   restored_step = ckpt.latest_step() if resume else None
   if not resume and restored_step is None and ckpt.latest_step() is not None:
@@ -148,7 +149,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
   for final in (sc.SCORECARD, sc.TEST_SCORECARD, scoring.REPORT):
     (workdir / final).unlink(missing_ok=True)  # an earlier attempt's result is not this one's
   if restored_step is not None:
-    carry, saved = ckpt.restore(restored_step, carry)
+    stacked, saved = ckpt.restore(restored_step, runner.stacked(carry))
+    carry = runner.members(stacked)
     history = History.from_json(saved)
     logging.info('Resumed from step %d', restored_step)
   _rewrite_curves(workdir, history, scorer)
@@ -156,7 +158,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
   val = inputs.predict['val']
   total = int(config.train.steps)
   every = int(config.train.eval_every)
-  runner = ChunkRunner(program, keys, scan=bool(config.train.scan_steps))
   try:
     while history.step < total and not history.diverged:
       length = min(every, total - history.step)
@@ -171,7 +172,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
         writer.scalars(first_step + t + 1, {'train/loss': float(np.mean(losses[t])),
                                             'train/grad_norm': float(np.mean(grad_norms[t]))})
       _save_predictions(workdir, scoring.val_file(history.step),
-                        predict(program, carry[0], val.x, val.batch_size), inputs.kind)
+                        runner.predict(carry, val.x, val.batch_size), inputs.kind)
       point = history.record_eval()
       sc.append_jsonl(workdir / scoring.PROGRESS, point)
       writer.scalars(history.step, {'perf/step_ms': history.chunk_step_ms[-1]})
@@ -180,13 +181,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
       else:
         logging.info('step %d: train loss %.4f', history.step, np.mean(history.last_train_loss))
       if history.step % int(config.train.checkpoint_every) == 0 and not history.diverged:
-        ckpt.save(history.step, carry, history.to_json())
+        ckpt.save(history.step, runner.stacked(carry), history.to_json())
     for name, predict_set in inputs.predict.items():
       if name != 'val' and not history.diverged:
         _save_predictions(workdir, f'{name}.npy',
-                          predict(program, carry[0], predict_set.x, predict_set.batch_size),
+                          runner.predict(carry, predict_set.x, predict_set.batch_size),
                           inputs.kind)
-    report = _report(config, inputs, seeds, history, runner.cost_info, carry, total)
+    report = _report(config, inputs, seeds, history, runner.cost_info(carry),
+                     runner.stacked(carry)[0], total)
     sc.write_json(workdir / scoring.REPORT, report)
     result = report
     if scorer is not None:
@@ -250,7 +252,7 @@ def _param_count(params) -> int:
 
 
 def _report(config, inputs: trial_inputs.Inputs, seeds: list[int], history: History,
-            cost_info: dict[str, Any], carry, total_steps: int) -> dict[str, Any]:
+            cost_info: dict[str, Any], params, total_steps: int) -> dict[str, Any]:
   """What the training process says about itself: costs, stability, config, versions.
 
   Untrusted when candidate code ran here: the scorer keeps these numbers labelled as
@@ -274,7 +276,7 @@ def _report(config, inputs: trial_inputs.Inputs, seeds: list[int], history: Hist
                  'max_rss_mb': sc.max_rss_mb(), 'device_peak_bytes': sc.device_peak_bytes()},
       'flops_per_step': flops,
       'flops_per_step_per_seed': flops / len(seeds),
-      'param_count': _param_count(carry[0]),
+      'param_count': _param_count(params),
       'nonfinite': history.diverged,
       'stability': {'nonfinite_step': history.nonfinite_step,
                     'max_grad_norm': sc.summarize(history.max_grad_norm),

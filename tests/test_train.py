@@ -12,6 +12,7 @@ import pytest
 from tensorboardX import record_writer
 
 from harness import scorecard as sc
+from harness import scoring, train
 from harness.tb_writer import MetricsWriter
 from harness.train import ConfigError, train_and_evaluate
 from tests.conftest import ROOT, load_experiment, tiny
@@ -69,12 +70,39 @@ def test_seeds_differ_and_repeat(tmp_path, mnist1d_tiny):
   assert a['seeds'] == [0, 1, 2]
 
 
-def test_a_seed_trained_alone_matches_the_same_seed_in_a_vmapped_group(tmp_path, mnist1d_tiny):
-  group = train_and_evaluate(mnist1d_tiny, tmp_path / 'group', num_seeds=3)
-  mnist1d_tiny.train.seed = 1
-  alone = train_and_evaluate(mnist1d_tiny, tmp_path / 'alone', num_seeds=1)
-  np.testing.assert_allclose(alone['val_loss']['per_seed'][0], group['val_loss']['per_seed'][1],
+def _val_logits(workdir: Path) -> list[np.ndarray]:
+  """Every evaluation's per-seed validation logits, in step order."""
+  return [np.load(workdir / 'predictions' / scoring.val_file(step))
+          for step in scoring.val_steps(workdir)]
+
+
+def test_a_seed_trains_bit_identically_alone_and_in_a_group(tmp_path, mnist1d_tiny):
+  """On CPU a seed is a seed: its logits at every evaluation do not depend on how many seeds
+  train beside it or on its place among them (paired comparisons and confirmations rely on
+  it: seed k must mean the same run in a screen of 1 and a confirmation of 3)."""
+  runs = {}
+  for first, k in ((1, 1), (0, 3)):  # seed 1 alone, then at position 1 of 3
+    mnist1d_tiny.train.seed = first
+    train_and_evaluate(mnist1d_tiny, tmp_path / f'{first}-{k}', num_seeds=k)
+    runs[first, k] = [logits[1 - first] for logits in _val_logits(tmp_path / f'{first}-{k}')]
+  alone = runs[1, 1]
+  assert len(alone) == 3
+  for logits in runs.values():
+    assert all(np.array_equal(a, b) for a, b in zip(alone, logits, strict=True))
+
+
+def test_vmapped_seeds_as_on_accelerators_train_the_same_seeds(tmp_path, mnist1d_tiny,
+                                                               monkeypatch):
+  """The accelerators' layout (one vmapped program) is kept working on CPU: same seeds, same
+  results within float tolerance (XLA picks other kernels for the batched shapes). One
+  dispatch per step here, so the CPU's per-seed dispatch loop is checked too."""
+  mnist1d_tiny.train.scan_steps = False
+  per_seed = train_and_evaluate(mnist1d_tiny, tmp_path / 'per_seed', num_seeds=2)
+  monkeypatch.setattr(train, 'vmap_seeds', lambda: True)
+  vmapped = train_and_evaluate(mnist1d_tiny, tmp_path / 'vmapped', num_seeds=2)
+  np.testing.assert_allclose(vmapped['val_loss']['per_seed'], per_seed['val_loss']['per_seed'],
                              rtol=1e-4)
+  assert vmapped['flops_per_step'] == pytest.approx(per_seed['flops_per_step'], rel=0.05)
 
 
 @pytest.mark.parametrize('name', ['mnist1d_mlp', 'charlm_transformer'])
