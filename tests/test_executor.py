@@ -470,6 +470,15 @@ def test_a_hanging_trial_and_its_grandchild_are_killed_at_the_timeout(fake, monk
   assert len(seen) >= 2 and _all_gone(str(spec.workdir))  # the trial and its child
 
 
+def test_a_finished_trial_is_scored_when_it_exits_not_a_poll_interval_later(fake):
+  spec = fake('''
+      point(1)
+      finish()
+      ''')
+  outcome = run(spec, poll_s=60)
+  assert outcome.status == 'ok' and outcome.wall_seconds < 30, outcome.wall_seconds
+
+
 def test_on_curve_prunes_a_loser_early_on_the_trusted_curve(fake):
   spec = fake('''
       for step in range(1, 200):

@@ -200,7 +200,7 @@ def _watch(proc: subprocess.Popen, curves: ScoredCurve, usage: monitor.TreeUsage
     remaining = deadline - time.monotonic()
     if remaining <= 0:
       return 'timeout', f'timed out after {timeout_s:g} s'
-    time.sleep(min(poll_s, remaining))
+    confine.sleep_until_exit(proc.pid, min(poll_s, remaining))
   return None
 
 
