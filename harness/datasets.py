@@ -3,13 +3,26 @@
 Everything here is generated or shipped with an installed package: nothing is downloaded.
 Each split carries a fingerprint (sha256 of its arrays) so a run records exactly which
 data it saw, and the agent can refuse a trial whose data changed.
+
+Generating MNIST-1D takes seconds, so a generated task is kept in `runs/_data-cache`, keyed
+by the dataset config and the versions of what generates it, with the fingerprints it had
+when generated; an entry whose arrays no longer match them is an error, never used. Only
+the trusted side loads tasks (a trial gets its data as a folder of inputs and never sees
+this cache).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import importlib.metadata
+import io
+import json
+import os
+import platform
 import sysconfig
+import tempfile
 from pathlib import Path
 
 import ml_collections
@@ -22,6 +35,10 @@ from harness.splits import Split
 # hide it: the held-out text is unreachable from candidate code. Its text differs across
 # Python versions; the fingerprint in the scorecard records which text a run trained on.
 CHARLM_SOURCE = Path('pydoc_data') / 'topics.py'
+DATA_CACHE = Path(__file__).resolve().parent.parent / 'runs' / '_data-cache'
+_CACHE_FORMAT = 1
+_GENERATORS = {'digits': 'scikit-learn', 'mnist1d': 'mnist1d'}  # distributions, by task
+_SPLITS = ('train', 'val', 'test')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,14 +145,83 @@ def source_paths() -> tuple[Path, ...]:
 LOADERS = {'digits': load_digits, 'mnist1d': load_mnist1d, 'charlm': load_charlm}
 
 
-def load_task(config: ml_collections.ConfigDict) -> Task:
-  """Loads the task named by config.name (memoised: generating MNIST-1D takes seconds)."""
+class DataCacheError(ValueError):
+  """A data cache entry does not hold the data it recorded: it is never used."""
+
+
+def load_task(config: ml_collections.ConfigDict, cache: Path | None = DATA_CACHE) -> Task:
+  """Loads the task named by config.name: memoised in the process, and kept in `cache`
+  (None: generated afresh)."""
   if config.name not in LOADERS:
     raise ValueError(f'unknown dataset.name {config.name!r}; known: {sorted(LOADERS)}')
-  return _load_cached(tuple(sorted(config.to_dict().items())))
+  return _load_cached(tuple(sorted(config.to_dict().items())), cache)
 
 
 @functools.lru_cache(maxsize=8)
-def _load_cached(items: tuple) -> Task:
+def _load_cached(items: tuple, cache: Path | None) -> Task:
   config = ml_collections.ConfigDict(dict(items))
-  return LOADERS[config.name](config)
+  if cache is None:
+    return LOADERS[config.name](config)
+  path = cache / f'{config.name}-{_cache_key(config)}.npz'
+  if path.exists():
+    return _read_entry(path)
+  task = LOADERS[config.name](config)
+  try:
+    _write_entry(path, task)
+  except OSError:
+    pass  # a read-only or full disk: the data is still right, only not kept
+  return task
+
+
+def _cache_key(config: ml_collections.ConfigDict) -> str:
+  """The generator's arguments and what could change its output: the versions of Python
+  (charlm's text), numpy and the generating package."""
+  package = _GENERATORS.get(config.name)
+  versions = {'python': platform.python_version(), 'numpy': np.__version__,
+              **({package: importlib.metadata.version(package)} if package else {})}
+  text = json.dumps({'format': _CACHE_FORMAT, 'config': config.to_dict(),
+                     'versions': versions}, sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _write_entry(path: Path, task: Task) -> None:
+  """Arrays and the task's description with its fingerprints in one .npz (nothing a loader
+  executes), written to a temporary file and renamed: a reader never sees half of one."""
+  fields = {f.name: getattr(task, f.name) for f in dataclasses.fields(Task)
+            if f.name not in _SPLITS}
+  arrays = {'meta': np.array(json.dumps({**fields, 'fingerprints': task.fingerprints()}))}
+  for name in _SPLITS:
+    split = getattr(task, name)
+    arrays[f'{name}_x'] = split.x
+    if split.y is not None:
+      arrays[f'{name}_y'] = split.y
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.')
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      f.write(buffer.getbuffer())
+    os.replace(tmp, path)
+  except BaseException:
+    Path(tmp).unlink(missing_ok=True)
+    raise
+
+
+def _read_entry(path: Path) -> Task:
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      meta = json.loads(str(data['meta']))
+      splits = {name: Split(data[f'{name}_x'],
+                            data[f'{name}_y'] if f'{name}_y' in data.files else None)
+                for name in _SPLITS}
+      recorded = meta.pop('fingerprints')
+      task = Task(**{**meta, **splits, 'input_shape': tuple(meta['input_shape'])})
+  except Exception as e:  # a truncated or foreign file: zip, JSON, key and type errors
+    raise DataCacheError(f'data cache entry {path} cannot be read ({type(e).__name__}: {e}); '
+                         f'delete it to generate the data again') from e
+  if task.fingerprints() != recorded:
+    raise DataCacheError(f'data cache entry {path} does not hold the data it recorded '
+                         f'(fingerprints {task.fingerprints()} vs {recorded}); delete it to '
+                         f'generate the data again')
+  return task
