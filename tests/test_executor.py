@@ -695,7 +695,8 @@ def test_a_trial_writes_only_its_output_and_reads_nothing_beside_its_worktree(fa
 
 CACHE_PROBE = '''
 import errno
-cache = Path(os.environ['JAX_COMPILATION_CACHE_DIR']) if 'JAX_COMPILATION_CACHE_DIR' in os.environ else None
+cache = os.environ.get('JAX_COMPILATION_CACHE_DIR')
+cache = cache and Path(cache)
 def attempt(action):
   try:
     action()
