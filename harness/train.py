@@ -188,7 +188,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
                           runner.predict(carry, predict_set.x, predict_set.batch_size),
                           inputs.kind)
     report = _report(config, inputs, seeds, history, runner.cost_info(carry),
-                     runner.stacked(carry)[0], total)
+                     jax.eval_shape(runner.stacked, carry)[0], total)
     sc.write_json(workdir / scoring.REPORT, report)
     result = report
     if scorer is not None:
