@@ -19,7 +19,7 @@ within 0.1%, and the validation loss of its final parameters, scored alike
 (harness.scoring.score). Where two programs round differently, Adam at a constant 1e-2
 amplifies it until the trajectories part, and from then on the final losses are different
 draws of the same work: while the harness vmapped a seed axis of size 1 on CPU, the loops
-parted after about 400 (MLP) and 110 (CNN) steps, and a loss spike in its last eval
+parted after about 430 (MLP) and 120 (CNN) steps, and a loss spike in its last eval
 interval put the MLP harness's mean train loss at 0.034 against the hand loop's 0.0002.
 """
 
