@@ -111,7 +111,7 @@ class SeedRunner:
     states = [self._epoch_state(keys.data, jnp.int32(start)) for keys in self._keys]
     losses, norms = [], []
     for step in range(start, start + length):
-      index = jnp.int32(step)
+      index = np.int32(step)  # host scalar: a device array per step cost ~90 us
       if step % self._program.steps_per_epoch == 0:
         states = [self._epoch_state(keys.data, index) for keys in self._keys]
       for i, keys in enumerate(self._keys):
