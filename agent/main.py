@@ -34,6 +34,7 @@ from agent.recording import audit, records, report, review, vcs
 from agent.recording.journal import Journal
 from agent.start import UsageError
 from agent.untrusted import terminal_safe
+from harness.datasets import DataCacheError
 
 COMMANDS = ('run', 'resume', 'status', 'log', 'verify', 'review', 'approve', 'reject')
 
@@ -151,7 +152,7 @@ def _drive(loop: Loop) -> int:
       loop.final_evaluation()
     journal.write(records.RunFinished(reason=reason))
     loop.end_session(reason)
-  except (BaselineError, RunHalted, LLMFatalError) as e:
+  except (BaselineError, RunHalted, LLMFatalError, DataCacheError) as e:
     loop.end_session(f'stopped: {e}')
     show(f'error: {e}', file=sys.stderr)
     return 1
