@@ -396,3 +396,20 @@ def test_a_repository_nested_in_the_worktree_runs_nothing(repo, tmp_path, monkey
     assert not marker.exists(), name
   assert not (tree.path / 'made-by-a-trial').exists()
   assert vcs.changed_files(repo, base, results['amend_message']) == ['models/mlp.py']
+
+
+def test_a_worktree_names_its_code_only_when_it_holds_exactly_its_tree(repo, tree):
+  """The compilation cache folder a trial gets is named by this: any file beside the tree,
+  untracked or ignored, could be code the tree does not name."""
+  path = tree.path
+  assert vcs.clean_tree(path) == git(repo, 'rev-parse', 'HEAD^{tree}')
+  (path / 'notes.txt').write_text('')
+  assert vcs.clean_tree(path) is None  # untracked
+  (path / 'notes.txt').unlink()
+  (repo / '.git' / 'info').mkdir(exist_ok=True)
+  (repo / '.git' / 'info' / 'exclude').write_text('scratch_*.py\n')
+  (path / 'models' / 'scratch_x.py').write_text('import os\n')
+  assert vcs.clean_tree(path) is None  # ignored, yet importable
+  (path / 'models' / 'scratch_x.py').unlink()
+  (path / 'models' / 'mlp.py').write_text('WIDTH = 200\n')
+  assert vcs.clean_tree(path) is None  # changed

@@ -195,9 +195,10 @@ def provenance(path: Path) -> dict[str, str | bool | None]:
 
 def clean_tree(path: Path) -> str | None:
   """The tree checked out at path when the files there are exactly that tree (no change, no
-  untracked file), else None: the name of the code a process started there can read."""
+  untracked file, ignored ones included), else None: the name of the code a process started
+  there can read."""
   try:
-    if _git(Path(path), 'status', '--porcelain', '--untracked-files=all',
+    if _git(Path(path), 'status', '--porcelain', '--untracked-files=all', '--ignored',
             '--ignore-submodules=none').strip():
       return None
     return _git(Path(path), 'rev-parse', 'HEAD^{tree}').strip()
