@@ -268,20 +268,8 @@ def _score(spec: TrialSpec, scorer: scoring.Scorer,
 
 def _write_events(workdir: Path, card: dict[str, Any]) -> None:
   """The trusted numbers in TensorBoard, beside the trial's own events in `output/`."""
-  from harness.tb_writer import MetricsWriter  # tensorboardX: only once there is a result
-  writer = MetricsWriter(workdir)
-  try:
-    name = card['metric']['name']
-    for point in card['curve']:
-      writer.scalars(point['step'], {'val/loss': sum(point['val_loss']) / len(point['val_loss']),
-                                     f'val/{name}': sum(point['val_metric']) /
-                                     len(point['val_metric'])})
-    writer.hparams(card['config'] if isinstance(card['config'], dict) else {},
-                   {'hparams/val_metric': card['val_metric']['mean'],
-                    'hparams/val_loss': card['val_loss']['mean'],
-                    'hparams/wall_seconds': card['trusted']['wall_seconds']})
-  finally:
-    writer.close()
+  from agent.recording import tb_view  # tensorboardX: only once there is a result
+  tb_view.trial_events(workdir, card)
 
 
 def run_trial(spec: TrialSpec, scorer: scoring.Scorer, on_curve: OnCurve | None = None,
