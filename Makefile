@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: run test clean sandbox
+.PHONY: run test clean sandbox browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,10 +28,18 @@ sandbox:
 	    (apt-get update -qq && apt-get install -y -qq bubblewrap) >/dev/null; \
 	  else echo "warning: bubblewrap (bwrap) is not installed: trials need it (sudo apt-get install bubblewrap)"; fi; }
 
+# The report's browser test opens it in headless Chromium (Debian package `chromium`):
+# installed here when missing and we may; otherwise that test skips and says why.
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null; \
+	  else echo "warning: chromium is not installed: the browser tests skip (sudo apt-get install chromium)"; fi; }
+
 run: $(STAMP) sandbox
 	$(PY) -m agent.main run --experiment=experiments/mnist1d_mlp.py --proposer=heuristic
 
-test: $(STAMP) sandbox
+test: $(STAMP) sandbox browser
 	$(PY) -m pytest
 
 clean:
