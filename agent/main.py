@@ -4,7 +4,7 @@ r"""The research agent's command line.
       [--budget_trials=N] [--budget_minutes=M] [--seeds=K] [--run_id=ID] [--review=required] \
       [--proposer=heuristic | --proposer=llm --llm_base_url=URL --llm_model=NAME \
        [--llm_api=openai|anthropic] [--budget_tokens=N]]
-  python -m agent.main resume|status|log|verify|review --run_id=ID
+  python -m agent.main resume|status|log|verify|review|report --run_id=ID
   python -m agent.main approve N --run_id=ID
   python -m agent.main reject N --why="..." --run_id=ID
 
@@ -36,7 +36,8 @@ from agent.start import UsageError
 from agent.untrusted import terminal_safe
 from harness.datasets import DataCacheError
 
-COMMANDS = ('run', 'resume', 'status', 'log', 'verify', 'review', 'approve', 'reject')
+COMMANDS = ('run', 'resume', 'status', 'log', 'verify', 'review', 'report', 'approve',
+            'reject')
 
 _EXPERIMENT = flags.DEFINE_string('experiment', None, 'Experiment config, relative to the '
                                   'workspace (run only).')
@@ -132,7 +133,9 @@ def cmd_resume() -> int:
   repo, run_id = _repo(), _run_id()
   with start.resume_run(repo, run_id, say=say) as loop:
     if loop is None:  # finished: nothing to drive
-      show(report.summary(_journal(), f'agent/{run_id}', str(_run_dir(repo))))
+      journal, run_dir = _journal(), _run_dir(repo)
+      show(report.summary(journal, f'agent/{run_id}', str(run_dir)))
+      _write_report(repo, journal, run_dir)
       return 0
     return _drive(loop)
 
@@ -147,6 +150,7 @@ def _drive(loop: Loop) -> int:
     if state.awaiting_review is not None:  # no final evaluation until a person decides
       loop.end_session(reason)
       show(review.describe(journal))
+      _write_report(loop.repo, journal, loop.run_dir)
       return 0
     if _FINAL_EVAL.value:
       loop.final_evaluation()
@@ -163,7 +167,18 @@ def _drive(loop: Loop) -> int:
     return 130
   print()
   show(report.summary(journal, f'agent/{run_id}', str(loop.run_dir)))
+  _write_report(loop.repo, journal, loop.run_dir)
   return 0
+
+
+def _write_report(repo: Path, journal: Journal, run_dir: Path) -> None:
+  """The end of a run writes its HTML report; the run is recorded whatever happens here, so
+  a report that cannot be written is a warning, and `report` writes it again."""
+  try:
+    show(f'Report: {_report(repo, journal, run_dir)}')
+  except Exception as e:  # noqa: BLE001 - the run itself is complete and recorded
+    show(f'warning: the report was not written ({type(e).__name__}: {e}); write it with '
+         f'`python -m agent.main report --run_id={run_dir.name}`', file=sys.stderr)
 
 
 def _journal() -> Journal:
@@ -190,6 +205,19 @@ def cmd_verify() -> int:
 
 def cmd_review() -> int:
   show(review.describe(_journal()))
+  return 0
+
+
+def _report(repo: Path, journal: Journal, run_dir: Path) -> Path:
+  """Writes the run's HTML report; imported here, as only the commands that write it should
+  pay for matplotlib and jinja2 (~0.5 s a command)."""
+  from agent.recording import html_report
+  return html_report.write(repo, journal, run_dir)
+
+
+def cmd_report() -> int:
+  repo = _repo()
+  show(f'Report: {_report(repo, _journal(), _run_dir(repo))}')
   return 0
 
 
