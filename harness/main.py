@@ -2,7 +2,12 @@ r"""Trains one experiment on K seeds and writes its scorecard.
 
   python -m harness.main --config=experiments/mnist1d_mlp.py --workdir=/tmp/w \
       [--config.optimizer.learning_rate=3e-3] [--seeds=3] [--resume | --overwrite] \
-      [--eval_test] [--verbosity=1]
+      [--eval_test] [--verbosity=1] \
+      [--members='[{"optimizer.learning_rate": 3e-3}, {"optimizer.weight_decay": 1e-4}]']
+
+--members trains several candidates that differ only in the optimiser's traced values
+(learning rate, weight decay, clipping norm) in one compiled program, on the same seeds;
+each writes into DIR/member-<i>/ what a run alone writes into DIR.
 
 Exit codes: 0 finished (status ok or diverged, see the scorecard), 1 the run failed
 while training (the scorecard says so, or is absent when not even that could be written;
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import logging as py_logging
 import os
 import sys
@@ -25,7 +31,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from harness import scorecard as sc
-from harness.train import ERROR_LOG, ConfigError, is_output, train_and_evaluate
+from harness.train import ERROR_LOG, MEMBER, ConfigError, is_output, train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
@@ -38,6 +44,9 @@ _OVERWRITE = flags.DEFINE_bool(
     'training; without it or --resume, a workdir that is not empty is refused.')
 _EVAL_TEST = flags.DEFINE_bool('eval_test', False,
                                'After training, score the test split into test_scorecard.json.')
+_MEMBERS = flags.DEFINE_string(
+    'members', None, 'JSON list of members, each {traced config key: value}; they train '
+    'together, each writing into workdir/member-<i>/.')
 _INPUTS = flags.DEFINE_string(
     'inputs', None, 'Run as an agent\'s trial: read the training data and the inputs to '
     'predict from this folder (no labels), write predictions and report.json, no scorecard.')
@@ -158,18 +167,31 @@ def _record_failure(workdir: Path, error: str) -> bool:
   return True
 
 
+def _members() -> list | None:
+  if _MEMBERS.value is None:
+    return None
+  try:
+    members = json.loads(_MEMBERS.value)
+  except json.JSONDecodeError as e:
+    fail(f'--members is not JSON: {e}')
+  if not isinstance(members, list):
+    fail('--members must be a JSON list of {config key: value} objects')
+  return members
+
+
 def main(argv: list[str]) -> None:
   library = _LibraryLines()
   logging.get_absl_handler().addFilter(library)
   if len(argv) > 1:
     fail(f'unexpected arguments: {" ".join(argv[1:])}')
   config = _config()
+  members = _members()
   workdir = _workdir()
   try:
     inputs = Path(_INPUTS.value).absolute() if _INPUTS.value else None
     card = train_and_evaluate(config, workdir, num_seeds=_SEEDS.value, resume=_RESUME.value,
                               eval_test=_EVAL_TEST.value, inputs_dir=inputs,
-                              overwrite=_OVERWRITE.value)
+                              overwrite=_OVERWRITE.value, members=members)
   except ConfigError as e:
     fail(str(e))
   except Exception as e:  # a crashed run still leaves a scorecard that says so
@@ -178,13 +200,15 @@ def main(argv: list[str]) -> None:
     log = _keep_traceback(workdir, library)
     fail(f'training failed: {error}' + ('; no scorecard could be written' if unrecorded else '')
          + (f' (traceback in {log})' if log else ''), code=1)
-  if _INPUTS.value:
-    print(f"trained {card['steps_completed']} steps; predictions in {workdir}")
-    return
-  print(f"status={card['status']} {card['metric']['name']}="
-        f"{card['val_metric']['mean']:.4f}±{card['val_metric']['std']:.4f} "
-        f"seeds={card['seeds']} train_seconds={card['train_seconds']:.1f} "
-        f"scorecard={workdir / sc.SCORECARD}")
+  for i, result in enumerate(card.get('members', [card])):
+    folder = workdir / f'{MEMBER}{i}' if members is not None else workdir
+    if _INPUTS.value:
+      print(f"trained {result['steps_completed']} steps; predictions in {folder}")
+      continue
+    print(f"status={result['status']} {result['metric']['name']}="
+          f"{result['val_metric']['mean']:.4f}±{result['val_metric']['std']:.4f} "
+          f"seeds={result['seeds']} train_seconds={result['train_seconds']:.1f} "
+          f"scorecard={folder / sc.SCORECARD}")
 
 
 def _exit(code: int) -> None:

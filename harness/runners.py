@@ -1,5 +1,10 @@
 """How K seeds' training reaches the device: the layout of seeds, and chunks of steps.
 
+A run trains one or several members, each a (seed, traced hyperparameters) pair: K seeds
+of one config, or K seeds of each of B candidates that differ only in the optimiser's
+traced values (harness.optimizers.TRACED). Every member runs the same compiled program;
+the values live in its optimiser state. Below, "seeds" means members.
+
 Seeds. On accelerators K seeds are one `jax.vmap` over the leading axis of the parameters,
 optimiser state and keys: one program, one call per chunk or step. On CPU one seed's
 program is compiled once and called once per seed: XLA:CPU picks matmul and convolution
@@ -32,9 +37,9 @@ import numpy as np
 
 from harness.steps import Carry, Program, SeedKeys, predict_batches
 
-# The training state as the runner holds it: one carry per program call (each seed's on
-# CPU, all seeds stacked when vmapped). `SeedRunner.stacked` gives the (K, ...) form.
-Members = list[Carry]
+# The training state as the runner holds it: one carry per program call (each member's on
+# CPU, all members stacked when vmapped). `SeedRunner.stacked` gives the (M, ...) form.
+Carries = list[Carry]
 
 
 def vmap_seeds() -> bool:
@@ -46,11 +51,15 @@ class SeedRunner:
   """Initialises, trains and predicts K seeds; compiles ahead of time so compile time is
   measured apart from training."""
 
-  def __init__(self, program: Program, keys: SeedKeys, scan: bool, vmapped: bool):
+  def __init__(self, program: Program, keys: SeedKeys, hyperparams: dict[str, np.ndarray],
+               scan: bool, vmapped: bool):
+    """`keys` and each of `hyperparams` have one row per member."""
     self._program, self._scan, self._vmapped = program, scan, vmapped
     num_seeds = keys.init.shape[0]
-    self._keys = [keys] if vmapped else [jax.tree.map(lambda x, s=s: x[s], keys)
-                                         for s in range(num_seeds)]
+    hyperparams = {k: np.asarray(v, np.float32) for k, v in hyperparams.items()}
+    per_call = lambda tree: ([tree] if vmapped else [jax.tree.map(lambda x, s=s: x[s], tree)
+                                                      for s in range(num_seeds)])
+    self._keys, self._hyperparams = per_call(keys), per_call(hyperparams)
     self._init = jax.jit(self._over_seeds(program.init, 0))
     self._epoch_state = jax.jit(self._over_seeds(program.epoch_state, (0, None)))
     self._predict = jax.jit(self._over_seeds(program.predict, (0, None)))
@@ -63,18 +72,18 @@ class SeedRunner:
   def _over_seeds(self, fn, in_axes):
     return jax.vmap(fn, in_axes=in_axes) if self._vmapped else fn
 
-  def init(self) -> Members:
-    return [self._init(keys.init) for keys in self._keys]
+  def init(self) -> Carries:
+    return [self._init(keys.init, hyper) for keys, hyper in zip(self._keys, self._hyperparams)]
 
-  def stacked(self, members: Members) -> Carry:
-    """The (K, ...) carry: what checkpoints hold, whichever layout wrote them."""
+  def stacked(self, members: Carries) -> Carry:
+    """The (M, ...) carry: what checkpoints hold, whichever layout wrote them."""
     return members[0] if self._vmapped else self._stack(members)
 
-  def members(self, stacked: Carry) -> Members:
+  def members(self, stacked: Carry) -> Carries:
     return [stacked] if self._vmapped else self._unstack(stacked)
 
-  def predict(self, members: Members, x: np.ndarray, batch_size: int) -> np.ndarray:
-    """Host copy of the per-seed logits for every row of x: (K, N, ...)."""
+  def predict(self, members: Carries, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """Host copy of the per-member logits for every row of x: (M, N, ...)."""
     batches, n = predict_batches(x, batch_size)
     logits = jax.device_get([self._predict(params, batches) for params, _ in members])
     logits = logits[0] if self._vmapped else np.stack(logits)
@@ -97,8 +106,9 @@ class SeedRunner:
       self._compiled[key] = compiled
     return self._compiled[key]
 
-  def __call__(self, members: Members, start: int, length: int):
-    """Returns the new members and host copies of the (length, seeds) losses and grad norms."""
+  def __call__(self, members: Carries, start: int, length: int):
+    """Returns the new carries and host copies of the (length, members) losses and grad
+    norms."""
     compiled = self._compile(members[0], length)
     if self._scan:
       first = jnp.int32(start)
@@ -121,9 +131,9 @@ class SeedRunner:
     losses, norms = jax.device_get((losses, norms))
     return members, (np.reshape(losses, (length, -1)), np.reshape(norms, (length, -1)))
 
-  def cost_info(self, members: Members) -> dict[str, Any]:
-    """FLOPs of one step (XLA's cost analysis, all seeds) and the compiled memory footprint
-    (one seed's program on CPU). Asked for after training: it re-traces the step, which
+  def cost_info(self, members: Carries) -> dict[str, Any]:
+    """FLOPs of one step (XLA's cost analysis, all members) and the compiled memory footprint
+    (one member's program on CPU). Asked for after training: it re-traces the step, which
     would otherwise count as training time."""
     keys = self._keys[0]
     step = jax.jit(self._over_seeds(self._program.step, (0, 0, None, 0)))

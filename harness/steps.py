@@ -18,6 +18,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from harness.optimizers import with_hyperparams
 from harness.splits import Split
 
 Carry = tuple[Any, Any]  # (params, opt_state) of one seed (a leading seed axis when vmapped)
@@ -88,8 +89,9 @@ def train_loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class Program:
-  """One seed's pure functions; harness.runners compiles them and runs them for K seeds."""
-  init: Callable[[jax.Array], Carry]
+  """One seed's pure functions; harness.runners compiles them and runs them for K seeds
+  (and for several sets of traced hyperparameters, which `init` puts in the carry)."""
+  init: Callable[[jax.Array, dict[str, jax.Array]], Carry]
   steps_per_epoch: int
   epoch_state: Callable[[jax.Array, jax.Array], jax.Array]
   step: Callable[..., tuple]
@@ -99,14 +101,15 @@ class Program:
 
 def build_program(kind: str, input_shape: tuple[int, ...], train: Split, graphdef: nnx.GraphDef, make_params: Callable[[jax.Array], Any],
                   tx: optax.GradientTransformation, batch_size: int) -> Program:
-  """Wires the model, optimiser and data into one seed's functions."""
+  """Wires the model, optimiser (harness.optimizers.make_optimizer's) and data into one
+  seed's functions."""
   train_x = jnp.asarray(train.x)
   train_y = None if train.y is None else jnp.asarray(train.y)
   sampler = make_sampler(kind, input_shape, train_x, train_y, batch_size)
 
-  def init(init_key: jax.Array) -> Carry:
+  def init(init_key: jax.Array, hyperparams: dict[str, jax.Array]) -> Carry:
     params = make_params(init_key)
-    return params, tx.init(params)
+    return params, with_hyperparams(tx.init(params), hyperparams)
 
   def step(carry: Carry, keys: SeedKeys, step_index: jax.Array, epoch_state: jax.Array):
     params, opt_state = carry

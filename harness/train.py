@@ -13,13 +13,14 @@ asked (`eval_test` by hand; test inputs in `inputs_dir` for the agent's final ev
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import io
 import math
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import jax
 import ml_collections
@@ -32,7 +33,7 @@ from harness import scorecard as sc
 from harness import scoring, trial_inputs
 from harness.checkpoints import Checkpointer
 from harness.history import History
-from harness.optimizers import make_optimizer
+from harness.optimizers import TRACED, hyperparams, make_optimizer
 from harness.runners import SeedRunner, vmap_seeds
 from harness.steps import SeedKeys, build_program
 from harness.tb_writer import MetricsWriter
@@ -40,6 +41,7 @@ from harness.tb_writer import MetricsWriter
 CODE_ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINTS = 'checkpoints'
 ERROR_LOG = 'error.log'  # harness.main: the traceback of a failed run
+MEMBER = 'member-'  # + index: a batch member's outputs, inside the workdir
 # What a run leaves in its workdir; --overwrite deletes these and nothing else.
 OUTPUTS = frozenset({sc.SCORECARD, sc.TEST_SCORECARD, sc.CURVES, scoring.REPORT,
                      scoring.PROGRESS, scoring.PREDICTIONS, CHECKPOINTS, ERROR_LOG})
@@ -49,7 +51,8 @@ def is_output(name: str) -> bool:
   """Whether a workdir entry is something a run writes: a known name, an event file, or the
   temporary file of a known name's write that was interrupted."""
   temporary = name.endswith('.tmp') and name.removesuffix('.tmp').lstrip('.') in OUTPUTS
-  return name in OUTPUTS or temporary or name.startswith('events.out.tfevents.')
+  return (name in OUTPUTS or temporary or name.startswith('events.out.tfevents.')
+          or name.startswith(MEMBER))
 
 
 def clear_outputs(workdir: Path) -> None:
@@ -93,11 +96,65 @@ def _inputs(config: ml_collections.ConfigDict, inputs_dir: Path | None, eval_tes
   return inputs, targets
 
 
+@dataclasses.dataclass
+class Member:
+  """One set of the optimiser's traced values trained on the run's K seeds: the run itself,
+  or one candidate of a batch. Its outputs go to `folder` exactly as a run alone writes them
+  into its workdir (predictions, progress, report, events), so each is scored on its own."""
+  index: int
+  folder: Path
+  config: ml_collections.ConfigDict  # the run's config with this member's values
+  history: History
+
+  def columns(self, num_seeds: int) -> slice:
+    """Its rows among the run's members (candidate-major: B candidates x K seeds)."""
+    return slice(self.index * num_seeds, (self.index + 1) * num_seeds)
+
+  @property
+  def hyperparams(self) -> dict[str, float]:
+    return hyperparams(self.config.optimizer)
+
+
+def member_configs(config: ml_collections.ConfigDict,
+                   members: Sequence[Mapping[str, Any]] | None) -> list[ml_collections.ConfigDict]:
+  """The config of each member: `config` with the member's values of traced keys
+  ('optimizer.learning_rate': 3e-3, ...); one member, `config` itself, when none are given."""
+  if members is None:
+    return [config]
+  if not members:
+    raise ConfigError('--members lists no member')
+  configs = []
+  for values in members:
+    if not isinstance(values, Mapping):
+      raise ConfigError(f'a member is a mapping of traced config keys to values, got {values!r}')
+    member = ml_collections.ConfigDict(config.to_dict())
+    for path, value in values.items():
+      section, _, key = str(path).partition('.')
+      if section != 'optimizer' or key not in TRACED:
+        raise ConfigError(f'member key {path!r} is not a traced hyperparameter; traced: '
+                          f'{", ".join("optimizer." + k for k in TRACED)}')
+      if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ConfigError(f'member {values}: optimizer hyperparameters must be finite '
+                          f'numbers, got {path}={value!r}')
+      member.optimizer[key] = float(value)
+    try:
+      hyperparams(member.optimizer)
+    except ValueError as e:
+      raise ConfigError(f'member {values}: {e}') from e
+    configs.append(member)
+  return configs
+
+
+def member_folder(workdir: Path, index: int, batched: bool) -> Path:
+  return workdir / f'{MEMBER}{index}' if batched else workdir
+
+
 def _setup(config: ml_collections.ConfigDict, inputs_dir: Path | None, eval_test: bool,
-           seeds: list[int]):
+           seeds: list[int], members: Sequence[Mapping[str, Any]] | None):
   """Everything that can fail because the config is wrong, before any training."""
   try:
     check_train_config(config)
+    configs = member_configs(config, members)
     inputs, targets = _inputs(config, inputs_dir, eval_test)
     tx = make_optimizer(config.optimizer, config.train.steps)
     build = functools.partial(models.build_model, config.model,
@@ -112,120 +169,176 @@ def _setup(config: ml_collections.ConfigDict, inputs_dir: Path | None, eval_test
   except (ValueError, TypeError, KeyError, AttributeError) as e:
     raise ConfigError(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
   scorer = None if targets is None else scoring.Scorer(targets, len(seeds))
-  return inputs, scorer, program, SeedKeys.for_seeds(seeds)
+  return inputs, scorer, program, configs
 
 
-def _save_predictions(workdir: Path, name: str, logits: np.ndarray, kind: str) -> None:
+def _save_predictions(folder: Path, name: str, logits: np.ndarray, kind: str) -> None:
   """Atomically, so a reader polling the folder never sees half a file. A language model's
   logits (positions x vocabulary per row) are stored as float16 to halve their size."""
   if kind == 'language_model':
     logits = logits.astype(np.float16)
   buffer = io.BytesIO()
   np.save(buffer, logits)  # numpy's own file writes lose the errno of a full disk
-  folder = workdir / scoring.PREDICTIONS
-  folder.mkdir(exist_ok=True)
+  folder = folder / scoring.PREDICTIONS
+  folder.mkdir(parents=True, exist_ok=True)
   sc.write_atomically(folder / name, buffer.getbuffer())
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
                        num_seeds: int = 1, resume: bool = False, eval_test: bool = False,
-                       inputs_dir: Path | None = None, overwrite: bool = False
-                       ) -> dict[str, Any]:
+                       inputs_dir: Path | None = None, overwrite: bool = False,
+                       members: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
   """Trains `num_seeds` seeds (train.seed, train.seed+1, ...), writes predictions and the
   report; by hand (no `inputs_dir`) also scores them and returns the scorecard, else the
-  report. `overwrite` clears an earlier run's output, once the config is known to be good."""
+  report. `overwrite` clears an earlier run's output, once the config is known to be good.
+
+  With `members` (a list of {traced key: value}), each member trains on the same seeds in
+  the same compiled program and writes its outputs to workdir/member-<i>/, as a run alone
+  would into its workdir; then {'members': [each member's result]} is returned. A member
+  that diverges
+  stops writing where a run alone would stop; the others go on.
+  """
   workdir = Path(workdir).absolute()
   seeds = [int(config.train.seed) + i for i in range(num_seeds)]
-  inputs, scorer, program, keys = _setup(config, inputs_dir, eval_test, seeds)
+  inputs, scorer, program, configs = _setup(config, inputs_dir, eval_test, seeds, members)
   if overwrite:
     clear_outputs(workdir)
+  batched = members is not None
+  group = [Member(i, member_folder(workdir, i, batched), c, History(num_seeds=num_seeds))
+           for i, c in enumerate(configs)]
   ckpt = Checkpointer(workdir / CHECKPOINTS)
-  runner = SeedRunner(program, keys, scan=bool(config.train.scan_steps), vmapped=vmap_seeds())
+  values = {k: [m.hyperparams[k] for m in group for _ in seeds] for k in TRACED}
+  runner = SeedRunner(program, SeedKeys.for_seeds(seeds * len(group)), values,
+                      scan=bool(config.train.scan_steps), vmapped=vmap_seeds())
   carry = runner.init()
-  history = History(num_seeds=num_seeds)
   restored_step = ckpt.latest_step() if resume else None
   if not resume and restored_step is None and ckpt.latest_step() is not None:
     raise ConfigError(f'{workdir} already holds checkpoints: pass --resume or use a new workdir')
-  for final in (sc.SCORECARD, sc.TEST_SCORECARD, scoring.REPORT):
-    (workdir / final).unlink(missing_ok=True)  # an earlier attempt's result is not this one's
+  for member in group:
+    for final in (sc.SCORECARD, sc.TEST_SCORECARD, scoring.REPORT):
+      (member.folder / final).unlink(missing_ok=True)  # an earlier attempt's is not this one's
+  step = 0
   if restored_step is not None:
     stacked, saved = ckpt.restore(restored_step, runner.stacked(carry))
     carry = runner.members(stacked)
-    history = History.from_json(saved)
+    for member, history in zip(group, saved['members'], strict=True):
+      member.history = History.from_json(history)
+    step = restored_step
     logging.info('Resumed from step %d', restored_step)
-  _rewrite_curves(workdir, history, scorer)
-  writer = MetricsWriter(workdir, purge_step=restored_step)
+  for member in group:
+    _rewrite_curves(member.folder, member.history, scorer)
+  writers = [MetricsWriter(m.folder, purge_step=restored_step) for m in group]
   val = inputs.predict['val']
   total = int(config.train.steps)
   every = int(config.train.eval_every)
+  live = lambda: [m for m in group if not m.history.diverged and m.history.step < total]
   try:
-    while history.step < total and not history.diverged:
-      length = min(every, total - history.step)
+    while live():
+      training = live()
+      length = min(every, total - step)
       compile_before = runner.compile_seconds
       start = time.perf_counter()
-      carry, (losses, grad_norms) = runner(carry, history.step, length)
-      history.compile_seconds += runner.compile_seconds - compile_before
+      carry, (losses, grad_norms) = runner(carry, step, length)
       seconds = time.perf_counter() - start - (runner.compile_seconds - compile_before)
-      history.record_chunk(losses, grad_norms, seconds)
-      first_step = history.step - length
-      for t in range(length):
-        writer.scalars(first_step + t + 1, {'train/loss': float(np.mean(losses[t])),
-                                            'train/grad_norm': float(np.mean(grad_norms[t]))})
-      _save_predictions(workdir, scoring.val_file(history.step),
-                        runner.predict(carry, val.x, val.batch_size), inputs.kind)
-      point = history.record_eval()
-      sc.append_jsonl(workdir / scoring.PROGRESS, point)
-      writer.scalars(history.step, {'perf/step_ms': history.chunk_step_ms[-1]})
-      if scorer is not None:
-        _score_point(scorer, workdir, history, writer, inputs.metric_name)
-      else:
-        logging.info('step %d: train loss %.4f', history.step, np.mean(history.last_train_loss))
-      if history.step % int(config.train.checkpoint_every) == 0 and not history.diverged:
-        ckpt.save(history.step, runner.stacked(carry), history.to_json())
-    for name, predict_set in inputs.predict.items():
-      if name != 'val' and not history.diverged:
-        _save_predictions(workdir, f'{name}.npy',
-                          runner.predict(carry, predict_set.x, predict_set.batch_size),
-                          inputs.kind)
-    report = _report(config, inputs, seeds, history, runner.cost_info(carry),
-                     jax.eval_shape(runner.stacked, carry)[0], total)
-    sc.write_json(workdir / scoring.REPORT, report)
-    result = report
-    if scorer is not None:
-      result = card = scoring.scorecard(scorer, workdir, seeds=seeds, trusted=None,
-                                        code=sc.code_provenance(CODE_ROOT))
-      writer.hparams(config.to_dict(), {'hparams/val_metric': card['val_metric']['mean'],
-                                        'hparams/val_loss': card['val_loss']['mean'],
-                                        'hparams/train_seconds': card['train_seconds']})
-      sc.write_json(workdir / sc.SCORECARD, card)
-      if eval_test and not history.diverged:
-        sc.write_json(workdir / sc.TEST_SCORECARD, scoring.test_scorecard(scorer, workdir, card))
+      logits = runner.predict(carry, val.x, val.batch_size)
+      step += length
+      for member in training:
+        columns = member.columns(num_seeds)
+        _record(member, writers[member.index], losses[:, columns], grad_norms[:, columns],
+                seconds, runner.compile_seconds - compile_before)
+        _save_predictions(member.folder, scoring.val_file(step), logits[columns], inputs.kind)
+        sc.append_jsonl(member.folder / scoring.PROGRESS, member.history.record_eval())
+        writers[member.index].scalars(step, {'perf/step_ms': member.history.chunk_step_ms[-1]})
+        if scorer is not None:
+          _score_point(scorer, member, writers[member.index], inputs.metric_name)
+        else:
+          logging.info('%sstep %d: train loss %.4f', _label(member, batched), step,
+                       np.mean(member.history.last_train_loss))
+      if step % int(config.train.checkpoint_every) == 0 and live():
+        ckpt.save(step, runner.stacked(carry), {'members': [m.history.to_json() for m in group]})
+    results = _finish(runner, carry, group, inputs, seeds, scorer, writers, eval_test, total)
   except BaseException:
     with contextlib.suppress(Exception):  # the error that stopped the run is the one to report
-      _close(writer, ckpt)
+      _close(writers, ckpt)
     raise
-  _close(writer, ckpt)
-  return result
+  _close(writers, ckpt)
+  return {'members': results} if batched else results[0]
 
 
-def _close(writer: MetricsWriter, ckpt: Checkpointer) -> None:
-  """Flushes the events and waits for pending checkpoint saves, each even if the other fails
+def _record(member: Member, writer: MetricsWriter, losses: np.ndarray, grad_norms: np.ndarray,
+            seconds: float, compile_seconds: float) -> None:
+  """One chunk into a member's history and events. Its time is the whole chunk's: members
+  train together, so each reports what the group cost."""
+  history = member.history
+  history.compile_seconds += compile_seconds
+  first_step = history.step
+  history.record_chunk(losses, grad_norms, seconds)
+  for t in range(losses.shape[0]):
+    writer.scalars(first_step + t + 1, {'train/loss': float(np.mean(losses[t])),
+                                        'train/grad_norm': float(np.mean(grad_norms[t]))})
+
+
+def _finish(runner: SeedRunner, carry, group: list[Member], inputs: trial_inputs.Inputs,
+            seeds: list[int], scorer: scoring.Scorer | None, writers: list[MetricsWriter],
+            eval_test: bool, total: int) -> list[dict[str, Any]]:
+  """After training: the other prediction sets, each member's report and (by hand) its
+  scorecard; returns each member's scorecard (by hand) or report."""
+  num_seeds = len(seeds)
+  for name, predict_set in inputs.predict.items():
+    if name == 'val' or all(m.history.diverged for m in group):
+      continue
+    logits = runner.predict(carry, predict_set.x, predict_set.batch_size)
+    for member in group:
+      if not member.history.diverged:
+        _save_predictions(member.folder, f'{name}.npy', logits[member.columns(num_seeds)],
+                          inputs.kind)
+  cost_info = runner.cost_info(carry)
+  params = jax.eval_shape(runner.stacked, carry)[0]
+  results = []
+  for member in group:
+    report = _report(member.config, inputs, seeds, member.history, cost_info, params, total,
+                     share=1 / len(group))
+    sc.write_json(member.folder / scoring.REPORT, report)
+    results.append(report)
+    if scorer is not None:
+      results[-1] = card = scoring.scorecard(scorer, member.folder, seeds=seeds, trusted=None,
+                                        code=sc.code_provenance(CODE_ROOT))
+      writers[member.index].hparams(
+          member.config.to_dict(), {'hparams/val_metric': card['val_metric']['mean'],
+                                    'hparams/val_loss': card['val_loss']['mean'],
+                                    'hparams/train_seconds': card['train_seconds']})
+      sc.write_json(member.folder / sc.SCORECARD, card)
+      if eval_test and not member.history.diverged:
+        sc.write_json(member.folder / sc.TEST_SCORECARD,
+                      scoring.test_scorecard(scorer, member.folder, card))
+  return results
+
+
+def _label(member: Member, batched: bool) -> str:
+  return f'member {member.index}: ' if batched else ''
+
+
+def _close(writers: list[MetricsWriter], ckpt: Checkpointer) -> None:
+  """Flushes the events and waits for pending checkpoint saves, each even if another fails
   (a full disk): a process must not exit mid-write."""
   try:
-    writer.close()
+    for writer in writers:
+      writer.close()
   finally:
     ckpt.close()
 
 
-def _score_point(scorer: scoring.Scorer, workdir: Path, history: History,
-                 writer: MetricsWriter, metric_name: str) -> None:
+def _score_point(scorer: scoring.Scorer, member: Member, writer: MetricsWriter,
+                 metric_name: str) -> None:
   """By hand only: the evaluation just written, scored at once for the curve and the log."""
-  point = scorer.point(workdir, history.step)
+  history = member.history
+  point = scorer.point(member.folder, history.step)
   point['train_loss'] = list(history.last_train_loss)
-  sc.append_jsonl(workdir / sc.CURVES, point)
+  sc.append_jsonl(member.folder / sc.CURVES, point)
   writer.scalars(history.step, {'val/loss': float(np.mean(point['val_loss'])),
                                 f'val/{metric_name}': float(np.mean(point['val_metric']))})
-  logging.info('step %d: train loss %.4f, val %s %.4f', history.step,
+  logging.info('%sstep %d: train loss %.4f, val %s %.4f',
+               _label(member, member.folder.name.startswith(MEMBER)), history.step,
                np.mean(history.last_train_loss), metric_name, np.mean(point['val_metric']))
 
 
@@ -252,14 +365,16 @@ def _param_count(params) -> int:
 
 
 def _report(config, inputs: trial_inputs.Inputs, seeds: list[int], history: History,
-            cost_info: dict[str, Any], params, total_steps: int) -> dict[str, Any]:
+            cost_info: dict[str, Any], params, total_steps: int,
+            share: float = 1.0) -> dict[str, Any]:
   """What the training process says about itself: costs, stability, config, versions.
+  Times are the whole run's; FLOPs this member's `share` of all members'.
 
   Untrusted when candidate code ran here: the scorer keeps these numbers labelled as
   reported, beside what the trusted side measured.
   """
   examples = history.step * config.train.batch_size * len(seeds)
-  flops = cost_info.get('flops_per_step', math.nan)
+  flops = cost_info.get('flops_per_step', math.nan) * share
   return {
       'task': inputs.name,
       'seeds': seeds,
