@@ -7,6 +7,7 @@ r"""The research agent's command line.
   python -m agent.main resume|status|log|verify|review|report --run_id=ID
   python -m agent.main approve N --run_id=ID
   python -m agent.main reject N --why="..." --run_id=ID
+  python -m agent.main tensorboard --run_id=ID   # writes runs/<id>/tensorboard/ again
 
 Runs live in <workspace>/runs/<run-id>/: the journal, the git worktree of branch
 agent/<run-id>, and one folder per trial (scorecards, TensorBoard events, checkpoints).
@@ -31,13 +32,14 @@ from agent.charter import CharterError, load_charter
 from agent.loop import BaselineError, Loop, RunHalted
 from agent.proposing.llm_client import LLMFatalError
 from agent.recording import audit, records, report, review, vcs
+from agent.recording import progress, tb_view
 from agent.recording.journal import Journal
 from agent.start import UsageError
 from agent.untrusted import terminal_safe
 from harness.datasets import DataCacheError
 
 COMMANDS = ('run', 'resume', 'status', 'log', 'verify', 'review', 'report', 'approve',
-            'reject')
+            'reject', 'tensorboard')
 
 _EXPERIMENT = flags.DEFINE_string('experiment', None, 'Experiment config, relative to the '
                                   'workspace (run only).')
@@ -141,6 +143,12 @@ def cmd_resume() -> int:
 
 
 def _drive(loop: Loop) -> int:
+  """The loop, watched: a progress line, and the TensorBoard view after each trial."""
+  with progress.watching(loop.run_dir, start.JOURNAL, tb_view.write):
+    return _run_loop(loop)
+
+
+def _run_loop(loop: Loop) -> int:
   """Runs the loop to a stop, then (unless a winner awaits review) the final evaluation;
   every way out is recorded in the journal before the exit code says it."""
   state, journal, run_id = loop.state, loop.journal, loop.config.run_id
@@ -187,6 +195,15 @@ def _journal() -> Journal:
 
 def cmd_status() -> int:
   show(report.status(_journal()))
+  line = progress.status_line(_run_dir(_repo()), start.JOURNAL)
+  if line:
+    show(f'now: {line}')
+  return 0
+
+
+def cmd_tensorboard() -> int:
+  folder = tb_view.write(_journal(), _run_dir(_repo()))
+  show(f'TensorBoard view written: tensorboard --logdir {folder}')
   return 0
 
 

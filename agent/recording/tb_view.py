@@ -26,10 +26,14 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from tensorboardX import SummaryWriter
-from tensorboardX.proto.summary_pb2 import Summary
+from tensorboardX.proto.api_pb2 import DataType, Experiment, HParamInfo, MetricInfo, MetricName
+from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData
+from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
+from tensorboardX.proto.tensor_pb2 import TensorProto
+from tensorboardX.proto.tensor_shape_pb2 import TensorShapeProto
 from tensorboardX.summary import hparams
 
 from agent.recording import records
@@ -41,10 +45,11 @@ from harness.scorecard import SCORECARD
 FOLDER = 'tensorboard'
 AGENT_RUN = 'agent'
 MAX_DIFF_CHARS = 20_000
-# The columns the agent adds before the config's keys (which all hold a dot when nested).
-COLUMNS = ('trial', 'operator', 'verdict', 'reason', 'gain', 'noise_floor', 'train_seconds',
-           'step_ms_p50', 'step_ms_p95', 'peak_memory_mb', 'flops_per_step', 'param_count',
-           'nonfinite')
+# The columns the agent adds beside the config's keys. TensorBoard orders columns by name and
+# shows the first five: these names put the decision first (the trial's name is the run's).
+COLUMNS = ('agent.operator', 'agent.verdict', 'agent.reason', 'agent.gain', 'agent.noise_floor',
+           'cost.train_seconds', 'cost.step_ms_p50', 'cost.step_ms_p95', 'cost.peak_memory_mb',
+           'cost.flops_per_step', 'cost.param_count', 'cost.nonfinite')
 _MARKDOWN_SIGNS = re.compile(r'([\\`*_{}\[\]()#+\-.!|~>])')
 
 
@@ -124,10 +129,10 @@ def _costs(arm: ArmRecord | None, card: dict[str, Any]) -> dict[str, Any]:
   if arm is None:
     return {}
   latency = card.get('step_latency_ms') if isinstance(card.get('step_latency_ms'), dict) else {}
-  return {'train_seconds': arm.train_seconds, 'step_ms_p50': arm.step_latency_ms,
-          'step_ms_p95': latency.get('p95'), 'peak_memory_mb': arm.peak_memory_mb,
-          'flops_per_step': card.get('flops_per_step'), 'param_count': card.get('param_count'),
-          'nonfinite': arm.nonfinite}
+  return {'cost.train_seconds': arm.train_seconds, 'cost.step_ms_p50': arm.step_latency_ms,
+          'cost.step_ms_p95': latency.get('p95'), 'cost.peak_memory_mb': arm.peak_memory_mb,
+          'cost.flops_per_step': card.get('flops_per_step'),
+          'cost.param_count': card.get('param_count'), 'cost.nonfinite': arm.nonfinite}
 
 
 def _hparams(columns: Mapping[str, Any], card: dict[str, Any]) -> dict[str, Any]:
@@ -209,15 +214,16 @@ def view(journal: Journal) -> View:
       metric = str((card.get('metric') or {}).get('name') or metric)
       sessions.append(Session('baseline', 0, '### Baseline\n\nThe start commit, on the '
                               'seeds every screen uses.',
-                              _hparams({'trial': 0, 'verdict': 'baseline',
+                              _hparams({'agent.verdict': 'baseline',
                                         **_costs(body.arm, card)}, card), body.arm.curve))
     elif isinstance(body, records.TRIAL_ENDS):
       step, review = record.trial, reviews.get(record.trial)
       arm = getattr(body, 'candidate', None)
       card = _scorecard(arm)
-      columns = {'trial': step, 'operator': getattr(proposals.get(step), 'operator', None),
-                 'verdict': _word(body, review), 'reason': body.reason_code, 'gain': body.gain,
-                 'noise_floor': getattr(body, 'noise_floor', None), **_costs(arm, card)}
+      columns = {'agent.operator': getattr(proposals.get(step), 'operator', None),
+                 'agent.verdict': _word(body, review), 'agent.reason': body.reason_code,
+                 'agent.gain': body.gain, 'agent.noise_floor': getattr(body, 'noise_floor', None),
+                 **_costs(arm, card)}
       sessions.append(Session(f'trial-{step:03d}', step, _trial_text(
           step, proposals.get(step), diffs.get(step), body, review),
           _hparams(columns, card), arm.curve if arm else []))
@@ -235,16 +241,35 @@ def view(journal: Journal) -> View:
   return View(metric, sessions, agent)
 
 
-def _experiment(sessions: Iterable[Session], metric: str) -> Summary:
-  """One experiment summary over every session's keys: the agent's columns first, then
-  the config's, sorted."""
-  union: dict[str, Any] = {}
+_TYPES = ((bool, 'DATA_TYPE_BOOL'), ((int, float), 'DATA_TYPE_FLOAT64'), (str, 'DATA_TYPE_STRING'))
+
+
+def _experiment(sessions: list[Session], metric: str) -> Summary:
+  """One experiment summary over every session's keys: the union, so a key some trials
+  lack is still a column, blank for them."""
+  kinds: dict[str, type] = {}
   for session in sessions:
     for key, value in session.hparams.items():
-      union.setdefault(key, value)
-  order = [k for k in COLUMNS if k in union] + sorted(set(union) - set(COLUMNS))
-  experiment, _, _ = hparams({k: union[k] for k in order}, {f'val/{metric}': 0.0})
-  return experiment
+      kinds.setdefault(key, type(value))
+  infos = [HParamInfo(name=key, type=DataType.Value(
+      next(name for types, name in _TYPES if issubclass(kinds[key], types))))
+      for key in sorted(kinds)]
+  experiment = Experiment(hparam_infos=infos,
+                          metric_infos=[MetricInfo(name=MetricName(tag=f'val/{metric}'))])
+  content = HParamsPluginData(experiment=experiment, version=0)
+  return Summary(value=[Summary.Value(tag='_hparams_/experiment', metadata=SummaryMetadata(
+      plugin_data=SummaryMetadata.PluginData(plugin_name='hparams',
+                                             content=content.SerializeToString())))])
+
+
+def _text(tag: str, markdown: str) -> Summary:
+  """A text summary holding one string (a scalar tensor: TensorBoard renders it as
+  Markdown, where add_text's one-element vector becomes a table)."""
+  return Summary(value=[Summary.Value(
+      tag=tag, metadata=SummaryMetadata(plugin_data=SummaryMetadata.PluginData(
+          plugin_name='text')),
+      tensor=TensorProto(dtype='DT_STRING', string_val=[markdown.encode('utf-8')],
+                         tensor_shape=TensorShapeProto()))])
 
 
 def _write(folder: Path, result: View) -> None:
@@ -257,7 +282,7 @@ def _write(folder: Path, result: View) -> None:
       for step, value in session.curve:
         if value == value:
           writer.add_scalar(f'val/{result.metric}', value, int(step))
-      writer.add_text('trial', session.text, session.step)
+      file_writer.add_summary(_text('trial', session.text), session.step)
       file_writer.add_summary(end)
     finally:
       writer.close()
