@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shutil
 from html.parser import HTMLParser
 
 import markupsafe
@@ -20,6 +21,7 @@ from agent.recording.journal import Journal
 from agent.recording.records import FinalEval
 from tests.agent_workspace import git, write_scorecard
 from tests.browser import Browser
+from tests.conftest import ROOT
 from tests.test_agent_e2e import agent
 from tests.test_agent_loop import ScriptedProposer, make_loop, set_lr, touch
 from tests.test_audit import FinalRunner
@@ -200,3 +202,22 @@ def test_a_browser_shows_the_report_with_its_figures_and_no_errors(run):
     assert page.eval('typeof window.pwned') == 'undefined'
     assert page.eval('document.scripts.length') == 0
     assert page.console_errors == []
+
+
+def test_a_journal_with_reviews_and_llm_usage_reads_as_recorded(tmp_path):
+  """tests/data/journal_v1: a winner rejected in review (trial 3), one approved (trial 4), a
+  failed proposal with its LLM calls; its repository is gone, so verify fails."""
+  run_dir = tmp_path / 'runs/r1'
+  run_dir.mkdir(parents=True)
+  shutil.copy(ROOT / 'tests/data/journal_v1/journal.sqlite', run_dir)
+  with Journal.open(run_dir / 'journal.sqlite') as journal:
+    text = html_report.render(tmp_path, journal)
+  section = lambda name: text[text.index(f'<section id="{name}"'):].split('</section>')[0]
+  accepted, rejected = section('accepted'), section('rejected')
+  assert 'Trial 4: lr_up_more' in accepted and 'approved by alice: fine' in accepted
+  assert re.search(r'<td class="n">3</td><td>lr_up</td>.*?<td>rejected in review</td>',
+                   rejected, re.S)
+  assert 'rejected by bob: too slow' in rejected
+  assert re.search(r'<td>LLM tokens \(input \+ output\)</td><td class="n">300</td>',
+                   section('budget'))
+  assert 'verify failed' in section('verify')

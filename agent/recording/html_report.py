@@ -28,7 +28,7 @@ import jinja2
 from agent.charter import Objective
 from agent.recording import audit, records
 from agent.recording import report_plots as plots
-from agent.recording.journal import Journal
+from agent.recording.journal import Journal, Record
 from agent.recording.records import ArmRecord, RunConfig
 from agent.recording.state import RunState
 from harness.scorecard import SCORECARD
@@ -71,27 +71,32 @@ class _Walk:
   compute_seconds: float = 0.0
   compute_saved: float = 0.0
   candidates: dict[int, ArmRecord] = dataclasses.field(default_factory=dict)  # by trial
+  proposals: dict[int, records.Proposed] = dataclasses.field(default_factory=dict)
+  diffs: dict[int, str] = dataclasses.field(default_factory=dict)
 
-  def see(self, record: Any, proposals: dict[int, records.Proposed],
-          diffs: dict[int, str]) -> None:
+  def see(self, record: Record) -> None:
     body = record.body
     if isinstance(body, (records.Baseline, records.TrialFinished, records.ConfirmFinished)):
       self.compute_seconds += body.wall_seconds
-    if isinstance(body, records.Baseline):
+    if isinstance(body, records.Proposed):
+      self.proposals[record.trial] = body
+    elif isinstance(body, records.TrialStarted):
+      self.diffs[record.trial] = body.diff
+    elif isinstance(body, records.Baseline):
       self.baseline = self.incumbent = body.arm
       self.steps.append(plots.Step(0, self.compute_seconds, *_mean_std(body.arm), None, True))
       self.points.append(_point('baseline', body.arm, True))
     elif isinstance(body, records.TRIAL_ENDS):
-      self.trial_ended(record.trial, body, proposals.get(record.trial), diffs)
+      self.trial_ended(record.trial, body)
     elif isinstance(body, records.Review):
       self.reviewed(body)
 
-  def trial_ended(self, trial: int, body: records.TrialEnd, proposal: records.Proposed | None,
-                  diffs: dict[int, str]) -> None:
+  def trial_ended(self, trial: int, body: records.TrialEnd) -> None:
     waiting = isinstance(body, records.Verdict) and body.awaiting_review
     row = TrialRow(trial, 'kept' if body.accepted else 'awaits review' if waiting
                    else 'rejected', reason_code=body.reason_code, rationale=body.rationale,
-                   gain=body.gain, diff=diffs.get(trial, ''))
+                   gain=body.gain, diff=self.diffs.get(trial, ''))
+    proposal = self.proposals.get(trial)
     if proposal:
       row.operator, row.diagnosis = proposal.operator, proposal.diagnosis
       row.hypothesis, row.expected_effect = proposal.hypothesis, proposal.expected_effect
@@ -121,9 +126,8 @@ class _Walk:
     if not review.approved:
       return
     self.incumbent = self.candidates[review.trial]
-    self.steps[-1] = dataclasses.replace(self.steps[-1], kept=True,
-                                         **dict(zip(('best', 'best_std'),
-                                                    _mean_std(self.incumbent))))
+    best, best_std = _mean_std(self.incumbent)
+    self.steps[-1] = dataclasses.replace(self.steps[-1], best=best, best_std=best_std, kept=True)
     self.gains = [dataclasses.replace(g, kept=True) if g.trial == review.trial else g
                   for g in self.gains]
     self.points = [dataclasses.replace(p, kept=True) if p.label == str(review.trial) else p
@@ -243,14 +247,8 @@ def context(repo: Path, journal: Journal) -> dict[str, Any]:
   baseline = journal.latest(records.Baseline)
   metric, direction = _objective(started, trusted_scorecard(baseline.arm if baseline else None))
   walk = _Walk(direction)
-  proposals: dict[int, records.Proposed] = {}
-  diffs: dict[int, str] = {}
   for record in entries:
-    if isinstance(record.body, records.Proposed):
-      proposals[record.trial] = record.body
-    elif isinstance(record.body, records.TrialStarted):
-      diffs[record.trial] = record.body.diff
-    walk.see(record, proposals, diffs)
+    walk.see(record)
   card = trusted_scorecard(walk.incumbent) or trusted_scorecard(walk.baseline) or {}
   finished = journal.latest(records.RunFinished)
   settings = started.charter or {}
