@@ -14,7 +14,7 @@ import re
 
 import matplotlib
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
 ACCEPTED, REJECTED, BASELINE, BAND = '#1a7f37', '#cf222e', '#0969da', '#0969da'
 _PROLOGUE = re.compile(r'^.*?(?=<svg)', re.S)  # the XML declaration and DOCTYPE
@@ -153,6 +153,7 @@ def tradeoffs(points: list[Point], metric: str, direction: str,
     xs = [cost(p) for p in shown] + [v for v, _ in limits.get(key, [])]
     if xs and min(xs) > 0 and max(xs) / min(xs) > 20:
       ax.set_xscale('log')
+      ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks overlap
     ax.set_xlabel(label)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc='best')
