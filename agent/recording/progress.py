@@ -40,8 +40,10 @@ _FRESH_S = 3 * HEARTBEAT_S  # a session silent for longer is not running
 
 
 def open_read_only(path: Path) -> Journal:
-  """The journal through a connection that cannot write (the watcher's guarantee)."""
-  connection = sqlite3.connect(f'file:{path}?mode=ro', uri=True, isolation_level=None)
+  """The journal through a connection that cannot write (the watcher's guarantee); made in
+  one thread, used by the watcher's, one at a time."""
+  connection = sqlite3.connect(f'file:{path}?mode=ro', uri=True, isolation_level=None,
+                               check_same_thread=False)
   return Journal(connection, path)
 
 

@@ -1,0 +1,100 @@
+"""The progress line of a running run, from one real (tiny) run watched by its agent."""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import re
+
+import pytest
+
+from agent.recording import progress, tb_view
+from agent.recording.journal import Journal
+from agent.start import JOURNAL
+from tests.agent_workspace import TINY_EXPERIMENT, make_workspace
+from tests.test_agent_e2e import agent
+
+LINE = re.compile(r'^\[p\] (.*?) \| .* \| incumbent (\S+) (\S+) \| (.*)$')
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+  repo = make_workspace(tmp_path_factory.mktemp('progress'))
+  result = agent(repo, 'run', f'--experiment={TINY_EXPERIMENT}', '--budget_trials=2',
+                 '--seeds=2', '--run_id=p', '--nofinal_eval')
+  assert result.returncode == 0, result.stderr[-2000:]
+  return repo, result.stdout
+
+
+def test_plain_lines_name_every_stage_in_order_with_the_incumbent(run):
+  repo, out = run
+  lines = [m.groups() for m in map(LINE.match, out.splitlines()) if m]
+  phases = [phase for phase, *_ in lines]
+  want = ['baseline run', 'trial 1/2 proposing', 'trial 1/2 checking', 'trial 1/2 screen',
+          'trial 1/2 deciding', 'trial 2/2 proposing', 'trial 2/2 screen', 'trial 2/2 finished']
+  at = [next(i for i, p in enumerate(phases) if p.startswith(w)) for w in want]
+  assert at == sorted(at), phases
+  assert len(phases) == len(set(lines)), 'a plain line repeats an unchanged phase'
+  final = progress.Watcher(repo / 'runs/p', JOURNAL).look()
+  assert lines[-1][2] == f'{final.incumbent:.4f}' and lines[-1][1] == 'accuracy'
+  assert lines[-1][3] == 'not running' and not final.running
+  assert progress.status_line(repo / 'runs/p', JOURNAL) is None  # finished: no live line
+
+
+def test_the_view_is_written_by_the_watching_agent(run):
+  repo, _ = run
+  folder = repo / 'runs/p' / tb_view.FOLDER
+  assert sorted(p.name for p in folder.iterdir()) == ['agent', 'baseline', 'trial-001',
+                                                      'trial-002']
+
+
+def _copy_until(source: Journal, target: Journal, kind: str, trial: int) -> int:
+  """The records of `source` up to its first `kind` of `trial`; the last session's seq."""
+  session = 0
+  for record in source.records():
+    copied = target.append(record.kind, record.payload, record.trial)
+    session = copied.seq if record.kind == 'session_started' else session
+    if record.kind == kind and record.trial == trial:
+      return session
+  raise AssertionError(f'no {kind} of trial {trial}')
+
+
+def test_status_of_a_running_run_shows_the_trial_the_step_and_the_budget(run):
+  repo, _ = run
+  live = repo / 'runs/live'
+  with Journal.open(repo / 'runs/p' / JOURNAL) as source, \
+       Journal.open(live / JOURNAL) as target:
+    session = _copy_until(source, target, 'trial_started', 2)
+  output = live / 'trials/2/screen/output'
+  output.mkdir(parents=True)
+  (output / 'progress.jsonl').write_text('{"step": 20}\n{"step": 40, "train_loss": [1.0]}\n')
+  now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+  (live / 'heartbeat.json').write_text(json.dumps({'session': session, 'time': now}))
+  line = progress.status_line(live, JOURNAL)
+  assert line is not None and line.startswith('[p] trial 2/2 screen: step 40/60 | ')
+  assert 'compute ' in line and 'incumbent accuracy 0.' in line and 'ETA ' in line
+  (output / 'report.json').write_text('{}')
+  assert 'screen: evaluation' in progress.status_line(live, JOURNAL)
+  shown = agent(repo, 'status', '--run_id=p').stdout
+  assert 'trials: 2/2' in shown and 'now:' not in shown
+
+
+class _Terminal(io.StringIO):
+  def isatty(self) -> bool:
+    return True
+
+
+def test_a_terminal_gets_one_line_redrawn_and_plain_output_one_line_per_phase(run):
+  repo, _ = run
+  look = progress.Watcher(repo / 'runs/p', JOURNAL).look()
+  plain = io.StringIO()
+  display = progress.Display(plain)
+  for _ in range(3):
+    display.show(look)
+  assert plain.getvalue() == look.line() + '\n'
+  terminal = _Terminal()
+  display = progress.Display(terminal)
+  display.show(look)
+  display.close()
+  assert '[p] trial 2/2' in terminal.getvalue() and '\x1b[' in terminal.getvalue()
