@@ -34,25 +34,42 @@ class RunArm(Protocol):
                worktree: Path | None = None, experiment: str | None = None) -> TrialOutcome: ...
 
 
+class RunBatch(Protocol):
+  """Runs members with these traced values together on the incumbent's code (`_run_batch`)."""
+
+  def __call__(self, workdir: Path, first_seed: int,
+               values: list[dict[str, float]]) -> list[TrialOutcome]: ...
+
+
 class CandidateJudge:
   """Judges the candidates of one run against its incumbent (`state.incumbent`), booking the
   compute of every run it makes into `state`."""
 
   def __init__(self, repo: Path, run_dir: Path, worktree: Path, charter: Charter,
-               state: RunState, journal: Journal, run: RunArm,
+               state: RunState, journal: Journal, run: RunArm, run_batch: RunBatch,
                other_data: Callable[[str], None], say: Callable[[str], None]):
     self.repo, self.run_dir, self.worktree, self.charter = repo, run_dir, worktree, charter
-    self.state, self.journal, self.run, self.other_data, self.say = (state, journal, run,
-                                                                     other_data, say)
+    self.state, self.journal, self.run, self.run_batch = state, journal, run, run_batch
+    self.other_data, self.say = other_data, say
     self.config = state.config
 
   def judge(self, trial: int, commit: str, diff: str, direction: str, metric: str
             ) -> tuple[decide_lib.Verdict, ArmRecord | None, dict[str, Any]]:
     """The verdict, the candidate's screen arm (None if it did not finish) and the details
-    the verdict record keeps (records.Verdict's optional fields)."""
-    verdict, candidate, extra = self._judge_here(trial, commit, diff, direction, metric)
+    the verdict record keeps (records.Verdict's optional fields): screened on the incumbent's
+    seeds, then a winner goes on (`_go_on`)."""
+    incumbent = self.state.incumbent
+    workdir = self.run_dir / 'trials' / str(trial) / 'screen'
+    steps = _steps_of(self.worktree / self.config.experiment, incumbent.steps)
+    outcome = self.run(workdir, SCREEN_FIRST_SEED, on_curve=self._pruner(steps, direction))
+    self.state.compute_seconds += outcome.wall_seconds
+    self.journal.write(records.TrialFinished(
+        status=outcome.status, reason=outcome.reason, wall_seconds=outcome.wall_seconds,
+        workdir=str(workdir), sandbox=outcome.sandbox), trial=trial)
+    verdict, candidate, extra = self._screen(commit, diff, direction, metric, outcome, workdir,
+                                             steps)
     if verdict.accepted:
-      verdict = self._judge_elsewhere(trial, commit, verdict, extra)
+      verdict = self._go_on(trial, commit, diff, metric, direction, verdict, candidate, extra)
     return verdict, candidate, extra
 
   def _pruner(self, candidate_steps: int, direction: str):
@@ -69,17 +86,49 @@ class CandidateJudge:
       return decision.reason if decision.prune else None
     return on_curve if p.enabled else None
 
-  def _judge_here(self, trial: int, commit: str, diff: str, direction: str, metric: str):
-    """Screen on the incumbent's seeds, then confirm a winner on fresh seeds."""
+  def judge_batch(self, trials: list[int], commits: list[str], diff_texts: list[str],
+                  values: list[dict[str, float]], direction: str, metric: str,
+                  checkout: Callable[[str], None]
+                  ) -> list[tuple[decide_lib.Verdict, ArmRecord | None, dict[str, Any]]]:
+    """Candidates that differ from the incumbent only in traced values, screened together in
+    one process (the incumbent's code, each candidate's values): each is judged on its own
+    arm exactly as if it had run alone. Of those that pass the screen only the best (largest
+    mean paired gain) goes on to confirmation and, if it holds, is kept; picking the best of
+    B is a selection, which fresh-seed confirmation is there to correct. `checkout` puts
+    a commit in the worktree (the winner's, for its confirmation)."""
     incumbent = self.state.incumbent
-    trial_dir = self.run_dir / 'trials' / str(trial)
-    steps = _steps_of(self.worktree / self.config.experiment, incumbent.steps)
-    outcome = self.run(trial_dir / 'screen', SCREEN_FIRST_SEED,
-                       on_curve=self._pruner(steps, direction))
-    self.state.compute_seconds += outcome.wall_seconds
-    self.journal.write(records.TrialFinished(
-        status=outcome.status, reason=outcome.reason, wall_seconds=outcome.wall_seconds,
-        workdir=str(trial_dir / 'screen'), sandbox=outcome.sandbox), trial=trial)
+    workdir = self.run_dir / 'trials' / str(trials[0]) / 'screen'
+    outcomes = self.run_batch(workdir, SCREEN_FIRST_SEED, values)
+    wall = outcomes[0].wall_seconds
+    self.state.compute_seconds += wall
+    screened = []
+    for index, (trial, outcome) in enumerate(zip(trials, outcomes, strict=True)):
+      folder = workdir / f'member-{index}'
+      self.journal.write(records.TrialFinished(
+          status=outcome.status, reason=outcome.reason, wall_seconds=wall / len(trials),
+          workdir=str(folder), sandbox=outcome.sandbox, batch=list(trials)), trial=trial)
+      screened.append(self._screen(commits[index], diff_texts[index], direction, metric, outcome,
+                                   folder, incumbent.steps))
+    passed = [i for i, (verdict, _, _) in enumerate(screened) if verdict.accepted]
+    best = max(passed, key=lambda i: screened[i][0].gain) if passed else None
+    judged = []
+    for index, (verdict, candidate, extra) in enumerate(screened):
+      if index == best:
+        checkout(commits[index])
+        verdict = self._go_on(trials[index], commits[index], diff_texts[index], metric, direction,
+                              verdict, candidate, extra)
+      elif index != best and verdict.accepted:
+        verdict = _rejection('outranked', f'Rejected: {verdict.rationale} But trial '
+                             f'{trials[best]} of the same batch gained more '
+                             f'({screened[best][0].gain:+.3g} against {verdict.gain:+.3g}): '
+                             'only the best of a batch goes on.')
+      judged.append((verdict, candidate, extra))
+    return judged
+
+  def _screen(self, commit: str, diff: str, direction: str, metric: str,
+              outcome: TrialOutcome, workdir: Path, steps: int):
+    """The screen's verdict on a finished screen run."""
+    incumbent = self.state.incumbent
     extra: dict[str, Any] = {'status': outcome.status}
     if outcome.status in FAILED_STATUSES:
       extra['log_excerpt'] = outcome.log_tail[-LOG_EXCERPT_CHARS:]
@@ -92,16 +141,32 @@ class CandidateJudge:
       return _rejection('invariant', f'Rejected: {outcome.reason}'), None, extra
     if outcome.status not in ('ok', 'diverged') or outcome.scorecard is None:
       return _rejection(outcome.status, f'The trial {outcome.status}: {outcome.reason}'), None, extra
-    candidate = ArmRecord.from_scorecard(commit, trial_dir / 'screen', outcome.scorecard)
+    candidate = ArmRecord.from_scorecard(commit, workdir, outcome.scorecard)
     if candidate.fingerprints != incumbent.fingerprints:
       return _rejection('data_changed', 'Rejected: the data fingerprints differ from the '
                         'baseline\'s, so the comparison would not be fair.'), candidate, extra
     policy = decide_lib.AcceptancePolicy.of(self.charter)
     screen = decide_lib.SeedResults(incumbent.arm(), candidate.arm(), metric)
-    verdict = decide_lib.decide(screen, direction, policy, diff_lines=added - removed)
-    if not verdict.accepted or not self.charter.acceptance.confirm_on_fresh_seeds:
-      return verdict, candidate, extra
-    self.say(f'[trial {trial}] screen passed ({verdict.rationale}); confirming on fresh seeds')
+    return (decide_lib.decide(screen, direction, policy, diff_lines=added - removed),
+            candidate, extra)
+
+  def _go_on(self, trial: int, commit: str, diff: str, metric: str, direction: str,
+             verdict: decide_lib.Verdict, candidate: ArmRecord,
+             extra: dict[str, Any]) -> decide_lib.Verdict:
+    """A screen winner (in the worktree): confirmed on fresh seeds when the charter asks,
+    then judged wherever else its code runs."""
+    if self.charter.acceptance.confirm_on_fresh_seeds:
+      verdict = self._confirm(trial, commit, diff, metric, direction, candidate, extra)
+    if verdict.accepted:
+      verdict = self._judge_elsewhere(trial, commit, verdict, extra)
+    return verdict
+
+  def _confirm(self, trial: int, commit: str, diff: str, metric: str, direction: str,
+               candidate: ArmRecord, extra: dict[str, Any]) -> decide_lib.Verdict:
+    """The candidate and the incumbent on fresh seeds, pooled with the screen."""
+    incumbent = self.state.incumbent
+    trial_dir = self.run_dir / 'trials' / str(trial)
+    self.say(f'[trial {trial}] screen passed; confirming on fresh seeds')
     fresh = CONFIRM_FIRST_SEED + 100 * trial
     cand_fresh = self.run(trial_dir / 'confirm_candidate', fresh)
     incumbent_tree = vcs.create_detached(self.repo, self.run_dir / 'incumbent', incumbent.commit)
@@ -113,19 +178,21 @@ class CandidateJudge:
         incumbent=inc_fresh.status), trial=trial)
     if cand_fresh.status != 'ok' or inc_fresh.status != 'ok':
       return _rejection('confirm_failed', f'The confirmation runs did not finish '
-                        f'({cand_fresh.status}/{inc_fresh.status}).'), candidate, extra
+                        f'({cand_fresh.status}/{inc_fresh.status}).')
     confirm_arms = {'incumbent': ArmRecord.from_scorecard(
                         incumbent.commit, trial_dir / 'confirm_incumbent', inc_fresh.scorecard),
                     'candidate': ArmRecord.from_scorecard(
                         commit, trial_dir / 'confirm_candidate', cand_fresh.scorecard)}
+    _, added, removed = diffs.diff_stats(diff)
+    policy = decide_lib.AcceptancePolicy.of(self.charter)
+    screen = decide_lib.SeedResults(incumbent.arm(), candidate.arm(), metric)
     fresh_pair = decide_lib.SeedResults(confirm_arms['incumbent'].arm(),
                                         confirm_arms['candidate'].arm(), metric)
-    pooled = decide_lib.pool(screen, fresh_pair)
-    verdict = decide_lib.decide(pooled, direction, policy, diff_lines=added - removed,
-                                stage='confirm')
+    verdict = decide_lib.decide(decide_lib.pool(screen, fresh_pair), direction, policy,
+                                diff_lines=added - removed, stage='confirm')
     extra['confirm_seeds'] = list(range(fresh, fresh + self.config.seeds))
     extra['confirm_arms'] = confirm_arms
-    return verdict, candidate, extra
+    return verdict
 
   def _judge_elsewhere(self, trial: int, commit: str, verdict: decide_lib.Verdict,
                        extra: dict[str, Any]) -> decide_lib.Verdict:

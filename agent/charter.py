@@ -63,6 +63,9 @@ class Trial:
   # 'required': no trial runs without the filesystem sandbox (bubblewrap); 'best_effort':
   # where bwrap cannot run, trials run with namespaces and limits only, and say so
   filesystem_sandbox: str = 'required'
+  # candidates that differ from the incumbent only in the optimiser's traced values
+  # (learning rate, weight decay, clipping norm) train together, this many per process
+  batch: int = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +187,7 @@ _RULES: dict[str, _Rule] = {
     'trial.max_processes': _NONNEG,
     'trial.filesystem_sandbox': (lambda v: v in ('required', 'best_effort'),
                                  "'required' or 'best_effort'"),
+    'trial.batch': (lambda v: v >= 1, '>= 1 (1: every candidate trains alone)'),
     'budget.trials': (lambda v: v >= 1, '>= 1'),
     'budget.minutes': _POSITIVE,
     'budget.compute_seconds': _NONNEG,

@@ -18,7 +18,7 @@ import ml_collections
 
 from agent.candidate import SCREEN_FIRST_SEED, CandidateJudge
 from agent.charter import Charter
-from agent.editing import knobs
+from agent.editing import batching, knobs
 from agent.judging import decide as decide_lib
 from agent.proposing.proposal import NoProposal, Observation, Proposal, ProposalFailed, Proposer
 from agent.recording import records, vcs
@@ -26,7 +26,7 @@ from agent.recording.journal import Journal
 from agent.recording.records import ArmRecord
 from agent.recording.state import Heartbeat, RunState
 from agent.safety import guard
-from agent.safety.executor import TrialOutcome, TrialSpec, run_trial
+from agent.safety.executor import TrialOutcome, TrialSpec, run_batch, run_trial
 from agent.safety.preflight import dataset_config, import_check
 from agent.untrusted import one_line, terminal_safe
 from harness import scoring, trial_inputs
@@ -53,22 +53,25 @@ class Loop:
 
   def __init__(self, repo: Path, run_dir: Path, charter: Charter, proposer: Proposer,
                journal: Journal, state: RunState, *, execute: Executor = run_trial,
+               execute_batch: Callable[..., list[TrialOutcome]] = run_batch,
                print_fn: Callable[[str], None] = lambda text: print(terminal_safe(text))):
     self.repo, self.run_dir, self.charter = repo, run_dir, charter
     self.proposer, self.journal, self.state = proposer, journal, state
-    self.execute, self.say = execute, print_fn
+    self.execute, self.execute_batch, self.say = execute, execute_batch, print_fn
     self.config = state.config
     journal.anchor_with(vcs.anchor_writer(repo, self.config.run_id))
     self.worktree = vcs.create_worktree(repo, run_dir / 'worktree', f'agent/{self.config.run_id}',
                                         start=self.config.start_commit)
     self.session_start = time.monotonic()
     self.direction = 'max'
+    self.pending_base: str | None = None  # the incumbent the interrupted proposals were for
     session = self.journal.write(records.SessionStarted(pid=os.getpid()))
     self.heartbeat = Heartbeat(run_dir, session.seq)
     self.data: dict[str, tuple[Path, trial_inputs.Targets]] = {}  # experiment -> its data
     self.git_digest = vcs.protected_config_digest(repo)
     self.judge = CandidateJudge(repo, run_dir, self.worktree.path, charter, state, journal,
-                                self._run, self._other_data, lambda text: self.say(text))
+                                self._run, self._run_batch, self._other_data,
+                                lambda text: self.say(text))
 
   def _check_repository(self, after: str) -> None:
     """Stops the run if the repository's git settings (config, hooks, attributes) changed
@@ -167,6 +170,19 @@ class Loop:
     self._check_repository(f'the trial in {workdir}')
     return outcome
 
+  def _run_batch(self, workdir: Path, first_seed: int,
+                 values: list[dict[str, float]]) -> list[TrialOutcome]:
+    """Members with these traced values, trained together on the worktree's (the
+    incumbent's) code."""
+    inputs, targets = self.data[self.config.experiment]
+    spec = TrialSpec(worktree=self.worktree.path, experiment=self.config.experiment,
+                     workdir=workdir, seeds=self.config.seeds, first_seed=first_seed,
+                     timeout_s=self._timeout(), limits=self.charter.trial, inputs=inputs,
+                     compile_cache=self.run_dir.parent / COMPILE_CACHE, members=tuple(values))
+    outcomes = self.execute_batch(spec, scorer=scoring.Scorer(targets, self.config.seeds))
+    self._check_repository(f'the trial in {workdir}')
+    return outcomes
+
   def run(self) -> str:
     """Runs until a stop rule fires; returns the reason."""
     self._prepare_data()
@@ -180,20 +196,41 @@ class Loop:
         return reason
       trial = self.state.trials_done + 1
       pending = self.state.pending
-      if pending is not None:
+      if pending is not None:  # an interrupted batch's candidates resume one by one, alone
         proposal = Proposal.from_record(pending.payload)
-        self.say(f'[trial {trial}] resuming the interrupted trial: {proposal.hypothesis}')
-        self.state.pending = None
-      else:
-        try:
-          proposal = self.proposer.propose(self._observe(trial))
-        except NoProposal as e:
-          return f'the proposer has nothing left to try ({e})'
-        except ProposalFailed as e:
-          self._record_failed_proposal(trial, str(e))
+        self.state.pending = self.state.later.pop(0) if self.state.later else None
+        self.pending_base = self.pending_base or self.state.incumbent.commit
+        if self.state.incumbent.commit != self.pending_base:
+          self._record_guard_rejection(trial, proposal, 'it was proposed for an incumbent '
+                                       'that has since been replaced (an interrupted batch)')
           continue
-        self.journal.write(proposal, trial=trial)
-      self._trial(trial, proposal)
+        self.say(f'[trial {trial}] resuming the interrupted trial: {proposal.hypothesis}')
+        self._trial(trial, proposal)
+        continue
+      observation = self._observe(trial)
+      try:
+        proposals = self._propose(observation)
+      except NoProposal as e:
+        return f'the proposer has nothing left to try ({e})'
+      except ProposalFailed as e:
+        self._record_failed_proposal(trial, str(e))
+        continue
+      values = [batching.traced_values(observation.experiment, observation.files, p.changes)
+                for p in proposals]
+      if len(proposals) > 1 and all(v is not None for v in values):
+        self._batch(trial, proposals, values)
+        continue
+      self.journal.write(proposals[0], trial=trial)  # not a batch: the first alone
+      self._trial(trial, proposals[0])
+
+  def _propose(self, observation: Observation) -> list[Proposal]:
+    """One proposal, or a batch (a proposer's `propose_batch`) of at most the charter's
+    `batch` and what the trial budget has left."""
+    size = min(self.charter.trial.batch, self.config.budget_trials - self.state.trials_done)
+    propose_batch = getattr(self.proposer, 'propose_batch', None)
+    if size > 1 and propose_batch is not None:
+      return propose_batch(observation, size)[:size]
+    return [self.proposer.propose(observation)]
 
   def record_usage(self, usage: Mapping[str, Any]) -> None:
     """The budget ledger: one record per LLM call, booked to the trial it was made for."""
@@ -264,6 +301,53 @@ class Loop:
                        trial=trial)
     verdict, candidate, extra = self.judge.judge(trial, candidate_commit, checked.diff,
                                                  self.direction, self._metric_name())
+    self._conclude(trial, proposal, candidate_commit, verdict, candidate, extra)
+
+  def _batch(self, first: int, proposals: list[Proposal], values: list[dict[str, float]]) -> None:
+    """Candidates that change only traced values (agent.editing.batching): each is its own
+    trial (proposal, commit, verdict), screened together in one process on the incumbent's
+    code. The winner, if any, is recorded last, so every other verdict was judged against
+    the incumbent the journal names before it."""
+    incumbent = self.state.incumbent
+    trials = list(range(first, first + len(proposals)))
+    for trial, proposal in zip(trials, proposals):
+      self.journal.write(proposal, trial=trial)
+    self.say(f'[trials {trials[0]}-{trials[-1]}/{self.config.budget_trials}] incumbent '
+             f'{self._metric_name()} {_fmt(incumbent.per_seed)} | a batch of '
+             f'{len(proposals)} trained together: '
+             + '; '.join(f'{p.operator}: {p.hypothesis}' for p in proposals))
+    started = []
+    for trial, proposal, traced in zip(trials, proposals, values):
+      current = guard.read_current(self.worktree.path, list(proposal.changes))
+      checked = guard.check(self.charter, current, proposal.changes,
+                            worktree=self.worktree.path, keep=(self.config.experiment,))
+      if not checked.ok:
+        self._record_guard_rejection(trial, proposal, checked.reason)
+        continue
+      self.worktree.write_files(dict(proposal.changes))
+      commit = self.worktree.commit(_commit_message(trial, proposal, 'pending'))
+      self.journal.write(records.TrialStarted(commit=commit, diff=checked.diff), trial=trial)
+      self.worktree.reset_to(incumbent.commit)
+      started.append((trial, proposal, commit, checked.diff, traced))
+    if not started:
+      return
+    judged = self.judge.judge_batch([s[0] for s in started], [s[2] for s in started],
+                                    [s[3] for s in started], [s[4] for s in started],
+                                    self.direction, self._metric_name(),
+                                    checkout=self.worktree.reset_to)
+    order = sorted(range(len(started)), key=lambda i: judged[i][0].accepted)  # winner last
+    for i in order:
+      trial, proposal, commit, _, _ = started[i]
+      self.worktree.reset_to(commit)
+      self._conclude(trial, proposal, commit, *judged[i])
+
+  def _conclude(self, trial: int, proposal: Proposal, candidate_commit: str,
+                verdict: decide_lib.Verdict, candidate: ArmRecord | None,
+                extra: dict[str, Any]) -> None:
+    """Records a judged candidate, the worktree's HEAD: its commit message gets the verdict;
+    a loser (or a winner awaiting review) is kept on its own ref and the worktree goes back
+    to the incumbent; the journal, the run state and the proposer learn the verdict."""
+    incumbent = self.state.incumbent
     final_commit = self.worktree.amend_message(
         _commit_message(trial, proposal, _verdict_text(verdict, candidate, incumbent)))
     record = records.Verdict.of(

@@ -7,8 +7,9 @@ and categorised but never searched (seeds, bookkeeping, the optimiser's name).
 
 Some bounds depend on other knobs: warmup is at most a quarter of the steps (`per`), steps
 at most four times what the run started with (`per='start'`), and a transformer's width a
-multiple of its head count (`multiple_of`). `shape_free` marks the knobs that change no
-array shape, which a batched-candidate path can vary inside one compiled program.
+multiple of its head count (`multiple_of`). `traced` marks the knobs the harness keeps out
+of the compiled program (harness.optimizers.TRACED): candidates that differ only in them
+train together in one program (agent.editing.batching).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class Dim:
   multiple_of: str = ''  # ... and of this knob's value, where the family has it
   per: str = ''  # low and high are multiples of this knob's value ('start': the run's own)
   families: frozenset[str] = frozenset()  # empty: every family
-  shape_free: bool = False
+  traced: bool = False
   near: float = 0.0  # a search without judgement looks within [start / near, start * near]
   sample: tuple[float, float] | None = None  # ... or within this range (else the bounds)
 
@@ -97,22 +98,20 @@ def _fixed(category: str, *paths: str) -> tuple[Dim, ...]:
   return tuple(Dim(path, category) for path in paths)
 
 
-_SHAPE_FREE = {'shape_free': True}
+_TRACED = {'traced': True}
 
 DIMS: tuple[Dim, ...] = (
     Dim('optimizer.learning_rate', 'optimization', 'float', 1e-5, 1.0, 'log', near=10,
-        **_SHAPE_FREE),
-    Dim('optimizer.schedule', 'optimization', 'choice', choices=('constant', 'cosine'),
-        **_SHAPE_FREE),
-    Dim('optimizer.warmup_steps', 'optimization', 'int', 0, 0.25, per='train.steps',
-        **_SHAPE_FREE),
+        **_TRACED),
+    Dim('optimizer.schedule', 'optimization', 'choice', choices=('constant', 'cosine')),
+    Dim('optimizer.warmup_steps', 'optimization', 'int', 0, 0.25, per='train.steps'),
     Dim('optimizer.grad_clip_norm', 'optimization', 'float', 0.05, math.inf, 'log',
-        **_SHAPE_FREE),
+        **_TRACED),
     *_fixed('optimization', 'optimizer.name', 'optimizer.momentum', 'optimizer.b1',
             'optimizer.b2', 'optimizer.eps'),
-    Dim('optimizer.weight_decay', 'regularization', 'float', 1e-6, 0.1, 'log', **_SHAPE_FREE),
-    Dim('model.dropout', 'regularization', 'float', 0.0, 0.5, **_SHAPE_FREE),
-    Dim('train.label_smoothing', 'regularization', shape_free=True),
+    Dim('optimizer.weight_decay', 'regularization', 'float', 1e-6, 0.1, 'log', **_TRACED),
+    Dim('model.dropout', 'regularization', 'float', 0.0, 0.5),
+    Dim('train.label_smoothing', 'regularization'),
     Dim('model.width', 'capacity', 'int', 8, 1024, 'log', multiple=8,
         multiple_of='model.num_heads', families=frozenset({'mlp', 'transformer'}), near=4),
     Dim('model.channels', 'capacity', 'int', 8, 1024, 'log', multiple=8, families=CONV,
@@ -136,6 +135,7 @@ DIMS: tuple[Dim, ...] = (
 )
 
 BY_PATH = {d.path: d for d in DIMS}
+TRACED = tuple(d.path for d in DIMS if d.traced)
 # Knobs are matched by key as well, wherever a config puts them; `name` only by path.
 _BY_KEY = {d.key: d for d in DIMS if d.key != 'name'}
 

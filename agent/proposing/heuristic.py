@@ -26,12 +26,12 @@ from typing import Mapping, Sequence
 import numpy as np
 from absl import logging
 
-from agent.editing import config_edit, knobs
+from agent.editing import config_edit, knobs, space
 from agent.editing.config_edit import ConfigEdit, EditError
 from agent.proposing.bandit import Bandit, Prior
 from agent.proposing.diagnosis import diagnose, headline
-from agent.proposing.operators import OPERATORS, Change, Incumbent, Operator, constructor, \
-    run_families
+from agent.proposing.operators import OPERATORS, Change, Incumbent, Move, Operator, \
+    constructor, run_families
 from agent.proposing.proposal import NoProposal, Observation, Proposal
 from agent.recording.state import TrialSummary
 
@@ -96,9 +96,7 @@ class HeuristicProposer:
   def propose(self, observation: Observation) -> Proposal:
     """The bandit's pick among the symptoms' remedies that make a change not yet tried."""
     inc = self._incumbent(observation)
-    dataset = str(inc.values.get('dataset.name', observation.scorecard.get('task', '?')))
-    findings = diagnose(observation.scorecard, dataset=dataset, family=inc.family,
-                        memory_cap_mb=observation.charter.tradeoffs.max_memory_mb)
+    dataset, findings = _diagnosis(observation, inc)
     self._context = f'{dataset}/{inc.family}'
     rng = np.random.default_rng([self.seed, observation.trial])
     weights = _weights(findings)
@@ -123,6 +121,29 @@ class HeuristicProposer:
         pool.remove(name)
     raise NoProposal(f'every applicable operator for {self._context} has been tried on the '
                      'current incumbent')
+
+  def propose_batch(self, observation: Observation, size: int) -> list[Proposal]:
+    """`propose`'s pick and, when it moves a traced knob (the learning rate, weight decay or
+    clipping norm), up to size - 1 more draws of the same move: a sweep around the
+    incumbent that the loop trains in one process. Other picks come alone."""
+    first = self.propose(observation)
+    op = OPERATORS[first.operator]
+    if size < 2 or not (isinstance(op.build, Move) and op.build.path in space.TRACED):
+      return [first]
+    inc = self._incumbent(observation)
+    _, findings = _diagnosis(observation, inc)
+    tried = _tried_texts(observation)
+    rng = np.random.default_rng([self.seed, observation.trial, size])
+    batch = [first]
+    while len(batch) < size:
+      for path, text in batch[-1].changes.items():
+        tried[path].add(text)
+      made = _make(op, inc, rng, tried, observation.experiment)
+      if not made:
+        break
+      batch.append(_proposal(first.operator, *made, findings, observation))
+      self._contexts[_key(batch[-1])] = self._context
+    return batch
 
   def learn(self, proposal: Proposal, accepted: bool, gain: float | None) -> None:
     """Counts the verdict (accepted or not; `gain` is not used) in the context the operator
@@ -150,6 +171,13 @@ class HeuristicProposer:
     head, signature = constructor(observation.files, families, family)
     return Incumbent(observation.files[observation.experiment], values, family, signature,
                      observation.files, start, families, head)
+
+
+def _diagnosis(observation: Observation, inc: Incumbent) -> tuple[str, dict[str, str]]:
+  """The dataset's name and the symptoms the incumbent's scorecard shows."""
+  dataset = str(inc.values.get('dataset.name', observation.scorecard.get('task', '?')))
+  return dataset, diagnose(observation.scorecard, dataset=dataset, family=inc.family,
+                           memory_cap_mb=observation.charter.tradeoffs.max_memory_mb)
 
 
 def _proposal(name: str, change: Change, changes: dict[str, str], findings: Mapping[str, str],

@@ -239,6 +239,10 @@ def _recompute(rule: Rule, incumbent: _Incumbent, verdict: records_lib.Verdict, 
   _, added, removed = diffs.diff_stats(diff)
   screen = decide_lib.SeedResults(inc.arm(), cand.arm(), metric)
   result = decide_lib.decide(screen, direction, rule.policy, diff_lines=added - removed)
+  if result.accepted and verdict.reason_code == 'outranked' and finished.batch:
+    # Only a batch's best screen winner goes on (CandidateJudge.judge_batch): checked for
+    # its form, as the others' arms are in their own verdicts.
+    return _Expected(False, 'outranked', result.rationale)
   if result.accepted and rule.confirm:
     if confirmed is None:
       raise Inconsistency('the screen passed, but no confirm_finished record follows it')
@@ -279,7 +283,8 @@ def _arm_matches_scorecard(arm: ArmRecord, commit: str | None = None) -> None:
   card = read_json(path)
   _same(arm.per_seed, card['val_metric']['per_seed'], f'{path}: val_metric.per_seed')
   _summary_holds(card['val_metric'], f'{path}: val_metric')
-  _same(arm.train_seconds, card['train_seconds'], f'{path}: train_seconds')
+  _same(arm.train_seconds, 0.0 if card.get('batch') else card['train_seconds'],
+        f'{path}: train_seconds')  # a batch member's costs are unknown (ArmRecord)
   if arm.fingerprints != card['data']['fingerprints']:
     raise Inconsistency(f'{path}: data fingerprints differ from the record')
 

@@ -149,7 +149,11 @@ class ArmRecord:
     digest = hashlib.sha256((workdir / SCORECARD).read_bytes()).hexdigest()
     curve = [[p['step'], mean_of(p['val_metric'])] for p in card.get('curve', [])]
     trusted = card.get('trusted') or {}
-    known = lambda v: v if isinstance(v, (int, float)) and v == v else 0.0
+    # A batch member's costs are its batch's, which say nothing about it: it ran the
+    # incumbent's compiled program with other values, so its costs count as unknown (0)
+    # and no cost rule or efficiency tie can turn on them.
+    own = not card.get('batch')
+    known = lambda v: v if own and isinstance(v, (int, float)) and v == v else 0.0
     return cls(commit=commit, workdir=str(workdir), per_seed=per_seed,
                train_seconds=known(card['train_seconds']),
                peak_memory_mb=max(known(card['memory']['max_rss_mb']),
@@ -270,6 +274,9 @@ class TrialFinished(_Record):
   wall_seconds: float = 0.0
   workdir: str = ''
   sandbox: str = ''
+  # the trials trained together in this one process (harness members), if more than this
+  # one; wall_seconds is then this trial's even share of the process's
+  batch: list[int] | None = _omitted()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -126,6 +126,7 @@ class RunState:
   elapsed_before: float = 0.0  # wall seconds spent in earlier sessions of this run
   history: list[TrialSummary] = dataclasses.field(default_factory=list)
   pending: Record | None = None  # a proposal whose trial never got a verdict
+  later: list[Record] = dataclasses.field(default_factory=list)  # more such, after pending
   awaiting_review: Record | None = None  # a winner's verdict, until a person decides
   tokens: int = 0
   cost_usd: float = 0.0
@@ -161,7 +162,8 @@ class RunState:
       elif isinstance(body, records.RunFinished):
         state.finished = True
     state.elapsed_before += clock.close()
-    state.pending = proposals[min(proposals)] if proposals else None
+    waiting = [proposals[trial] for trial in sorted(proposals)]  # an interrupted batch: several
+    state.pending, state.later = (waiting[0], waiting[1:]) if waiting else (None, [])
     return state
 
   def count(self, end: Record, proposed: records.Proposed | None) -> None:

@@ -27,6 +27,7 @@ writable; it cannot see any other sub-folder.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import signal
@@ -73,6 +74,8 @@ class TrialSpec:
   max_output_bytes: int = 1_000_000
   inputs: Path | None = None  # the trial's data (harness.trial_inputs), mounted read-only
   compile_cache: Path | None = None  # the workspace's JAX compilation cache (`code_cache`)
+  # candidates trained together (harness.main --members): each one's traced values
+  members: tuple[Mapping[str, float], ...] = ()
 
   def __post_init__(self) -> None:
     worktree, workdir = Path(self.worktree).absolute(), Path(self.workdir).absolute()
@@ -95,6 +98,10 @@ class TrialSpec:
     bad = [o for o in self.overrides if not o.startswith('--config.')]
     if bad:
       raise ValueError(f'overrides must look like --config.a.b=v: {bad}')
+    object.__setattr__(self, 'members', tuple(dict(m) for m in self.members))
+    if not all(isinstance(k, str) and isinstance(v, float) for m in self.members
+               for k, v in m.items()):
+      raise ValueError(f'members map config keys to floats: {self.members}')
 
   @property
   def output(self) -> Path:
@@ -107,7 +114,14 @@ class TrialSpec:
     return [sys.executable, '-m', 'harness.main', f'--config={self.experiment}',
             f'--workdir={self.output}', f'--seeds={self.seeds}',
             f'--config.train.seed={self.first_seed}', *inputs, *self.overrides,
-            *(['--eval_test'] if self.eval_test else [])]
+            *(['--eval_test'] if self.eval_test else []),
+            *([f'--members={json.dumps(self.members)}'] if self.members else [])]
+
+  def member(self, index: int) -> tuple[Path, Path]:
+    """A member's (output folder, trusted folder): where the trial writes its predictions,
+    and where its scorecard goes (`workdir/member-<i>`, beside `output/`, never inside)."""
+    name = f'member-{index}'
+    return self.output / name, self.workdir / name
 
   def mounts(self, cache: Path | None = None) -> fs_sandbox.Mounts:
     """What the trial sees: its code read-only, its inputs read-only, its output (and its
@@ -243,26 +257,31 @@ def _classify(spec: TrialSpec, returncode: int, tail: str) -> tuple[Status, str]
                                     f'exit code {returncode}: {reason}')
 
 
-def _score(spec: TrialSpec, scorer: scoring.Scorer,
-           trusted: dict[str, float]) -> tuple[Status, str, dict[str, Any] | None]:
-  """The trusted side's verdict on what a finished trial wrote: the scorecard (with its
-  curve, and the test scorecard when test inputs were given), written beside the trial's
-  folder, never inside it."""
+def _score(spec: TrialSpec, scorer: scoring.Scorer, trusted: dict[str, float],
+           output: Path | None = None, folder: Path | None = None,
+           batch: dict[str, Any] | None = None) -> tuple[Status, str, dict[str, Any] | None]:
+  """The trusted side's verdict on what a finished trial wrote into `output` (the trial's
+  folder, or a member's in it): the scorecard (with its curve, and the test scorecard when
+  test inputs were given), written into `folder` beside the trial's, never inside it."""
+  output, folder = output or spec.output, folder or spec.workdir
   seeds = list(range(spec.first_seed, spec.first_seed + spec.seeds))
   try:
-    card = scoring.scorecard(scorer, spec.output, seeds=seeds, trusted=trusted,
+    card = scoring.scorecard(scorer, output, seeds=seeds, trusted=trusted,
                              code=vcs.provenance(spec.worktree))
-    test = (scoring.test_scorecard(scorer, spec.output, card)
+    test = (scoring.test_scorecard(scorer, output, card)
             if 'test' in scorer.targets.labels and card['status'] == 'ok' else None)
   except scoring.ScoringError as e:
     return ('invalid' if 'invariant' in str(e) else 'failed'), confine.one_line(str(e)), None
-  sc.write_json(spec.workdir / SCORECARD, card)
-  (spec.workdir / CURVES).unlink(missing_ok=True)  # written fresh, never onto a planted file
+  if batch is not None:
+    card['batch'] = batch
+  folder.mkdir(exist_ok=True)
+  sc.write_json(folder / SCORECARD, card)
+  (folder / CURVES).unlink(missing_ok=True)  # written fresh, never onto a planted file
   for point in card['curve']:
-    sc.append_jsonl(spec.workdir / CURVES, point)
+    sc.append_jsonl(folder / CURVES, point)
   if test is not None:
-    sc.write_json(spec.workdir / sc.TEST_SCORECARD, test)
-  _write_events(spec.workdir, card)
+    sc.write_json(folder / sc.TEST_SCORECARD, test)
+  _write_events(folder, card)
   return card['status'], f'finished: {card["status"]}', card
 
 
@@ -272,23 +291,27 @@ def _write_events(workdir: Path, card: dict[str, Any]) -> None:
   tb_view.trial_events(workdir, card)
 
 
-def run_trial(spec: TrialSpec, scorer: scoring.Scorer, on_curve: OnCurve | None = None,
-              poll_s: float = 0.5) -> TrialOutcome:
-  """Runs the trial to its end, its timeout, or until on_curve returns a reason to prune,
-  then scores what it wrote with `scorer` (which holds the labels; the trial never does).
+@dataclasses.dataclass(frozen=True)
+class _Ended:
+  """How the trial's process ended, as the parent saw it."""
+  stopped: tuple[Status, str] | None  # why the parent stopped it; None: it exited by itself
+  returncode: int | None
+  wall_seconds: float
+  trusted: dict[str, float]
+  tail: str
+  sandbox: str
+  judged_step: int | None  # the last step on_curve saw
 
-  on_curve gets the trusted curve so far each time new points arrive; a non-empty string it
-  returns stops the trial as 'pruned'. Exceptions in the parent (Ctrl-C, a failing on_curve)
-  kill the trial's process group and propagate.
-  """
+
+def _execute(spec: TrialSpec, curves: ScoredCurve, on_curve: OnCurve | None,
+             poll_s: float) -> _Ended:
+  """Starts the trial in its sandbox and waits for its end, its timeout or a prune."""
   if poll_s <= 0:
     raise ValueError('poll_s must be positive')
   if spec.inputs is None:
     raise ValueError('a trial needs its inputs folder (harness.trial_inputs)')
   _prepare_workdir(spec)
-  log_path = spec.workdir / LOG
-  log = monitor.CappedLog(log_path, spec.max_output_bytes)
-  curves = ScoredCurve(scorer, spec.output)
+  log = monitor.CappedLog(spec.workdir / LOG, spec.max_output_bytes)
   start = time.monotonic()
   try:
     cache = code_cache(spec)
@@ -317,21 +340,67 @@ def run_trial(spec: TrialSpec, scorer: scoring.Scorer, on_curve: OnCurve | None 
     log.close()
   judged_step = curves.points[-1]['step'] if curves.points else None  # what on_curve saw
   curves.poll()
-  tail = log.tail()
-  if stopped is not None:
-    status, reason = stopped
+  return _Ended(stopped, returncode, wall_seconds, trusted, log.tail(), iso.description,
+                judged_step)
+
+
+def run_trial(spec: TrialSpec, scorer: scoring.Scorer, on_curve: OnCurve | None = None,
+              poll_s: float = 0.5) -> TrialOutcome:
+  """Runs the trial to its end, its timeout, or until on_curve returns a reason to prune,
+  then scores what it wrote with `scorer` (which holds the labels; the trial never does).
+
+  on_curve gets the trusted curve so far each time new points arrive; a non-empty string it
+  returns stops the trial as 'pruned'. Exceptions in the parent (Ctrl-C, a failing on_curve)
+  kill the trial's process group and propagate.
+  """
+  if spec.members:
+    raise ValueError('a trial of several members runs with run_batch')
+  curves = ScoredCurve(scorer, spec.output)
+  ended = _execute(spec, curves, on_curve, poll_s)
+  log_path = spec.workdir / LOG
+  if ended.stopped is not None:
+    status, reason = ended.stopped
     last_step = curves.points[-1]['step'] if curves.points else None
     if status == 'pruned':
-      last_step = judged_step  # points written while the group was being killed don't count
+      last_step = ended.judged_step  # points written while the group was being killed don't count
     if status == 'timeout':
       reason += f' at step {last_step}' if last_step is not None else ' before the first eval'
-    return TrialOutcome(status, None, curves.points, wall_seconds, returncode, log_path, tail,
-                        reason, last_step if status == 'pruned' else None, iso.description,
-                        trusted)
-  status, reason = _classify(spec, returncode, tail)
+    return TrialOutcome(status, None, curves.points, ended.wall_seconds, ended.returncode,
+                        log_path, ended.tail, reason,
+                        last_step if status == 'pruned' else None, ended.sandbox, ended.trusted)
+  status, reason = _classify(spec, ended.returncode, ended.tail)
   card = None
   if status == 'ok':
-    status, reason, card = _score(spec, scorer, trusted)
-  return TrialOutcome(status, card, card['curve'] if card else curves.points, wall_seconds,
-                      returncode, log_path, tail, reason, sandbox=iso.description,
-                      trusted=trusted)
+    status, reason, card = _score(spec, scorer, ended.trusted)
+  return TrialOutcome(status, card, card['curve'] if card else curves.points, ended.wall_seconds,
+                      ended.returncode, log_path, ended.tail, reason, sandbox=ended.sandbox,
+                      trusted=ended.trusted)
+
+
+def run_batch(spec: TrialSpec, scorer: scoring.Scorer, poll_s: float = 0.5) -> list[TrialOutcome]:
+  """Runs a trial of several members (`spec.members`) and scores each member's outputs as a
+  trial of its own: one outcome per member, in order. The process's end (a timeout, a crash)
+  is every member's; a finished process's members are judged one by one. Each member's
+  scorecard says it trained in a batch (`batch`: size, index, values), and its wall time is
+  the whole process's. No pruning: members share the process."""
+  if not spec.members:
+    raise ValueError('run_batch needs members')
+  ended = _execute(spec, ScoredCurve(scorer, spec.output / 'member-0'), None, poll_s)
+  log_path = spec.workdir / LOG
+  if ended.stopped is not None:
+    status, reason = ended.stopped
+  else:
+    status, reason = _classify(spec, ended.returncode, ended.tail)
+  outcomes = []
+  for index, values in enumerate(spec.members):
+    card = None
+    member_status, member_reason = status, reason
+    if ended.stopped is None and status == 'ok':
+      output, folder = spec.member(index)
+      batch = {'size': len(spec.members), 'member': index, 'values': values}
+      member_status, member_reason, card = _score(spec, scorer, ended.trusted, output, folder,
+                                                  batch)
+    outcomes.append(TrialOutcome(member_status, card, card['curve'] if card else [],
+                                 ended.wall_seconds, ended.returncode, log_path, ended.tail,
+                                 member_reason, sandbox=ended.sandbox, trusted=ended.trusted))
+  return outcomes
