@@ -273,7 +273,11 @@ class Loop:
     return Observation(charter=self.charter, experiment=self.config.experiment, files=files,
                        knobs=knobs.inventory(root / self.config.experiment),
                        scorecard=self._scorecard(self.state.incumbent),
-                       direction=self.direction, history=list(self.state.history), trial=trial)
+                       direction=self.direction, history=list(self.state.history), trial=trial,
+                       budget_left_seconds=min(
+                           self.config.budget_minutes * 60 - self.elapsed(),
+                           (self.config.budget_compute_seconds or float('inf'))
+                           - self.state.compute_seconds))
 
   def _trial(self, trial: int, proposal: Proposal) -> None:
     incumbent = self.state.incumbent

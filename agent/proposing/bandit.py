@@ -49,12 +49,14 @@ class Bandit:
     return (sum(c[0] for c in per_context), sum(c[1] for c in per_context))
 
   def choose(self, candidates: list[str], rng: np.random.Generator, *, context: str = '',
-             priors: Mapping[str, Prior] | None = None) -> str:
-    """One Thompson draw per candidate from its posterior; the highest draw wins."""
+             priors: Mapping[str, Prior] | None = None,
+             scale: Mapping[str, float] | None = None) -> str:
+    """One Thompson draw per candidate from its posterior, times its `scale` (1 if absent:
+    say, the share of the budget its cost leaves); the highest wins."""
     if not candidates:
       raise ValueError('no candidate operators to choose from')
-    priors = priors or {}
-    draws = [rng.beta(*self.posterior(op, context, priors.get(op, UNIFORM)))
+    priors, scale = priors or {}, scale or {}
+    draws = [rng.beta(*self.posterior(op, context, priors.get(op, UNIFORM))) * scale.get(op, 1.0)
              for op in candidates]
     return candidates[int(np.argmax(draws))]
 

@@ -1,11 +1,25 @@
 """Reading a run the way a researcher does: symptoms, each a small pure function of the
 scorecard that returns a plain sentence with the numbers it saw (or None).
 
-The loss went non-finite, it spiked, train loss sits far below val loss, both are high,
-train loss was still falling when training stopped, steps are slow or memory is tight,
-and the mismatches a model family has with its inputs (a 1-D signal or an image under an
-MLP; the kind is the scorecard's `input_kind`, 'unknown' without one). The heuristic
-proposer turns symptoms into remedies; the LLM prompt shows them as a second opinion.
+The loss went non-finite, it spiked, steps are slow or memory is tight, and the mismatches
+a model family has with its inputs (a 1-D signal or an image under an MLP; the kind is the
+scorecard's `input_kind`, 'unknown' without one). Five symptoms name a defect of training,
+read from the curves, the gradient norms and the loss relative to chance (log of the
+number of outputs: what a uniform guess scores):
+
+  step_too_large  train loss still at chance after training, flat or bouncing, with large
+                  gradient norms or a blow-up (a learning rate 100x too high: 2.36 nats
+                  against chance 2.30, gradient norms near 1500)
+  step_too_small  train loss barely below chance after the first evaluation and falling
+                  slowly and steadily ever since (a learning rate far too low)
+  undertrained    too few steps: one evaluation only, the loss well below chance but not
+                  near zero, or both losses still falling steeply at the end
+  underfitting    both losses high and close, yet well below chance: too little capacity
+  overfitting     train loss far below val loss, or val loss rising from its minimum
+
+A step-size defect explains high losses by itself, so it silences the capacity verdict.
+The heuristic proposer turns symptoms into remedies (a named defect's own remedy first);
+the LLM prompt shows them as a second opinion.
 """
 
 from __future__ import annotations
@@ -21,9 +35,22 @@ SPIKE_RATE = 0.02  # spikes per seed-step below this are the noise of a near-zer
 OVERFIT_RATIO = 2.0  # val loss this many times the train loss ...
 OVERFIT_MIN_GAP = 0.1  # ... and this much above it
 VAL_RISE = 1.1  # final val loss this multiple of its minimum: rising
-UNDERFIT_LOSS = 0.5  # train loss above this ...
+UNDERFIT_LOSS = 0.5  # train loss above this (without a known chance level) ...
+UNDERFIT_CHANCE = 0.2  # ... or above this fraction of chance ...
 UNDERFIT_GAP_RATIO = 1.25  # ... with val loss within this multiple of it
 STILL_FALLING = 0.05  # relative train-loss drop over the last evaluation interval
+
+# Step size and steps, with losses as fractions of chance (log num_outputs nats).
+AT_CHANCE = 0.9  # train loss at or above this fraction of chance has learned ~nothing
+LARGE_GRAD_NORM = 100.0  # gradient norms this large mean steps far beyond the loss's scale
+BLOW_UP = 2.0  # a mean train loss over an interval this multiple of chance: it blew up
+FLAT = 0.05  # relative train-loss drop over the curve's second half below this: no progress
+SLOW_FLOOR = 0.5  # a steady slow fall counts while train loss is above this fraction
+STEADY = 0.3  # the last interval's drop at least this fraction of the mean drop: no flattening
+FITTED = 0.3  # a single point below this fraction of chance is well on: steps are no sure remedy
+
+# Outputs per task (harness.datasets: Task.num_outputs), for scorecards that do not say.
+NUM_OUTPUTS = {'mnist1d': 10, 'digits': 10, 'charlm': 256}
 SLOW_STEP_MS = 50.0
 HIGH_MEMORY_MB = 8192.0  # when the charter sets no memory cap
 MEMORY_CAP_FRACTION = 0.8
@@ -72,26 +99,91 @@ def diagnose_overfitting(card: Mapping[str, Any]) -> str | None:
 
 
 def diagnose_underfitting(card: Mapping[str, Any]) -> str | None:
-  """Both losses high and close together: the model cannot even fit the training set."""
+  """Both losses high and close together, yet well below chance: the model learned what it
+  could and cannot fit the training set (at chance it learned nothing: not capacity)."""
   train, val = _final_losses(card, _curve(card))
   if not (math.isfinite(train) and math.isfinite(val)):
     return None
-  if train <= UNDERFIT_LOSS or val > UNDERFIT_GAP_RATIO * train:
+  chance = chance_loss(card)
+  known = math.isfinite(chance)
+  if (train <= (UNDERFIT_CHANCE * chance if known else UNDERFIT_LOSS)
+      or val > UNDERFIT_GAP_RATIO * train or (known and train >= AT_CHANCE * chance)):
     return None
-  return (f'train loss {_num(train)} is high and close to val loss {_num(val)}: the '
-          f'{_model_name(card)} underfits (too little capacity or too little progress)')
+  level = f' ({train / chance:.0%} of chance {_num(chance)})' if known else ''
+  return (f'train loss {_num(train)} is high and close to val loss {_num(val)}{level}: the '
+          f'{_model_name(card)} underfits (too little capacity)')
 
 
 def diagnose_undertrained(card: Mapping[str, Any]) -> str | None:
-  """Train and val loss both still falling over the last interval: stopped too early."""
+  """Too few steps: train and val loss both still falling over the last interval, or a
+  single evaluation whose loss left chance but is nowhere near fitted (one point cannot
+  show convergence, and training is the cheapest way to see more)."""
   points = [p for p in _curve(card) if math.isfinite(p[1]) and math.isfinite(p[2])]
+  if len(points) == 1:
+    step, train, _ = points[0]
+    chance = chance_loss(card)
+    if not FITTED * chance < train < AT_CHANCE * chance:
+      return None
+    return (f'a single evaluation, at step {step}: train loss {_num(train)} is down from '
+            f'chance {_num(chance)} but the curve cannot show whether it converged: too few '
+            'steps (undertrained)')
   if len(points) < 2:
     return None
   (step0, train0, val0), (step1, train1, val1) = points[-2], points[-1]
   if train0 <= 0 or (train0 - train1) / train0 <= STILL_FALLING or val1 >= val0:
     return None
   return (f'train loss still falling at the end ({_num(train0)} -> {_num(train1)} over the '
-          f'last {step1 - step0} steps, val loss {_num(val0)} -> {_num(val1)}): undertrained')
+          f'last {step1 - step0} steps, val loss {_num(val0)} -> {_num(val1)}): too few steps '
+          '(undertrained)')
+
+
+def diagnose_step_too_large(card: Mapping[str, Any]) -> str | None:
+  """Train loss still at chance after training and making no progress, while the steps
+  were violent (huge gradient norms, an interval whose loss blew up) or the loss bounces up
+  and down: the optimiser overshoots every minimum (no NaN needed)."""
+  points = [p for p in _curve(card) if math.isfinite(p[1])]
+  chance = chance_loss(card)
+  train = points[-1][1] if points else _float((card.get('train_loss') or {}).get('mean'))
+  if not (math.isfinite(chance) and train >= AT_CHANCE * chance):
+    return None
+  losses = [p[1] for p in points]
+  half = losses[len(losses) // 2:]
+  if half and half[0] > 0 and (half[0] - train) / half[0] > FLAT:
+    return None  # still learning, however slowly
+  grad = _max((card.get('stability') or {}).get('max_grad_norm'))
+  peak = max(losses, default=math.nan)
+  bounces = any(b > a for a, b in zip(losses[1:], losses[2:]))
+  signs = [f'gradient norms up to {_num(grad)}'] if grad >= LARGE_GRAD_NORM else []
+  if peak >= BLOW_UP * chance:
+    signs.append(f'an interval\'s mean train loss of {_num(peak)}')
+  if bounces and not signs:
+    signs.append('the loss rising and falling between evaluations')
+  if not signs:
+    return None
+  return (f'train loss {_num(train)} is still near chance level ({_num(chance)}) after '
+          f'{card.get("steps", "?")} steps, with {" and ".join(signs)}: the step size is too '
+          f'large ({_learning_rate(card)})')
+
+
+def diagnose_step_too_small(card: Mapping[str, Any]) -> str | None:
+  """Train loss barely below chance at the first evaluation, then falling at every one,
+  slowly and without flattening, and still far from fitted: each step moves too little."""
+  points = [p for p in _curve(card) if math.isfinite(p[1])]
+  chance = chance_loss(card)
+  if len(points) < 3 or not math.isfinite(chance):
+    return None
+  losses = [p[1] for p in points]
+  first, last = losses[0], losses[-1]
+  drops = [a - b for a, b in zip(losses, losses[1:])]
+  mean_drop = (first - last) / len(drops)
+  grad = _max((card.get('stability') or {}).get('max_grad_norm'))
+  if (first < AT_CHANCE * chance or last < SLOW_FLOOR * chance or min(drops) <= 0
+      or drops[-1] < STEADY * mean_drop or grad >= LARGE_GRAD_NORM):
+    return None
+  return (f'train loss falls slowly and steadily, {_num(first)} at step {points[0][0]} to '
+          f'{_num(last)} at step {points[-1][0]} ({last / chance:.0%} of chance '
+          f'{_num(chance)}, gradient norms at most {_num(grad)}): the step size is too small '
+          f'({_learning_rate(card)})')
 
 
 def diagnose_slow(card: Mapping[str, Any]) -> str | None:
@@ -144,18 +236,33 @@ def diagnose_char_lm_transformer(family: str, kind: str) -> str | None:
 
 def diagnose(card: Mapping[str, Any], *, dataset: str, family: str,
              memory_cap_mb: float = 0.0) -> dict[str, str]:
-  """Every symptom that holds, by name; a diverged run's losses are not read further."""
+  """Every symptom that holds, by name; a diverged run's losses are not read further, and a
+  step size defect leaves capacity unjudged."""
   kind = input_kind(card)
   found = {'nonfinite': diagnose_nonfinite(card), 'spikes': diagnose_spikes(card)}
   if not found['nonfinite']:
-    found |= {'overfitting': diagnose_overfitting(card),
-              'underfitting': diagnose_underfitting(card),
-              'undertrained': diagnose_undertrained(card)}
+    step = {'step_too_large': diagnose_step_too_large(card),
+            'step_too_small': diagnose_step_too_small(card)}
+    found |= step | {'overfitting': diagnose_overfitting(card),
+                     'underfitting': None if any(step.values()) else diagnose_underfitting(card),
+                     'undertrained': diagnose_undertrained(card)}
   found |= {'slow': diagnose_slow(card), 'memory': diagnose_memory(card, memory_cap_mb),
             'signal_under_mlp': diagnose_signal_under_mlp(dataset, family, kind),
             'image_under_mlp': diagnose_image_under_mlp(dataset, family, kind),
             'char_lm_transformer': diagnose_char_lm_transformer(family, kind)}
   return {name: text for name, text in found.items() if text}
+
+
+def num_outputs(card: Mapping[str, Any]) -> int | None:
+  """The model head's size: the scorecard's, else the task's known count; None if unknown."""
+  count = card.get('num_outputs', NUM_OUTPUTS.get(str(card.get('task'))))
+  return count if isinstance(count, int) and not isinstance(count, bool) and count > 1 else None
+
+
+def chance_loss(card: Mapping[str, Any]) -> float:
+  """The loss of a uniform prediction, log(num_outputs) nats; NaN when unknown."""
+  count = num_outputs(card)
+  return math.log(count) if count else math.nan
 
 
 def headline(card: Mapping[str, Any]) -> str:
@@ -190,6 +297,11 @@ def _peak_memory_mb(card: Mapping[str, Any]) -> float:
   if peak is None:
     peak = (memory.get('compiled_bytes') or {}).get('peak')
   return _float(peak) / 2**20
+
+
+def _learning_rate(card: Mapping[str, Any]) -> str:
+  rate = ((card.get('config') or {}).get('optimizer') or {}).get('learning_rate')
+  return f'learning rate {_num(_float(rate))}' if _is_number(rate) else 'learning rate unknown'
 
 
 def _model_name(card: Mapping[str, Any]) -> str:

@@ -14,11 +14,28 @@ values sane, and a proposal whose resulting text equals the incumbent or an earl
 is never made. An operator is tried at most twice on one incumbent: a third draw of the
 same idea is rarely worth a trial. Source edits come last, when every config operator is
 spent; after that the proposer raises NoProposal.
+
+A defect of training the diagnosis names (a step size far too large or too small, too few
+steps) has its own remedy, proposed first on an incumbent before the bandit draws: a
+candidate inherits the incumbent's broken training, so no other edit can be judged until
+it is fixed. After one try the remedy competes in the bandit with a strong prior.
+
+Costs (agent.proposing.cost): each edit's training time is predicted from the incumbent's
+before it is proposed. An edit whose trial cannot finish within what one trial may take
+now (the per-trial timeout, or the budget left if less) is not proposed; a family switch
+that does not fit is proposed at fewer channels that do, or not at all. Training steps
+are never cut to fit: the screen would then judge a different candidate than the one
+proposed, trained less than the incumbent. Among the edits that fit, a bandit draw is
+scaled by the share of that time the edit leaves free, and a batch holds only as many
+members as fit in one process. A trial that timed out, was killed (memory) or was
+rejected for train time, latency or memory spends its operator on that incumbent and
+counts COST_FAILURE_WEIGHT more failures in its prior for the rest of the run.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -28,6 +45,7 @@ from absl import logging
 
 from agent.editing import config_edit, knobs, space
 from agent.editing.config_edit import ConfigEdit, EditError
+from agent.proposing import cost
 from agent.proposing.bandit import Bandit, Prior
 from agent.proposing.diagnosis import diagnose, headline
 from agent.proposing.operators import OPERATORS, Change, Incumbent, Move, Operator, \
@@ -40,6 +58,8 @@ TRIES_PER_INCUMBENT = 2  # an operator rejected this often on the current incumb
 DRAWS_PER_OPERATOR = 3  # fresh random values tried before an operator counts as a duplicate
 PRIOR_STRENGTH = 8.0  # pseudo-trials behind a rule's prior weight
 BASE_WEIGHT = 0.15  # prior weight of an applicable operator no symptom asked for
+COST_FAILURES = frozenset({'timeout', 'killed', 'train_time', 'latency', 'memory'})
+COST_FAILURE_WEIGHT = 2.0  # extra prior failures per trial that cost too much, for the run
 TUNABLE = frozenset({'optimization', 'regularization', 'capacity', 'architecture',
                      'efficiency', 'schedule'})
 
@@ -48,6 +68,9 @@ TUNABLE = frozenset({'optimization', 'regularization', 'capacity', 'architecture
 # researcher would give the remedy of being accepted.
 RULES: dict[str, dict[str, float]] = {
     'nonfinite': {'lr_down': 0.9, 'clip': 0.85, 'warmup': 0.7, 'normalization_layernorm': 0.5},
+    'step_too_large': {'lr_cut': 0.9, 'lr_down': 0.6, 'clip': 0.5, 'warmup': 0.45,
+                       'normalization_layernorm': 0.35},
+    'step_too_small': {'lr_boost': 0.9, 'lr_up': 0.6, 'steps_up': 0.4},
     'spikes': {'clip': 0.8, 'lr_down': 0.7, 'warmup': 0.6},
     'overfitting': {'wd_up': 0.6, 'dropout_up': 0.6, 'width_down': 0.4, 'depth_down': 0.35,
                     'batch_down': 0.3},
@@ -61,9 +84,14 @@ RULES: dict[str, dict[str, float]] = {
     'char_lm_transformer': {'width_up': 0.55, 'depth_up': 0.5, 'lr_up': 0.4, 'lr_down': 0.3},
 }
 
+# A defect of training the diagnosis names, in order, and its own remedy, tried first.
+NAMED = {'step_too_large': 'lr_cut', 'step_too_small': 'lr_boost', 'undertrained': 'steps_up'}
+
 # The purpose a symptom gives its remedies, completing the hypothesis sentence.
 _WHY = {
     'nonfinite': 'so training stays finite',
+    'step_too_large': 'so the loss can leave chance level',
+    'step_too_small': 'so training makes progress at a normal pace',
     'spikes': 'to damp the loss spikes',
     'overfitting': 'to curb overfitting',
     'underfitting': 'so the model can fit the training set better',
@@ -76,9 +104,11 @@ _WHY = {
 }
 
 
-def prior(weight: float) -> Prior:
-  """Beta prior with mean about `weight`, worth PRIOR_STRENGTH pseudo-trials."""
-  return 1.0 + PRIOR_STRENGTH * weight, 1.0 + PRIOR_STRENGTH * (1.0 - weight)
+def prior(weight: float, cost_failures: int = 0) -> Prior:
+  """Beta prior with mean about `weight`, worth PRIOR_STRENGTH pseudo-trials, and
+  COST_FAILURE_WEIGHT more failures per trial of this run that cost too much."""
+  return (1.0 + PRIOR_STRENGTH * weight,
+          1.0 + PRIOR_STRENGTH * (1.0 - weight) + COST_FAILURE_WEIGHT * cost_failures)
 
 
 class HeuristicProposer:
@@ -94,7 +124,8 @@ class HeuristicProposer:
     self._first_steps: dict[str, int] = {}
 
   def propose(self, observation: Observation) -> Proposal:
-    """The bandit's pick among the symptoms' remedies that make a change not yet tried."""
+    """A named defect's remedy, else the bandit's pick among the symptoms' remedies: the
+    first that makes a change not yet tried and fits what one trial may take."""
     inc = self._incumbent(observation)
     dataset, findings = _diagnosis(observation, inc)
     self._context = f'{dataset}/{inc.family}'
@@ -102,6 +133,14 @@ class HeuristicProposer:
     weights = _weights(findings)
     tried = _tried_texts(observation)
     uses = _uses_on_incumbent(observation.history)
+    forecast = _forecast(observation, inc)
+    named = next((NAMED[f] for f in NAMED if f in findings), None)
+    if named and not uses[named]:
+      made = _make(OPERATORS[named], inc, rng, tried, observation.experiment, forecast)
+      if made:
+        return self._proposal(named, made, findings, observation, forecast)
+    failures = _cost_failures(observation.history)
+    probe = np.random.default_rng([self.seed, observation.trial, 1])
     # Remedies the diagnosis nominates come first, then other config edits, then source
     # edits: a researcher acts on what the curves say before trying things at random.
     tiers = ((False, True), (False, False), (True, None))
@@ -110,17 +149,17 @@ class HeuristicProposer:
               and uses[op.name] < TRIES_PER_INCUMBENT
               and (not op.requires or op.requires & findings.keys())
               and (nominated is None or (op.name in weights) == nominated)]
+      room = _room(pool, inc, forecast, probe)
       while pool:
-        name = self.bandit.choose(pool, rng, context=self._context,
-                                  priors={n: prior(weights.get(n, BASE_WEIGHT)) for n in pool})
-        made = _make(OPERATORS[name], inc, rng, tried, observation.experiment)
+        name = self.bandit.choose(pool, rng, context=self._context, scale=room, priors={
+            n: prior(weights.get(n, BASE_WEIGHT), failures[n]) for n in pool})
+        made = _make(OPERATORS[name], inc, rng, tried, observation.experiment, forecast)
         if made:
-          proposal = _proposal(name, *made, findings, observation)
-          self._contexts[_key(proposal)] = self._context
-          return proposal
+          return self._proposal(name, made, findings, observation, forecast)
         pool.remove(name)
+    within = f' or does not fit in {forecast.limit_seconds:.0f} s' if forecast else ''
     raise NoProposal(f'every applicable operator for {self._context} has been tried on the '
-                     'current incumbent')
+                     f'current incumbent{within}')
 
   def propose_batch(self, observation: Observation, size: int) -> list[Proposal]:
     """`propose`'s pick and, when it moves a traced knob (the learning rate, weight decay or
@@ -133,16 +172,19 @@ class HeuristicProposer:
     inc = self._incumbent(observation)
     _, findings = _diagnosis(observation, inc)
     tried = _tried_texts(observation)
+    forecast = _forecast(observation, inc)
+    estimate = forecast and forecast.estimate()  # traced values leave the cost as it is
+    if estimate:
+      size = min(size, forecast.members(estimate))
     rng = np.random.default_rng([self.seed, observation.trial, size])
     batch = [first]
     while len(batch) < size:
       for path, text in batch[-1].changes.items():
         tried[path].add(text)
-      made = _make(op, inc, rng, tried, observation.experiment)
+      made = _make(op, inc, rng, tried, observation.experiment, forecast)
       if not made:
         break
-      batch.append(_proposal(first.operator, *made, findings, observation))
-      self._contexts[_key(batch[-1])] = self._context
+      batch.append(self._proposal(first.operator, made, findings, observation, forecast))
     return batch
 
   def learn(self, proposal: Proposal, accepted: bool, gain: float | None) -> None:
@@ -155,6 +197,17 @@ class HeuristicProposer:
         self.bandit.save(self.stats_path)
       except OSError as e:  # lost statistics are not worth a lost run
         logging.warning('Cannot save proposer stats to %s: %s', self.stats_path, e.strerror)
+
+  def _proposal(self, name: str, made: tuple[Change, dict[str, str]],
+                findings: Mapping[str, str], observation: Observation,
+                forecast: cost.Forecast | None) -> Proposal:
+    """The proposal, remembered with the bandit context it was chosen in."""
+    change, changes = made
+    estimate = forecast and forecast.estimate(change.edits)
+    proposal = _proposal(name, change, changes, findings, observation,
+                         estimate.describe(forecast.limit_seconds) if estimate else '')
+    self._contexts[_key(proposal)] = self._context
+    return proposal
 
   def _incumbent(self, observation: Observation) -> Incumbent:
     if observation.experiment not in observation.files:
@@ -180,9 +233,34 @@ def _diagnosis(observation: Observation, inc: Incumbent) -> tuple[str, dict[str,
                            memory_cap_mb=observation.charter.tradeoffs.max_memory_mb)
 
 
+def _forecast(observation: Observation, inc: Incumbent) -> cost.Forecast | None:
+  """Prices the incumbent's candidates; None when its scorecard cannot say."""
+  limit = cost.trial_limit(observation.charter, observation.budget_left_seconds)
+  return cost.Forecast.of(observation.scorecard, inc.values,
+                          lambda family: constructor(inc.files, inc.families, family)[1], limit)
+
+
+def _room(pool: Sequence[str], inc: Incumbent, forecast: cost.Forecast | None,
+          probe: np.random.Generator) -> dict[str, float] | None:
+  """Per operator, the share of one trial's time its edit would leave free, from a draw of
+  its own generator (so that the proposal's draws stay those made without a forecast)."""
+  if forecast is None:
+    return None
+  room = {}
+  for name in pool:
+    op = OPERATORS[name]
+    try:
+      change = None if op.source else op.build(inc, probe)
+    except EditError:
+      change = None
+    room[name] = 1.0 - forecast.share(forecast.estimate(change.edits if change else ()))
+  return room
+
+
 def _proposal(name: str, change: Change, changes: dict[str, str], findings: Mapping[str, str],
-              observation: Observation) -> Proposal:
-  """The words around an edit: the symptoms that nominated it first, then the others."""
+              observation: Observation, costs: str = '') -> Proposal:
+  """The words around an edit: the symptoms that nominated it first, then the others, and
+  its predicted cost."""
   card = observation.scorecard
   reasons = sorted((f for f in findings if name in RULES[f]), key=lambda f: -RULES[f][name])
   metric = (card.get('metric') or {}).get('name', 'metric')
@@ -195,16 +273,21 @@ def _proposal(name: str, change: Change, changes: dict[str, str], findings: Mapp
       diagnosis='; '.join([headline(card), *(findings[f] for f in reasons), *others]),
       hypothesis=f'{change.what} {_WHY[reasons[0]] if reasons else change.why}',
       expected_effect=change.expected.format(
-          metric=metric, better=better, unit=' points' if metric == 'accuracy' else '%'),
+          metric=metric, better=better, unit=' points' if metric == 'accuracy' else '%')
+      + (f'; {costs}' if costs else ''),
       changes=changes)
 
 
 def _make(op: Operator, inc: Incumbent, rng: np.random.Generator,
-          tried: Mapping[str, set[str]], experiment: str) -> tuple[Change, dict[str, str]] | None:
-  """The operator's first draw whose result is new, or None (inapplicable or duplicate)."""
+          tried: Mapping[str, set[str]], experiment: str,
+          forecast: cost.Forecast | None = None) -> tuple[Change, dict[str, str]] | None:
+  """The operator's first draw whose result is new, or None (inapplicable, duplicate, or
+  too costly to finish)."""
   for _ in range(DRAWS_PER_OPERATOR):
     try:
       change = op.build(inc, rng)
+      if change and forecast and not forecast.fits(forecast.estimate(change.edits)):
+        change = _narrower(op, inc, rng, change, forecast)
       changes = change and _render(change, inc, experiment)
     except EditError:
       return None
@@ -212,6 +295,21 @@ def _make(op: Operator, inc: Incumbent, rng: np.random.Generator,
       return None
     if any(text not in tried.get(path, ()) for path, text in changes.items()):
       return change, changes
+  return None
+
+
+def _narrower(op: Operator, inc: Incumbent, rng: np.random.Generator, change: Change,
+              forecast: cost.Forecast) -> Change | None:
+  """A family switch at the most channels (multiples of 8) whose trial fits, or None. The
+  family is the hypothesis and its width a detail; any other edit that does not fit is
+  dropped, never trained for fewer steps than the incumbent."""
+  channels = next((e.value for e in change.edits if e.path == 'model.channels'), None)
+  if not (_is_int(channels) and any(e.path == 'model.name' for e in change.edits)):
+    return None
+  for fewer in range(channels - 8, 7, -8):
+    narrow = op.build(dataclasses.replace(inc, channels=(fewer,)), rng)
+    if narrow and forecast.fits(forecast.estimate(narrow.edits)):
+      return narrow
   return None
 
 
@@ -244,12 +342,22 @@ def _tried_texts(observation: Observation) -> dict[str, set[str]]:
 
 
 def _uses_on_incumbent(history: Sequence[TrialSummary]) -> collections.Counter[str]:
-  """How often each operator was tried since the last accepted trial (the incumbent's)."""
+  """How often each operator was tried since the last accepted trial (the incumbent's); one
+  whose trial cost too much counts as spent."""
   since = list(history)
   for i, trial in enumerate(history):
     if trial.accepted:
       since = list(history[i + 1:])
-  return collections.Counter(t.operator for t in since)
+  uses: collections.Counter[str] = collections.Counter()
+  for trial in since:
+    uses[trial.operator] += TRIES_PER_INCUMBENT if trial.reason_code in COST_FAILURES else 1
+  return uses
+
+
+def _cost_failures(history: Sequence[TrialSummary]) -> collections.Counter[str]:
+  """Per operator, the trials of this run that cost too much (timed out, killed, rejected
+  for train time, latency or memory)."""
+  return collections.Counter(t.operator for t in history if t.reason_code in COST_FAILURES)
 
 
 def _weights(findings: Mapping[str, str]) -> dict[str, float]:

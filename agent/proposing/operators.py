@@ -33,6 +33,7 @@ class Incumbent:
   start_steps: int
   families: Mapping[str, tuple[str, str]]  # the run's model registry: name -> (file, class)
   head: str = ''  # the class whose __init__ builds the family (it holds the output head)
+  channels: tuple[int, ...] = (16, 32)  # a family switch draws its channel count from these
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,14 +173,16 @@ def _family_switch(target: str, expected: str) -> Build:
 
   Structural keys both families share (activation, dropout, dtype, ...) keep the
   incumbent's values; capacity keys take the target's defaults, except channels (16 or
-  32), kernel size 5 and flatten pooling, which suit small signals and images.
+  32, or what `inc.channels` allows), kernel size 5 and flatten pooling, which suit small
+  signals and images.
   """
   def build(inc: Incumbent, rng: np.random.Generator) -> Change | None:
     signature = constructor(inc.files, inc.families, target)[1]
     if inc.family == target or not signature:
       return None
     present = [p.partition('.')[2] for p in inc.values if p.startswith('model.')]
-    chosen = {'channels': int(rng.choice([16, 32])), 'kernel_size': 5, 'pooling': 'flatten'}
+    chosen = {'channels': int(rng.choice(list(inc.channels))), 'kernel_size': 5,
+              'pooling': 'flatten'}
     edits = [ConfigEdit('model.name', target)]
     if inc.values.get('train.scan_steps') is True:  # XLA:CPU runs convs inside loops ~10x slower
       edits.append(ConfigEdit('train.scan_steps', False))
@@ -257,6 +260,16 @@ OPERATORS: dict[str, Operator] = {op.name: op for op in (
         'for smaller, steadier steps', 'steadier loss and a lower final val loss; val '
         '{metric} {better} by about 0.5-2{unit} if the step size was too large; train time '
         'unchanged')),
+    Operator('lr_cut', Move(
+        'optimizer.learning_rate', False, (10.0, 100.0), 'cut the learning rate {old} -> {new}',
+        'so the steps stop overshooting', 'train loss leaves chance level; val {metric} '
+        '{better} by far if the step size was the defect; train time unchanged'),
+        requires=frozenset({'step_too_large'})),
+    Operator('lr_boost', Move(
+        'optimizer.learning_rate', True, (10.0, 100.0),
+        'boost the learning rate {old} -> {new}', 'so each step moves the weights far enough',
+        'train loss falls much faster; val {metric} {better} by far if the step size was the '
+        'defect; train time unchanged'), requires=frozenset({'step_too_small'})),
     Operator('warmup', Move(
         'optimizer.warmup_steps', True, (1.5, 3), 'lengthen the warmup {old} -> {new} steps',
         'so the first steps do not blow up the freshly initialised weights',

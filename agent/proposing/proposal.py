@@ -27,6 +27,8 @@ class Observation:
   direction: str  # 'max' | 'min' for the objective metric
   history: list[TrialSummary]
   trial: int
+  # What the run's budget has left (wall clock or compute seconds, the lesser); None: unknown.
+  budget_left_seconds: float | None = None
 
 
 class Proposal(Proposed):
