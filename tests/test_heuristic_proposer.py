@@ -68,10 +68,11 @@ def knobs_of(text: str, tmp_path: Path) -> list[knobs.Knob]:
 
 def observe(scorecard: dict[str, Any], *, experiment: str = MNIST1D,
             files: dict[str, str] | None = None, history: list[TrialSummary] | None = None,
-            trial: int = 0, tmp_path: Path, direction: str = 'max') -> Observation:
+            trial: int = 0, tmp_path: Path, direction: str = 'max',
+            budget_left: float | None = None) -> Observation:
   files = files or files_with(experiment)
   return Observation(CHARTER, experiment, files, knobs_of(files[experiment], tmp_path),
-                     scorecard, direction, list(history or []), trial)
+                     scorecard, direction, list(history or []), trial, budget_left)
 
 
 def load_config(text: str, tmp_path: Path):

@@ -16,8 +16,8 @@ use the CPU worse than the MLP's scanned matmuls); digits MLP -> 2-D CNN (32 cha
 75 s predicted, 52 s taken. Expect errors up to about 2x either way.
 
 What one trial may take now is the charter's per-trial timeout, or the run's budget left
-when that is less. An edit that cannot finish within it is not proposed; an edit that
-takes a large share of it must be that much more promising to be drawn.
+when that is less. The heuristic proposer does not propose an edit that cannot finish
+within it, and draws one that would take a large share of it less often.
 """
 
 from __future__ import annotations

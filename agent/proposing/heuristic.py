@@ -26,8 +26,9 @@ now (the per-trial timeout, or the budget left if less) is not proposed; a famil
 that does not fit is proposed at fewer channels that do, or not at all. Training steps
 are never cut to fit: the screen would then judge a different candidate than the one
 proposed, trained less than the incumbent. Among the edits that fit, a bandit draw is
-scaled by the share of that time the edit leaves free, and a batch holds only as many
-members as fit in one process. A trial that timed out, was killed (memory) or was
+scaled down by half the share of that time the edit would use (one that would use all of
+it counts half: a cheaper idea gets more tries from the same budget, a promising costly
+one still wins often), and a batch holds only as many members as fit in one process. A trial that timed out, was killed (memory) or was
 rejected for train time, latency or memory spends its operator on that incumbent and
 counts COST_FAILURE_WEIGHT more failures in its prior for the rest of the run.
 """
@@ -242,7 +243,7 @@ def _forecast(observation: Observation, inc: Incumbent) -> cost.Forecast | None:
 
 def _room(pool: Sequence[str], inc: Incumbent, forecast: cost.Forecast | None,
           probe: np.random.Generator) -> dict[str, float] | None:
-  """Per operator, the share of one trial's time its edit would leave free, from a draw of
+  """Per operator, 1 - half the share of one trial's time its edit would use, from a draw of
   its own generator (so that the proposal's draws stay those made without a forecast)."""
   if forecast is None:
     return None
@@ -250,10 +251,10 @@ def _room(pool: Sequence[str], inc: Incumbent, forecast: cost.Forecast | None,
   for name in pool:
     op = OPERATORS[name]
     try:
-      change = None if op.source else op.build(inc, probe)
+      change = None if op.source else _fitting(op, inc, probe, op.build(inc, probe), forecast)
     except EditError:
       change = None
-    room[name] = 1.0 - forecast.share(forecast.estimate(change.edits if change else ()))
+    room[name] = 1.0 - forecast.share(forecast.estimate(change.edits if change else ())) / 2
   return room
 
 
@@ -285,9 +286,7 @@ def _make(op: Operator, inc: Incumbent, rng: np.random.Generator,
   too costly to finish)."""
   for _ in range(DRAWS_PER_OPERATOR):
     try:
-      change = op.build(inc, rng)
-      if change and forecast and not forecast.fits(forecast.estimate(change.edits)):
-        change = _narrower(op, inc, rng, change, forecast)
+      change = _fitting(op, inc, rng, op.build(inc, rng), forecast)
       changes = change and _render(change, inc, experiment)
     except EditError:
       return None
@@ -298,11 +297,13 @@ def _make(op: Operator, inc: Incumbent, rng: np.random.Generator,
   return None
 
 
-def _narrower(op: Operator, inc: Incumbent, rng: np.random.Generator, change: Change,
-              forecast: cost.Forecast) -> Change | None:
-  """A family switch at the most channels (multiples of 8) whose trial fits, or None. The
-  family is the hypothesis and its width a detail; any other edit that does not fit is
-  dropped, never trained for fewer steps than the incumbent."""
+def _fitting(op: Operator, inc: Incumbent, rng: np.random.Generator, change: Change | None,
+             forecast: cost.Forecast | None) -> Change | None:
+  """The change if its trial fits; else a family switch at the most channels (multiples of
+  8) that fit, or None. The family is the hypothesis and its width a detail; any other edit
+  that does not fit is dropped, never trained for fewer steps than the incumbent."""
+  if not change or not forecast or forecast.fits(forecast.estimate(change.edits)):
+    return change
   channels = next((e.value for e in change.edits if e.path == 'model.channels'), None)
   if not (_is_int(channels) and any(e.path == 'model.name' for e in change.edits)):
     return None
