@@ -28,9 +28,10 @@ are never cut to fit: the screen would then judge a different candidate than the
 proposed, trained less than the incumbent. Among the edits that fit, a bandit draw is
 scaled down by half the share of that time the edit would use (one that would use all of
 it counts half: a cheaper idea gets more tries from the same budget, a promising costly
-one still wins often), and a batch holds only as many members as fit in one process. A trial that timed out, was killed (memory) or was
-rejected for train time, latency or memory spends its operator on that incumbent and
-counts COST_FAILURE_WEIGHT more failures in its prior for the rest of the run.
+one still wins often), and a batch holds only as many members as fit in one process. A
+trial that timed out, was killed (memory) or was rejected for train time, latency or
+memory spends its operator on that incumbent and counts COST_FAILURE_WEIGHT more failures
+in its prior for the rest of the run.
 """
 
 from __future__ import annotations
