@@ -17,6 +17,7 @@ TITLES = {
     'search': '3. Search quality at equal budget',
     'rigor': '4. Rigor: false acceptances and replication',
     'early_stopping': '5. Early stopping',
+    'batches': '6. Candidates per CPU-minute',
 }
 SHARED_MACHINE = 0.05  # other processes' share of the cores above which the run says so
 

@@ -254,7 +254,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
         else:
           logging.info('%sstep %d: train loss %.4f', _label(member, batched), step,
                        np.mean(member.history.last_train_loss))
-      if step % int(config.train.checkpoint_every) == 0 and live():
+      if (step % int(config.train.checkpoint_every) == 0
+          and not all(m.history.diverged for m in group)):
         ckpt.save(step, runner.stacked(carry), {'members': [m.history.to_json() for m in group]})
     results = _finish(runner, carry, group, inputs, seeds, scorer, writers, eval_test, total)
   except BaseException:

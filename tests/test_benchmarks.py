@@ -86,6 +86,14 @@ def test_rigor_and_early_stopping_report_rates_and_pairs(toy):
   assert pair['on']['trials'] == pair['off']['trials'] == 1
 
 
+def test_batched_candidates_are_timed_against_one_process_each_with_equal_results(toy):
+  _, results, _ = toy
+  row = results['batches']['data']['rows'][0]
+  assert row['candidates'] == 2 and len(row['alone']) == 2
+  assert row['identical'] is True  # batched members score what they score alone
+  assert row['cpu_ratio'] > 0 and row['batch']['cpu_seconds'] > 0
+
+
 def test_unknown_benchmark_is_one_error_line_and_exit_2(tmp_path):
   done = subprocess.run([sys.executable, '-m', 'benchmarks.run', '--only=nope',
                          f'--results_dir={tmp_path}'], cwd=ROOT, env=_env(tmp_path),

@@ -11,6 +11,7 @@ import pytest
 
 from agent.recording import progress, tb_view
 from agent.recording.journal import Journal
+from agent.recording.state import RunState
 from agent.start import JOURNAL
 from tests.agent_workspace import TINY_EXPERIMENT, make_workspace
 from tests.test_agent_e2e import agent
@@ -71,8 +72,10 @@ def test_status_of_a_running_run_shows_the_trial_the_step_and_the_budget(run):
   (output / 'progress.jsonl').write_text('{"step": 20}\n{"step": 40, "train_loss": [1.0]}\n')
   now = datetime.datetime.now(datetime.timezone.utc).isoformat()
   (live / 'heartbeat.json').write_text(json.dumps({'session': session, 'time': now}))
+  with Journal.open(live / JOURNAL) as copied:  # no worktree here: the incumbent's steps
+    steps = RunState.replay(copied).incumbent.steps
   line = progress.status_line(live, JOURNAL)
-  assert line is not None and line.startswith('[p] trial 2/2 screen: step 40/60 | ')
+  assert line is not None and line.startswith(f'[p] trial 2/2 screen: step 40/{steps} | ')
   assert 'compute ' in line and 'incumbent accuracy 0.' in line and 'ETA ' in line
   (output / 'report.json').write_text('{}')
   assert 'screen: evaluation' in progress.status_line(live, JOURNAL)

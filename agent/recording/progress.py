@@ -105,7 +105,8 @@ def _newest(run_dir: Path, stage: Stage) -> Stage:
     base = run_dir / 'trials' / str(stage.trial)
     for name in ('confirm_incumbent', 'confirm_candidate'):
       if (base / name).is_dir() and not (base / name / SCORECARD).exists():
-        return Stage(stage.trial, 'confirm', f'trials/{stage.trial}/{name}')
+        return Stage(stage.trial, f'confirm {name.removeprefix("confirm_")}',
+                     f'trials/{stage.trial}/{name}')
     for folder in sorted((base / 'elsewhere').glob('*/*'), key=_mtime, reverse=True)[:1]:
       if not (folder / SCORECARD).exists():
         return Stage(stage.trial, f'elsewhere {folder.parent.name}',
@@ -285,7 +286,7 @@ class Watcher:
     """Steps the stage's run trains: the candidate's experiment says (read statically, as
     the loop does), else the incumbent's."""
     default = state.incumbent.steps if state.incumbent else None
-    if stage.name not in ('screen', 'confirm', 'baseline'):
+    if stage.name not in ('screen', 'confirm candidate', 'confirm incumbent', 'baseline'):
       return default
     if stage.folder in self._steps:
       return self._steps[stage.folder]
