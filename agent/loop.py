@@ -284,13 +284,9 @@ class Loop:
     self.say(f'[trial {trial}/{self.config.budget_trials}] incumbent '
              f'{self._metric_name()} {_fmt(incumbent.per_seed)} | {proposal.operator}: '
              f'{proposal.hypothesis}')
-    current = guard.read_current(self.worktree.path, list(proposal.changes))
-    checked = guard.check(self.charter, current, proposal.changes,
-                          worktree=self.worktree.path, keep=(self.config.experiment,))
-    if not checked.ok:
-      self._record_guard_rejection(trial, proposal, checked.reason)
+    diff = self._guarded(trial, proposal)
+    if diff is None:
       return
-    self.worktree.write_files(dict(proposal.changes))
     import_error = import_check(self.worktree.path, sorted(proposal.changes),
                                 timeout_s=min(120.0, self._timeout()), limits=self.charter.trial)
     self._check_repository(f'the import check of trial {trial}')
@@ -299,13 +295,28 @@ class Loop:
       self._record_guard_rejection(trial, proposal, f'the edited code does not import: '
                                    f'{import_error}')
       return
-    message = _commit_message(trial, proposal, 'pending')
-    candidate_commit = self.worktree.commit(message)
-    self.journal.write(records.TrialStarted(commit=candidate_commit, diff=checked.diff),
-                       trial=trial)
-    verdict, candidate, extra = self.judge.judge(trial, candidate_commit, checked.diff,
+    candidate_commit = self._commit(trial, proposal, diff)
+    verdict, candidate, extra = self.judge.judge(trial, candidate_commit, diff,
                                                  self.direction, self._metric_name())
     self._conclude(trial, proposal, candidate_commit, verdict, candidate, extra)
+
+  def _guarded(self, trial: int, proposal: Proposal) -> str | None:
+    """The proposal's diff, its files written into the worktree; None (recorded as a guard
+    rejection, nothing written) when the guard refuses it."""
+    current = guard.read_current(self.worktree.path, list(proposal.changes))
+    checked = guard.check(self.charter, current, proposal.changes,
+                          worktree=self.worktree.path, keep=(self.config.experiment,))
+    if not checked.ok:
+      self._record_guard_rejection(trial, proposal, checked.reason)
+      return None
+    self.worktree.write_files(dict(proposal.changes))
+    return checked.diff
+
+  def _commit(self, trial: int, proposal: Proposal, diff: str) -> str:
+    """The worktree as the trial's pending commit, journaled as started."""
+    commit = self.worktree.commit(_commit_message(trial, proposal, 'pending'))
+    self.journal.write(records.TrialStarted(commit=commit, diff=diff), trial=trial)
+    return commit
 
   def _batch(self, first: int, proposals: list[Proposal], values: list[dict[str, float]]) -> None:
     """Candidates that change only traced values (agent.editing.batching): each is its own
@@ -322,17 +333,12 @@ class Loop:
              + '; '.join(f'{p.operator}: {p.hypothesis}' for p in proposals))
     started = []
     for trial, proposal, traced in zip(trials, proposals, values):
-      current = guard.read_current(self.worktree.path, list(proposal.changes))
-      checked = guard.check(self.charter, current, proposal.changes,
-                            worktree=self.worktree.path, keep=(self.config.experiment,))
-      if not checked.ok:
-        self._record_guard_rejection(trial, proposal, checked.reason)
+      diff = self._guarded(trial, proposal)
+      if diff is None:
         continue
-      self.worktree.write_files(dict(proposal.changes))
-      commit = self.worktree.commit(_commit_message(trial, proposal, 'pending'))
-      self.journal.write(records.TrialStarted(commit=commit, diff=checked.diff), trial=trial)
+      commit = self._commit(trial, proposal, diff)
       self.worktree.reset_to(incumbent.commit)
-      started.append((trial, proposal, commit, checked.diff, traced))
+      started.append((trial, proposal, commit, diff, traced))
     if not started:
       return
     judged = self.judge.judge_batch([s[0] for s in started], [s[2] for s in started],
