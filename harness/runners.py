@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from harness import mesh
 from harness.steps import Carry, Program, SeedKeys, predict_batches
 
 # The training state as the runner holds it: one carry per program call (each member's on
@@ -52,25 +53,37 @@ class SeedRunner:
   measured apart from training."""
 
   def __init__(self, program: Program, keys: SeedKeys, hyperparams: dict[str, np.ndarray],
-               scan: bool, vmapped: bool):
-    """`keys` and each of `hyperparams` have one row per member."""
-    self._program, self._scan, self._vmapped = program, scan, vmapped
+               scan: bool, vmapped: bool, layout: mesh.Layout | None = None):
+    """`keys` and each of `hyperparams` have one row per member; with a `layout` the
+    members are one vmapped program sharded over its devices."""
+    self._program, self._scan = program, scan
+    self._vmapped, self._layout = vmapped or layout is not None, layout
+    vmapped = self._vmapped
     num_seeds = keys.init.shape[0]
     hyperparams = {k: np.asarray(v, np.float32) for k, v in hyperparams.items()}
+    if layout is not None:
+      keys, hyperparams = jax.device_put((keys, hyperparams), layout.members())
     per_call = lambda tree: ([tree] if vmapped else [jax.tree.map(lambda x, s=s: x[s], tree)
                                                       for s in range(num_seeds)])
     self._keys, self._hyperparams = per_call(keys), per_call(hyperparams)
-    self._init = jax.jit(self._over_seeds(program.init, 0))
-    self._epoch_state = jax.jit(self._over_seeds(program.epoch_state, (0, None)))
-    self._predict = jax.jit(self._over_seeds(program.predict, (0, None)))
+    self._init = self._jit(program.init, 0)
+    self._epoch_state = self._jit(program.epoch_state, (0, None))
+    self._predict = self._jit(program.predict, (0, None))
     self._stack = jax.jit(lambda members: jax.tree.map(lambda *x: jnp.stack(x), *members))
     self._unstack = jax.jit(lambda carry: [jax.tree.map(lambda x, s=s: x[s], carry)
                                            for s in range(num_seeds)])
     self._compiled: dict[int, Any] = {}
     self.compile_seconds = 0.0
 
-  def _over_seeds(self, fn, in_axes):
-    return jax.vmap(fn, in_axes=in_axes) if self._vmapped else fn
+  def _jit(self, fn, in_axes, **options):
+    """fn compiled over the members: as it is (one member per call), vmapped, or vmapped and
+    sharded over a layout's devices (every output has a leading member axis)."""
+    if not self._vmapped:
+      return jax.jit(fn, **options)
+    if self._layout is None:
+      return jax.jit(jax.vmap(fn, in_axes=in_axes), **options)
+    return jax.jit(jax.vmap(fn, in_axes=in_axes, spmd_axis_name='seeds'),
+                   out_shardings=self._layout.members(), **options)
 
   def init(self) -> Carries:
     return [self._init(keys.init, hyper) for keys, hyper in zip(self._keys, self._hyperparams)]
@@ -96,11 +109,11 @@ class SeedRunner:
       keys = self._keys[0]
       if self._scan:
         chunk = functools.partial(self._program.chunk, length=length)
-        fn = jax.jit(self._over_seeds(chunk, (0, 0, None)), donate_argnums=0)
+        fn = self._jit(chunk, (0, 0, None), donate_argnums=0)
         compiled = fn.lower(member, keys, jnp.int32(0)).compile()
       else:
         epoch_state = self._epoch_state(keys.data, jnp.int32(0))
-        fn = jax.jit(self._over_seeds(self._program.step, (0, 0, None, 0)), donate_argnums=0)
+        fn = self._jit(self._program.step, (0, 0, None, 0), donate_argnums=0)
         compiled = fn.lower(member, keys, jnp.int32(0), epoch_state).compile()
       self.compile_seconds += time.perf_counter() - start
       self._compiled[key] = compiled
@@ -136,7 +149,7 @@ class SeedRunner:
     (one member's program on CPU). Asked for after training: it re-traces the step, which
     would otherwise count as training time."""
     keys = self._keys[0]
-    step = jax.jit(self._over_seeds(self._program.step, (0, 0, None, 0)))
+    step = self._jit(self._program.step, (0, 0, None, 0))
     lowered = step.lower(members[0], keys, jnp.int32(0), self._epoch_state(keys.data, jnp.int32(0)))
     cost = lowered.cost_analysis() or {}
     info: dict[str, Any] = {

@@ -100,9 +100,10 @@ class Program:
 
 
 def build_program(kind: str, input_shape: tuple[int, ...], train: Split, graphdef: nnx.GraphDef, make_params: Callable[[jax.Array], Any],
-                  tx: optax.GradientTransformation, batch_size: int) -> Program:
+                  tx: optax.GradientTransformation, batch_size: int,
+                  place_batch: Callable[[jax.Array], jax.Array] = lambda x: x) -> Program:
   """Wires the model, optimiser (harness.optimizers.make_optimizer's) and data into one
-  seed's functions."""
+  seed's functions; `place_batch` lays a sampled batch out over devices (harness.mesh)."""
   train_x = jnp.asarray(train.x)
   train_y = None if train.y is None else jnp.asarray(train.y)
   sampler = make_sampler(kind, input_shape, train_x, train_y, batch_size)
@@ -113,7 +114,7 @@ def build_program(kind: str, input_shape: tuple[int, ...], train: Split, graphde
 
   def step(carry: Carry, keys: SeedKeys, step_index: jax.Array, epoch_state: jax.Array):
     params, opt_state = carry
-    x, y = sampler.batch(keys.data, epoch_state, step_index)
+    x, y = map(place_batch, sampler.batch(keys.data, epoch_state, step_index))
     dropout_key = jax.random.fold_in(keys.dropout, step_index)
 
     def loss_fn(p):

@@ -30,7 +30,7 @@ from flax import nnx
 
 import models
 from harness import scorecard as sc
-from harness import scoring, trial_inputs
+from harness import mesh, scoring, trial_inputs
 from harness.checkpoints import Checkpointer
 from harness.history import History
 from harness.optimizers import TRACED, hyperparams, make_optimizer
@@ -162,14 +162,17 @@ def _setup(config: ml_collections.ConfigDict, inputs_dir: Path | None, eval_test
     abstract_model = nnx.eval_shape(lambda: build(rngs=nnx.Rngs(0)))
     graphdef, _ = nnx.split(abstract_model)
     make_params = lambda key: nnx.state(build(rngs=nnx.Rngs(key)), nnx.Param)
+    layout = mesh.layout(config.train.get('mesh', ''), len(seeds) * len(configs),
+                         int(config.train.batch_size))
     program = build_program(inputs.kind, inputs.input_shape, inputs.train, graphdef,
-                            make_params, tx, config.train.batch_size)
+                            make_params, tx, config.train.batch_size,
+                            layout.constrain_batch if layout else lambda x: x)
   except ConfigError:
     raise
   except (ValueError, TypeError, KeyError, AttributeError) as e:
     raise ConfigError(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
   scorer = None if targets is None else scoring.Scorer(targets, len(seeds))
-  return inputs, scorer, program, configs
+  return inputs, scorer, program, configs, layout
 
 
 def _save_predictions(folder: Path, name: str, logits: np.ndarray, kind: str) -> None:
@@ -200,7 +203,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
   """
   workdir = Path(workdir).absolute()
   seeds = [int(config.train.seed) + i for i in range(num_seeds)]
-  inputs, scorer, program, configs = _setup(config, inputs_dir, eval_test, seeds, members)
+  inputs, scorer, program, configs, layout = _setup(config, inputs_dir, eval_test, seeds,
+                                                    members)
   if overwrite:
     clear_outputs(workdir)
   batched = members is not None
@@ -209,7 +213,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
   ckpt = Checkpointer(workdir / CHECKPOINTS)
   values = {k: [m.hyperparams[k] for m in group for _ in seeds] for k in TRACED}
   runner = SeedRunner(program, SeedKeys.for_seeds(seeds * len(group)), values,
-                      scan=bool(config.train.scan_steps), vmapped=vmap_seeds())
+                      scan=bool(config.train.scan_steps), vmapped=vmap_seeds(),
+                      layout=layout)
   carry = runner.init()
   restored_step = ckpt.latest_step() if resume else None
   if not resume and restored_step is None and ckpt.latest_step() is not None:
