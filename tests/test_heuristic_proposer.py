@@ -200,6 +200,15 @@ def test_mnist1d_baseline_gets_a_cnn1d_that_builds(tmp_path: Path):
       'config.model = ')[0]
 
 
+@pytest.mark.parametrize('platform, scan', [('cpu', False), ('gpu', True), ('tpu', True)])
+def test_a_switch_to_convolutions_keeps_scan_off_the_cpu_only(tmp_path: Path, platform, scan):
+  """XLA:CPU runs a convolution inside a loop ~10x slower; accelerators want the scan."""
+  card = {**OVERFIT, 'device': {'platform': platform}}
+  proposal = next(p for p in (HeuristicProposer(None, seed).propose(
+      observe(card, tmp_path=tmp_path)) for seed in range(20)) if p.operator == 'to_cnn1d')
+  assert load_config(proposal.changes[MNIST1D], tmp_path).train.scan_steps is scan
+
+
 def test_same_seed_same_proposals_and_other_seeds_differ(tmp_path: Path):
   def run(seed: int) -> list[tuple[str, tuple]]:
     proposer, history, out = HeuristicProposer(None, seed), [], []

@@ -224,8 +224,10 @@ class HeuristicProposer:
       start = min([first, steps, *(s for s in earlier if s)])
     families = run_families(observation.files)
     head, signature = constructor(observation.files, families, family)
+    device = observation.scorecard.get('device')
+    platform = str(device.get('platform', 'cpu')) if isinstance(device, Mapping) else 'cpu'
     return Incumbent(observation.files[observation.experiment], values, family, signature,
-                     observation.files, start, families, head)
+                     observation.files, start, families, head, platform=platform)
 
 
 def _diagnosis(observation: Observation, inc: Incumbent) -> tuple[str, dict[str, str]]:

@@ -34,6 +34,7 @@ class Incumbent:
   families: Mapping[str, tuple[str, str]]  # the run's model registry: name -> (file, class)
   head: str = ''  # the class whose __init__ builds the family (it holds the output head)
   channels: tuple[int, ...] = (16, 32)  # a family switch draws its channel count from these
+  platform: str = 'cpu'  # where the incumbent trained (its scorecard's device)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,8 +185,8 @@ def _family_switch(target: str, expected: str) -> Build:
     chosen = {'channels': int(rng.choice(list(inc.channels))), 'kernel_size': 5,
               'pooling': 'flatten'}
     edits = [ConfigEdit('model.name', target)]
-    if inc.values.get('train.scan_steps') is True:  # XLA:CPU runs convs inside loops ~10x slower
-      edits.append(ConfigEdit('train.scan_steps', False))
+    if inc.platform == 'cpu' and inc.values.get('train.scan_steps') is True:
+      edits.append(ConfigEdit('train.scan_steps', False))  # XLA:CPU: convs in loops ~10x slower
     edits += [ConfigEdit(f'model.{k}', op='remove') for k in present
               if k != 'name' and k not in signature]
     after, values = 'model.name', {}
