@@ -1,6 +1,7 @@
 """How one candidate commit is judged against the incumbent: screened on the incumbent's seeds
-(pruned early when its curve cannot catch up), a winner confirmed on fresh seeds, then judged
-wherever else its changed code runs.
+(pruned early when its curve cannot catch up), given fresh seeds a group at a time while the
+sequential test is undecided (agent.judging.sequential), then, if kept, judged wherever else
+its changed code runs.
 
 The loop decides what to try and records the verdict; this module only runs and judges, and
 journals the runs it makes (trial_finished, confirm_finished) as they end.
@@ -22,7 +23,10 @@ from agent.recording.state import RunState
 from agent.safety.executor import TrialOutcome
 
 SCREEN_FIRST_SEED = 0
-CONFIRM_FIRST_SEED = 1000  # + 100 * trial: fresh seeds for each confirmation
+# The later looks' seeds: the same for every candidate, so each incumbent runs them once
+# (`_incumbent_look`); look j >= 2 starts at CONFIRM_FIRST_SEED + seeds * (j - 2)
+CONFIRM_FIRST_SEED = 1000
+ELSEWHERE_NOISE_MULTIPLIER = 2.0  # another experiment may lose up to this many standard errors
 LOG_EXCERPT_CHARS = 1500  # of a failed trial's output, kept for the proposer's next prompt
 FAILED_STATUSES = ('failed', 'bad_input', 'timeout', 'killed', 'invalid')
 
@@ -52,12 +56,14 @@ class CandidateJudge:
     self.state, self.journal, self.run, self.run_batch = state, journal, run, run_batch
     self.other_data, self.say = other_data, say
     self.config = state.config
+    # (incumbent commit, first seed) -> its arm on a later look's seeds, shared by candidates
+    self.incumbent_looks: dict[tuple[str, int], ArmRecord] = {}
 
   def judge(self, trial: int, commit: str, diff: str, direction: str, metric: str
             ) -> tuple[decide_lib.Verdict, ArmRecord | None, dict[str, Any]]:
     """The verdict, the candidate's screen arm (None if it did not finish) and the details
     the verdict record keeps (records.Verdict's optional fields): screened on the incumbent's
-    seeds, then a winner goes on (`_go_on`)."""
+    seeds, then, undecided or kept, it goes on (`_go_on`)."""
     incumbent = self.state.incumbent
     workdir = self.run_dir / 'trials' / str(trial) / 'screen'
     steps = _steps_of(self.worktree / self.config.experiment, incumbent.steps)
@@ -66,10 +72,12 @@ class CandidateJudge:
     self.journal.write(records.TrialFinished(
         status=outcome.status, reason=outcome.reason, wall_seconds=outcome.wall_seconds,
         workdir=str(workdir), sandbox=outcome.sandbox), trial=trial)
+    policy = decide_lib.AcceptancePolicy.of(self.charter)
     verdict, candidate, extra = self._screen(commit, diff, direction, metric, outcome, workdir,
-                                             steps)
-    if verdict.accepted:
-      verdict = self._go_on(trial, commit, diff, metric, direction, verdict, candidate, extra)
+                                             steps, policy)
+    if verdict.accepted or verdict.undecided:
+      verdict = self._go_on(trial, commit, diff, metric, direction, verdict, candidate, extra,
+                            policy)
     return verdict, candidate, extra
 
   def _pruner(self, candidate_steps: int, direction: str):
@@ -92,11 +100,12 @@ class CandidateJudge:
                   ) -> list[tuple[decide_lib.Verdict, ArmRecord | None, dict[str, Any]]]:
     """Candidates that differ from the incumbent only in traced values, screened together in
     one process (the incumbent's code, each candidate's values): each is judged on its own
-    arm exactly as if it had run alone. Of those that pass the screen only the best (largest
-    mean paired gain) goes on to confirmation and, if it holds, is kept; picking the best of
-    B is a selection, which fresh-seed confirmation is there to correct. `checkout` puts
-    a commit in the worktree (the winner's, for its confirmation)."""
+    arm as if it had run alone, but at false_accept / B (`AcceptancePolicy.batch`). Of those
+    the screen kept or left undecided only the best (largest mean paired gain) goes on and,
+    if the test keeps it, is kept. `checkout` puts a commit in the worktree (the winner's,
+    for its later looks)."""
     incumbent = self.state.incumbent
+    policy = decide_lib.AcceptancePolicy.of(self.charter).batch(len(trials))
     workdir = self.run_dir / 'trials' / str(trials[0]) / 'screen'
     outcomes = self.run_batch(workdir, SCREEN_FIRST_SEED, values)
     wall = outcomes[0].wall_seconds
@@ -108,26 +117,28 @@ class CandidateJudge:
           status=outcome.status, reason=outcome.reason, wall_seconds=wall / len(trials),
           workdir=str(folder), sandbox=outcome.sandbox, batch=list(trials)), trial=trial)
       screened.append(self._screen(commits[index], diff_texts[index], direction, metric, outcome,
-                                   folder, incumbent.steps))
-    passed = [i for i, (verdict, _, _) in enumerate(screened) if verdict.accepted]
-    best = max(passed, key=lambda i: screened[i][0].gain) if passed else None
+                                   folder, incumbent.steps, policy))
+    alive = [i for i, (verdict, _, _) in enumerate(screened)
+             if verdict.accepted or verdict.undecided]
+    best = max(alive, key=lambda i: screened[i][0].gain) if alive else None
     judged = []
     for index, (verdict, candidate, extra) in enumerate(screened):
       if index == best:
         checkout(commits[index])
         verdict = self._go_on(trials[index], commits[index], diff_texts[index], metric, direction,
-                              verdict, candidate, extra)
-      elif index != best and verdict.accepted:
-        verdict = _rejection('outranked', f'Rejected: {verdict.rationale} But trial '
-                             f'{trials[best]} of the same batch gained more '
-                             f'({screened[best][0].gain:+.3g} against {verdict.gain:+.3g}): '
-                             'only the best of a batch goes on.')
+                              verdict, candidate, extra, policy)
+      elif index in alive:
+        verdict = _rejection('outranked', f'Rejected: trial {trials[best]} of the same batch '
+                             f'gained more at the screen ({screened[best][0].gain:+.3g} against '
+                             f'{verdict.gain:+.3g}), and only the best of a batch goes on. '
+                             f'At the screen: {verdict.rationale}')
       judged.append((verdict, candidate, extra))
     return judged
 
   def _screen(self, commit: str, diff: str, direction: str, metric: str,
-              outcome: TrialOutcome, workdir: Path, steps: int):
-    """The screen's verdict on a finished screen run."""
+              outcome: TrialOutcome, workdir: Path, steps: int,
+              policy: decide_lib.AcceptancePolicy):
+    """The first look's verdict on a finished screen run."""
     incumbent = self.state.incumbent
     extra: dict[str, Any] = {'status': outcome.status}
     if outcome.status in FAILED_STATUSES:
@@ -145,54 +156,73 @@ class CandidateJudge:
     if candidate.fingerprints != incumbent.fingerprints:
       return _rejection('data_changed', 'Rejected: the data fingerprints differ from the '
                         'baseline\'s, so the comparison would not be fair.'), candidate, extra
-    policy = decide_lib.AcceptancePolicy.of(self.charter)
     screen = decide_lib.SeedResults(incumbent.arm(), candidate.arm(), metric)
     return (decide_lib.decide(screen, direction, policy, diff_lines=added - removed),
             candidate, extra)
 
   def _go_on(self, trial: int, commit: str, diff: str, metric: str, direction: str,
-             verdict: decide_lib.Verdict, candidate: ArmRecord,
-             extra: dict[str, Any]) -> decide_lib.Verdict:
-    """A screen winner (in the worktree): confirmed on fresh seeds when the charter asks,
-    then judged wherever else its code runs."""
-    if self.charter.acceptance.confirm_on_fresh_seeds:
-      verdict = self._confirm(trial, commit, diff, metric, direction, candidate, extra)
+             verdict: decide_lib.Verdict, candidate: ArmRecord, extra: dict[str, Any],
+             policy: decide_lib.AcceptancePolicy) -> decide_lib.Verdict:
+    """A candidate the screen kept or left undecided (in the worktree): given more seeds
+    while undecided, then, if kept, judged wherever else its code runs."""
+    if verdict.undecided:
+      verdict = self._more_seeds(trial, commit, diff, metric, direction, candidate, extra,
+                                 policy)
     if verdict.accepted:
       verdict = self._judge_elsewhere(trial, commit, verdict, extra)
     return verdict
 
-  def _confirm(self, trial: int, commit: str, diff: str, metric: str, direction: str,
-               candidate: ArmRecord, extra: dict[str, Any]) -> decide_lib.Verdict:
-    """The candidate and the incumbent on fresh seeds, pooled with the screen."""
+  def _more_seeds(self, trial: int, commit: str, diff: str, metric: str, direction: str,
+                  candidate: ArmRecord, extra: dict[str, Any],
+                  policy: decide_lib.AcceptancePolicy) -> decide_lib.Verdict:
+    """The candidate and the incumbent on the next group of fresh seeds, pooled with all
+    before, look after look until the test decides; each look is journaled as it ends."""
     incumbent = self.state.incumbent
     trial_dir = self.run_dir / 'trials' / str(trial)
-    self.say(f'[trial {trial}] screen passed; confirming on fresh seeds')
-    fresh = CONFIRM_FIRST_SEED + 100 * trial
-    cand_fresh = self.run(trial_dir / 'confirm_candidate', fresh)
-    incumbent_tree = vcs.create_detached(self.repo, self.run_dir / 'incumbent', incumbent.commit)
-    inc_fresh = self.run(trial_dir / 'confirm_incumbent', fresh, worktree=incumbent_tree)
-    wall = cand_fresh.wall_seconds + inc_fresh.wall_seconds
-    self.state.compute_seconds += wall
-    self.journal.write(records.ConfirmFinished(
-        wall_seconds=wall, first_seed=fresh, candidate=cand_fresh.status,
-        incumbent=inc_fresh.status), trial=trial)
-    if cand_fresh.status != 'ok' or inc_fresh.status != 'ok':
-      return _rejection('confirm_failed', f'The confirmation runs did not finish '
-                        f'({cand_fresh.status}/{inc_fresh.status}).')
-    confirm_arms = {'incumbent': ArmRecord.from_scorecard(
-                        incumbent.commit, trial_dir / 'confirm_incumbent', inc_fresh.scorecard),
-                    'candidate': ArmRecord.from_scorecard(
-                        commit, trial_dir / 'confirm_candidate', cand_fresh.scorecard)}
     _, added, removed = diffs.diff_stats(diff)
-    policy = decide_lib.AcceptancePolicy.of(self.charter)
-    screen = decide_lib.SeedResults(incumbent.arm(), candidate.arm(), metric)
-    fresh_pair = decide_lib.SeedResults(confirm_arms['incumbent'].arm(),
-                                        confirm_arms['candidate'].arm(), metric)
-    verdict = decide_lib.decide(decide_lib.pool(screen, fresh_pair), direction, policy,
-                                diff_lines=added - removed, stage='confirm')
-    extra['confirm_seeds'] = list(range(fresh, fresh + self.config.seeds))
-    extra['confirm_arms'] = confirm_arms
+    looks = [decide_lib.SeedResults(incumbent.arm(), candidate.arm(), metric)]
+    extra['confirm_seeds'], extra['looks'] = [], []
+    verdict = None
+    while verdict is None or verdict.undecided:
+      first = CONFIRM_FIRST_SEED + self.config.seeds * (len(looks) - 1)
+      self.say(f'[trial {trial}] undecided after {self.config.seeds * len(looks)} seeds; '
+               f'look {len(looks) + 1} on seeds from {first}')
+      ran = self.run(trial_dir / 'confirm_candidate' / str(first), first)
+      incumbent_arm, incumbent_run = self._incumbent_look(first)
+      wall = ran.wall_seconds + (incumbent_run.wall_seconds if incumbent_run else 0.0)
+      self.state.compute_seconds += wall
+      statuses = (ran.status, incumbent_run.status if incumbent_run else 'ok')
+      self.journal.write(records.ConfirmFinished(
+          wall_seconds=wall, first_seed=first, candidate=statuses[0], incumbent=statuses[1]),
+          trial=trial)
+      if incumbent_arm is None or ran.status != 'ok':
+        return _rejection('confirm_failed', f'The runs of look {len(looks) + 1} did not finish '
+                          f'({statuses[0]}/{statuses[1]}).')
+      arms = {'incumbent': incumbent_arm, 'candidate': ArmRecord.from_scorecard(
+          commit, trial_dir / 'confirm_candidate' / str(first), ran.scorecard)}
+      extra['confirm_seeds'] += list(range(first, first + self.config.seeds))
+      extra['looks'].append(arms)
+      looks.append(decide_lib.SeedResults(arms['incumbent'].arm(), arms['candidate'].arm(),
+                                          metric))
+      verdict = decide_lib.decide(decide_lib.pool(looks), direction, policy,
+                                  diff_lines=added - removed)
     return verdict
+
+  def _incumbent_look(self, first: int) -> tuple[ArmRecord | None, TrialOutcome | None]:
+    """The incumbent's arm on the seeds from `first`, and the run that made it now (None
+    when an earlier candidate's look already did: it is the same code on the same seeds)."""
+    incumbent = self.state.incumbent
+    key = (incumbent.commit, first)
+    if key in self.incumbent_looks:
+      return self.incumbent_looks[key], None
+    tree = vcs.create_detached(self.repo, self.run_dir / 'incumbent', incumbent.commit)
+    workdir = self.run_dir / 'confirm_incumbent' / incumbent.commit[:12] / str(first)
+    ran = self.run(workdir, first, worktree=tree)
+    if ran.status != 'ok':
+      return None, ran
+    arm = self.incumbent_looks[key] = ArmRecord.from_scorecard(incumbent.commit, workdir,
+                                                               ran.scorecard)
+    return arm, ran
 
   def _judge_elsewhere(self, trial: int, commit: str, verdict: decide_lib.Verdict,
                        extra: dict[str, Any]) -> decide_lib.Verdict:
@@ -229,7 +259,7 @@ class CandidateJudge:
       self.journal.write(records.ConfirmFinished(
           wall_seconds=wall, experiment=experiment, candidate=runs['candidate'].status,
           incumbent=runs['incumbent'].status), trial=trial)
-      failed = _elsewhere_failure(runs, self.charter.acceptance)
+      failed = _elsewhere_failure(runs)
       extra['elsewhere'][experiment] = failed or 'held'
       if failed:
         return _rejection('breaks_elsewhere', f'Rejected on {experiment}, which also runs the '
@@ -237,7 +267,7 @@ class CandidateJudge:
     return verdict
 
 
-def _elsewhere_failure(runs: dict[str, TrialOutcome], acceptance: Any) -> str | None:
+def _elsewhere_failure(runs: dict[str, TrialOutcome]) -> str | None:
   """Why the candidate fails on another experiment (None: it held): it did not finish, broke
   an invariant, or lost by more than the incumbent's seed noise there."""
   candidate, incumbent = runs['candidate'], runs['incumbent']
@@ -250,7 +280,7 @@ def _elsewhere_failure(runs: dict[str, TrialOutcome], acceptance: Any) -> str | 
   before = incumbent.scorecard['val_metric']['per_seed']
   after = card['val_metric']['per_seed']
   gain = (sum(after) - sum(before)) / len(after) * (1 if direction == 'max' else -1)
-  floor = max(decide_lib.noise_floor(before, acceptance.noise_multiplier), acceptance.min_delta)
+  floor = decide_lib.noise_floor(before, ELSEWHERE_NOISE_MULTIPLIER)
   if gain < -floor:
     return (f'{card["metric"]["name"]} is worse by {-gain:.3g} (mean over '
             f'{len(after)} paired seeds), beyond the noise floor {floor:.3g}')

@@ -85,11 +85,14 @@ class Stop:
 
 @dataclasses.dataclass(frozen=True)
 class Acceptance:
-  """How much better a candidate must be, on paired seeds, to replace the incumbent."""
-  alpha: float = 0.05
-  noise_multiplier: float = 2.0
-  min_delta: float = 0.002
-  confirm_on_fresh_seeds: bool = True
+  """The error rates of the paired, group-sequential test a candidate must pass
+  (agent.judging.sequential): the chance of keeping a candidate that is not better, the
+  chance of keeping one that gains min_effect (metric units), and the most paired seeds it
+  may take to decide."""
+  false_accept: float = 0.01
+  power: float = 0.8
+  min_effect: float = 0.02
+  max_seeds: int = 24
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,9 +196,10 @@ _RULES: dict[str, _Rule] = {
     'budget.compute_seconds': _NONNEG,
     'budget.tokens': _NONNEG,
     'stop.patience': (lambda v: v >= 1, '>= 1'),
-    'acceptance.alpha': (lambda v: 0 < v < 0.5, 'in (0, 0.5)'),
-    'acceptance.noise_multiplier': _NONNEG,
-    'acceptance.min_delta': _NONNEG,
+    'acceptance.false_accept': (lambda v: 0 < v < 0.5, 'in (0, 0.5)'),
+    'acceptance.power': (lambda v: 0.5 <= v < 1, 'in [0.5, 1)'),
+    'acceptance.min_effect': _POSITIVE,
+    'acceptance.max_seeds': (lambda v: v >= 2, '>= 2 (a paired test needs two seeds)'),
     'tradeoffs.max_time_ratio': _POSITIVE,
     'tradeoffs.time_ratio_min_gain': _NONNEG,
     'tradeoffs.max_memory_mb': _NONNEG,

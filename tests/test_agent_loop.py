@@ -115,8 +115,9 @@ def test_a_clear_win_is_confirmed_and_kept_and_a_noise_sized_change_is_rolled_ba
 
   verdicts = journal.records('verdict')
   assert [v.payload['accepted'] for v in verdicts] == [True, False]
-  assert verdicts[0].payload['confirm_seeds'] == [1100, 1101, 1102]
-  assert verdicts[1].payload['reason_code'] in ('below_noise_floor', 'not_significant', 'no_gain')
+  assert verdicts[0].payload['confirm_seeds'] == [1000, 1001, 1002]  # one look after the screen
+  assert len(verdicts[0].payload['looks']) == 1
+  assert verdicts[1].payload['reason_code'] == 'futile' and 'looks' not in verdicts[1].payload
   winner = verdicts[0].payload['commit']
   assert loop.worktree.head() == winner == loop.state.incumbent.commit
   message = git(repo, 'log', '-1', '--format=%B', winner)
@@ -127,6 +128,30 @@ def test_a_clear_win_is_confirmed_and_kept_and_a_noise_sized_change_is_rolled_ba
   assert git(repo, 'rev-parse', 'HEAD') == user_head and git(repo, 'status', '--porcelain') == ''
   assert journal.verify() is None
   assert proposer.learned == [('lr_up', True), ('lr_nudge', False)]
+
+
+def test_undecided_candidates_get_seed_groups_until_decided_and_share_the_incumbents(tmp_path):
+  """Two null edits on the same incumbent, noisy enough that the screen decides nothing: each
+  gets fresh seed groups, journaled look by look, and the incumbent runs each group once."""
+  runner = SimulatedRunner(independent=0.015)
+  proposer = ScriptedProposer([('note', comment_only(1)), ('note', comment_only(2))])
+  _, loop, journal = make_loop(tmp_path, proposer, runner, trials=2, charter_text=lambda text:
+                               text.replace('min_effect = 0.02', 'min_effect = 0.01'))
+  loop.run()
+  verdicts = [v.payload for v in journal.records('verdict')]
+  assert [v['accepted'] for v in verdicts] == [False, False]
+  assert all(v['reason_code'] in ('futile', 'undecided', 'worse') for v in verdicts)
+  looks = [v['looks'] for v in verdicts]
+  assert all(looks) and all(v['confirm_seeds'][:3] == [1000, 1001, 1002] for v in verdicts)
+  shared = min(len(looks[0]), len(looks[1]))
+  assert [a['incumbent'] for a in looks[1][:shared]] == [a['incumbent'] for a in looks[0][:shared]]
+  per_look = [r.payload for r in journal.records('confirm_finished')]
+  assert [r['first_seed'] for r in per_look] == [1000 + 3 * i for i in range(len(looks[0]))] + [
+      1000 + 3 * i for i in range(len(looks[1]))]
+  incumbent_runs = max(len(looks[0]), len(looks[1]))
+  assert runner.calls == 1 + 2 + len(looks[0]) + len(looks[1]) + incumbent_runs
+  assert sum(r['wall_seconds'] for r in per_look) == len(looks[0]) + len(looks[1]) + incumbent_runs
+  assert loop.state.compute_seconds == runner.calls
 
 
 def test_a_win_that_breaks_the_time_tradeoff_is_rejected(tmp_path):

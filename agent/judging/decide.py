@@ -1,15 +1,18 @@
-"""The acceptance rule: keep a candidate only if it beats the incumbent by more than seed noise.
+"""The acceptance rule: keep a candidate only when paired seeds show, at the charter's error
+rates, that it is better than the incumbent; decided in looks, adding seeds while undecided.
 
 Pure functions over numbers, so the rule is testable on constructed data and auditable.
 
 Why paired seeds: the incumbent and the candidate run on the same seeds (init, data order), so
-per-seed differences cancel much of the seed effect. Why two bars, a noise floor and a t-test:
-with K = 3 seeds the sample spread of the gains can be small by chance, so a consistent but
-tiny gain would pass a t-test alone; the noise floor asks for a gain that is large compared
-with the seed-to-seed spread of the metric itself. Why a confirm stage: when the loop tries
-many candidates, some pass the screen by luck (the many-comparisons problem); a screen winner
-is re-run with the incumbent on K fresh seeds, must gain again there, and is judged on the
-pooled 2K pairs (`pool`, then `decide(..., stage='confirm')`).
+per-seed differences cancel much of the seed effect. Why looks (agent.judging.sequential): a
+fixed number of seeds is either too few for a real but modest gain or wasted on a clear loser;
+a group-sequential test adds seed groups only while the outcome is undecided and holds the
+charter's false-acceptance rate however many looks it takes. The first look is the screen's
+seeds; each later one pools fresh seeds (`pool`), so a lucky screen must hold on seeds it has
+not seen before it is kept: the same guard against many comparisons as a confirmation, with
+the rate stated rather than implied. The noise floor of the fixed design (a gain at least
+2 standard errors of seed noise) is gone from the rule: it guarded 3-seed t-tests against a
+small spread by chance, which the first looks' tiny shares of the rate now do.
 """
 
 from __future__ import annotations
@@ -23,10 +26,13 @@ import numpy as np
 from scipy import stats
 
 from agent import charter
+from agent.judging import sequential
 
 Direction = Literal['max', 'min']
-Stage = Literal['screen', 'confirm']
 Values = Sequence[float]
+MORE_SEEDS = 'more_seeds'  # the reason code of a look that decides nothing yet
+WORSE_ALPHA = 0.05  # a tie kept for simplicity or speed must not be worse at this level
+EFFICIENCY_TIME_RATIO = 0.8  # a tie this much cheaper to train is an efficiency win
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +53,7 @@ class ArmResult:
 class SeedResults:
   """Incumbent and candidate on the SAME seeds, paired by position.
 
-  fresh_from is set by `pool`: the index of the first pair from the confirm stage's fresh seeds.
+  fresh_from is set by `pool`: the index of the first pair beyond the screen's seeds.
   """
   incumbent: ArmResult
   candidate: ArmResult
@@ -61,15 +67,29 @@ class SeedResults:
 
 @dataclasses.dataclass(frozen=True)
 class AcceptancePolicy:
-  """The charter's acceptance terms, as its own [acceptance] and [tradeoffs] settings: metric
-  units for gains, ratios are candidate / incumbent."""
+  """The charter's acceptance terms, as its own [acceptance] and [tradeoffs] settings, and the
+  seeds per look (its [trial] seeds): metric units for gains, ratios are candidate /
+  incumbent."""
   acceptance: charter.Acceptance = charter.Acceptance()
   tradeoffs: charter.Tradeoffs = charter.Tradeoffs()
-  efficiency_time_ratio: float = 0.8  # a tie this much cheaper to train is an efficiency win
+  group: int = charter.Trial.seeds
 
   @classmethod
   def of(cls, settings: charter.Charter) -> AcceptancePolicy:
-    return cls(settings.acceptance, settings.tradeoffs)
+    return cls(settings.acceptance, settings.tradeoffs, settings.trial.seeds)
+
+  def batch(self, members: int) -> AcceptancePolicy:
+    """The rule for each of `members` screened together, of which only the best goes on:
+    picking the best of B is a selection, so each is tested at false_accept / B (Bonferroni:
+    a batch keeps a candidate that is not better at most false_accept of the time)."""
+    a = self.acceptance
+    return dataclasses.replace(self, acceptance=dataclasses.replace(
+        a, false_accept=a.false_accept / members))
+
+  @property
+  def design(self) -> sequential.Design:
+    a = self.acceptance
+    return sequential.Design(a.false_accept, a.power, a.min_effect, a.max_seeds, self.group)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +103,9 @@ class PairedTest:
 
 @dataclasses.dataclass(frozen=True)
 class Verdict:
+  """reason_code MORE_SEEDS: undecided, the next group of seeds is wanted (accepted False).
+  noise_floor is the standard error of the mean paired gain: the seed noise it is judged
+  against."""
   accepted: bool
   reason_code: str
   rationale: str
@@ -90,6 +113,10 @@ class Verdict:
   noise_floor: float
   p_value: float
   checks: dict[str, Any]
+
+  @property
+  def undecided(self) -> bool:
+    return self.reason_code == MORE_SEEDS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,9 +129,9 @@ class PruneDecision:
 def noise_floor(incumbent_per_seed: Values, multiplier: float, min_std: float = 0.0) -> float:
   """multiplier x the standard error of a difference of two K-seed means: s * sqrt(2 / K).
 
-  s is the incumbent's seed-to-seed std (ddof=1), or min_std if that is larger (a spread
-  measured on more seeds elsewhere, since 3 values can understate it). Treating the two means
-  as independent ignores the pairing, which makes the floor conservative on purpose.
+  s is the incumbent's seed-to-seed std (ddof=1), or min_std if that is larger. Treating the
+  two means as independent ignores the pairing, which makes the floor conservative on purpose.
+  Pruning and the check on other experiments measure how far behind a candidate is with it.
   """
   values = np.asarray(incumbent_per_seed, dtype=float)
   if values.size < 2:
@@ -132,24 +159,28 @@ def paired_test(incumbent: Values, candidate: Values, direction: Direction) -> P
   return PairedTest(mean, std, float(result.statistic), float(result.pvalue), gains.size)
 
 
-def pool(a: SeedResults, b: SeedResults) -> SeedResults:
-  """Screen results a followed by confirm results b on fresh seeds: 2K pairs for the verdict."""
-  if a.fresh_from or b.fresh_from or a.metric != b.metric:
-    raise ValueError('pool takes two single-stage results on the same metric')
-  return SeedResults(_pool_arm(a.incumbent, b.incumbent), _pool_arm(a.candidate, b.candidate),
-                     a.metric, fresh_from=len(a.incumbent.per_seed))
+def pool(looks: Sequence[SeedResults]) -> SeedResults:
+  """The screen's results followed by each later look's on fresh seeds, for the next look."""
+  first = looks[0]
+  if any(r.fresh_from or r.metric != first.metric for r in looks):
+    raise ValueError('pool takes single-look results on the same metric')
+  return SeedResults(_pool_arm([r.incumbent for r in looks]),
+                     _pool_arm([r.candidate for r in looks]), first.metric,
+                     fresh_from=len(first.incumbent.per_seed) if len(looks) > 1 else 0)
 
 
-def _pool_arm(a: ArmResult, b: ArmResult) -> ArmResult:
-  """Per-run costs average over the two runs (memory takes the peak); non-finite is sticky."""
-  return ArmResult(a.per_seed + b.per_seed, _mean_known(a.train_seconds, b.train_seconds),
-                   max(a.peak_memory_mb, b.peak_memory_mb),
-                   _mean_known(a.step_latency_ms, b.step_latency_ms), a.nonfinite or b.nonfinite,
-                   _mean_known(a.wall_seconds, b.wall_seconds))
+def _pool_arm(arms: Sequence[ArmResult]) -> ArmResult:
+  """Per-run costs average over the runs that know them (memory takes the peak); non-finite
+  is sticky."""
+  return ArmResult(sum((a.per_seed for a in arms), ()),
+                   _mean_known([a.train_seconds for a in arms]),
+                   max(a.peak_memory_mb for a in arms),
+                   _mean_known([a.step_latency_ms for a in arms]),
+                   any(a.nonfinite for a in arms), _mean_known([a.wall_seconds for a in arms]))
 
 
-def _mean_known(x: float, y: float) -> float:
-  known = [v for v in (x, y) if v > 0]
+def _mean_known(values: Sequence[float]) -> float:
+  known = [v for v in values if v > 0]
   return sum(known) / len(known) if known else 0.0
 
 
@@ -169,12 +200,9 @@ def _cost_ratio(reported: float | None, trusted: float | None) -> float | None:
 @dataclasses.dataclass(frozen=True)
 class _Evidence:
   """Everything the rule looks at, computed once; becomes Verdict.checks."""
-  stage: Stage
-  test: PairedTest
+  look: sequential.Look
   p_worse: float
-  noise_floor: float
-  required_gain: float
-  fresh_gain: float | None
+  standard_error: float
   time_ratio: float | None
   latency_ratio: float | None
   wall_ratio: float | None
@@ -183,24 +211,19 @@ class _Evidence:
 
   def checks(self) -> dict[str, Any]:
     fields = dataclasses.asdict(self)
-    fields.update(fields.pop('test'))
+    fields.update(fields.pop('look'))
     return fields
 
 
 def _evidence(results: SeedResults, direction: Direction, policy: AcceptancePolicy,
-              stage: Stage, net_lines: int, seed_std: float) -> _Evidence:
+              net_lines: int) -> _Evidence:
   incumbent, candidate = results.incumbent, results.candidate
-  floor = noise_floor(incumbent.per_seed, policy.acceptance.noise_multiplier, seed_std)
+  gains = _gains(incumbent.per_seed, candidate.per_seed, direction)
   wall = _ratio(candidate.wall_seconds, incumbent.wall_seconds)
-  fresh = slice(results.fresh_from, None)
-  fresh_gain = (float(_gains(incumbent.per_seed[fresh], candidate.per_seed[fresh],
-                             direction).mean()) if stage == 'confirm' else None)
   return _Evidence(
-      stage=stage,
-      test=paired_test(incumbent.per_seed, candidate.per_seed, direction),
-      p_worse=paired_test(candidate.per_seed, incumbent.per_seed, direction).p_one_sided,
-      noise_floor=floor, required_gain=max(policy.acceptance.min_delta, floor),
-      fresh_gain=fresh_gain,
+      look=sequential.look(gains, policy.design),
+      p_worse=sequential.one_sided_p(gains, 0.0, 'less'),
+      standard_error=float(gains.std(ddof=1) / math.sqrt(gains.size)),
       time_ratio=_cost_ratio(_ratio(candidate.train_seconds, incumbent.train_seconds), wall),
       latency_ratio=_cost_ratio(_ratio(candidate.step_latency_ms, incumbent.step_latency_ms),
                                 wall),
@@ -218,17 +241,19 @@ class _Words:
     better = ' (lower is better)' if self.direction == 'min' else ''
     return f'mean gain {value:+.3g} {self.results.metric}{better}'
 
-  def seeds(self, k: int) -> str:
+  def seeds(self, look: sequential.Look) -> str:
     fresh_from = self.results.fresh_from
-    split = f' ({fresh_from} screen + {k - fresh_from} fresh)' if fresh_from else ''
-    return f'{k} paired seeds{split}'
+    split = f', {fresh_from} screen + {look.n - fresh_from} fresh' if fresh_from else ''
+    return f'{look.n} paired seeds (look {look.look} of {look.looks}{split})'
 
-  def bar(self, ev: _Evidence) -> str:
-    terms = self.policy.acceptance
-    if ev.noise_floor >= terms.min_delta:
-      return (f'the noise floor {ev.noise_floor:.3g} ({terms.noise_multiplier} x '
-              'seed-to-seed standard error)')
-    return f'the minimum gain {terms.min_delta:.3g} (noise floor {ev.noise_floor:.3g})'
+  def better(self, look: sequential.Look) -> str:
+    return (f'one-sided paired t-test of a gain above 0: p = {look.p_better:.3g}, this look\'s '
+            f'share of false_accept {self.policy.acceptance.false_accept:g} is '
+            f'{look.accept_share:.3g}')
+
+  def below(self, look: sequential.Look) -> str:
+    return (f'of a gain below min_effect {self.policy.acceptance.min_effect:g}: p = '
+            f'{look.p_below:.3g}, this look\'s share of 1 - power is {look.futility_share:.3g}')
 
   def costs(self, ev: _Evidence) -> str:
     parts = [f'{name} {ratio:.2f}x' for name, ratio in
@@ -238,39 +263,35 @@ class _Words:
     return f' Costs vs incumbent: {", ".join(parts)}.' if parts else ''
 
 
-def _quality_failure(ev: _Evidence, words: _Words, alpha: float) -> tuple[str, str] | None:
-  """Why the candidate is not a clear, consistent, replicated improvement; None if it is."""
-  test, says = ev.test, f'{words.gain(ev.test.mean_gain)} over {words.seeds(ev.test.k)}'
-  if test.mean_gain <= 0:
-    if ev.p_worse < alpha:
-      return 'worse', (f'Rejected: {says}: the candidate is significantly worse (one-sided '
-                       f'paired t-test p = {ev.p_worse:.3g}).')
-    return 'no_gain', f'Rejected: {says}: the candidate is not better than the incumbent.'
-  if test.mean_gain < ev.required_gain:
-    return 'below_noise_floor', f'Rejected: {says} is below {words.bar(ev)}.'
-  if test.p_one_sided >= alpha:
-    return 'not_significant', (f'Rejected: {says} clears {words.bar(ev)} but is not consistent '
-                               f'across seeds (one-sided paired t-test p = '
-                               f'{test.p_one_sided:.3g}, needs < {alpha}).')
-  if ev.fresh_gain is not None and ev.fresh_gain <= 0:
-    fresh = test.k - words.results.fresh_from
-    return 'not_replicated', (f'Rejected: the screen win did not replicate: '
-                              f'{words.gain(ev.fresh_gain)} on the {fresh} fresh seeds '
-                              f'(pooled over {test.k}: {test.mean_gain:+.3g}).')
-  return None
+def _no_win(ev: _Evidence, words: _Words) -> tuple[str, str]:
+  """Why a look that did not accept ends the candidate, or asks for more seeds."""
+  look = ev.look
+  says = f'{words.gain(look.mean_gain)} over {words.seeds(look)}'
+  tests = f'{words.better(look)}; {words.below(look)}'
+  if look.outcome == 'continue':
+    return MORE_SEEDS, (f'Undecided: {says}: neither test decides ({tests}); the next '
+                        f'{words.policy.group} seeds are run.')
+  if look.mean_gain < 0 and ev.p_worse < WORSE_ALPHA:
+    return 'worse', (f'Rejected: {says}: the candidate is significantly worse (one-sided '
+                     f'paired t-test p = {ev.p_worse:.3g} < {WORSE_ALPHA}).')
+  if look.outcome == 'futile':
+    return 'futile', (f'Rejected: {says} is credibly below the smallest gain worth keeping '
+                      f'({tests}).')
+  return 'undecided', (f'Rejected: {says} is still undecided at the cap of '
+                       f'{look.looks * words.policy.group} seeds ({tests}).')
 
 
 def _tie_win(ev: _Evidence, words: _Words, policy: AcceptancePolicy) -> tuple[str, str] | None:
   """A statistical tie that is simpler or clearly cheaper is worth keeping."""
-  tied = abs(ev.test.mean_gain) < ev.required_gain and ev.p_worse >= policy.acceptance.alpha
-  if not tied:
+  look, bar = ev.look, policy.acceptance.min_effect
+  if abs(look.mean_gain) >= bar or ev.p_worse < WORSE_ALPHA:
     return None
-  says = (f'{words.gain(ev.test.mean_gain)} over {words.seeds(ev.test.k)} is a statistical tie '
-          f'(within +/-{ev.required_gain:.3g}, not significantly worse: p = {ev.p_worse:.3g})')
+  says = (f'{words.gain(look.mean_gain)} over {words.seeds(look)} is a statistical tie '
+          f'(within +/-{bar:g}, not significantly worse: p = {ev.p_worse:.3g})')
   if ev.net_lines < 0:
     return 'simplification', (f'Accepted as a simplification: {says} and the change removes '
                               f'{-ev.net_lines} more lines than it adds.')
-  if ev.time_ratio is not None and ev.time_ratio <= policy.efficiency_time_ratio:
+  if ev.time_ratio is not None and ev.time_ratio <= EFFICIENCY_TIME_RATIO:
     return 'efficiency', (f'Accepted as an efficiency win: {says} and training takes '
                           f'{ev.time_ratio:.2f}x the incumbent\'s time.')
   return None
@@ -279,7 +300,7 @@ def _tie_win(ev: _Evidence, words: _Words, policy: AcceptancePolicy) -> tuple[st
 def _cost_failure(ev: _Evidence, words: _Words, policy: AcceptancePolicy) -> tuple[str, str] | None:
   """The charter's trade-offs: a large enough gain pays for slower training and steps;
   nothing pays for exceeding the memory cap."""
-  gain, t = ev.test.mean_gain, policy.tradeoffs
+  gain, t = ev.look.mean_gain, policy.tradeoffs
   if (ev.time_ratio is not None and ev.time_ratio > t.max_time_ratio
       and gain < t.time_ratio_min_gain):
     return 'train_time', (f'Rejected for train time: training takes {ev.time_ratio:.2f}x as long '
@@ -298,8 +319,7 @@ def _cost_failure(ev: _Evidence, words: _Words, policy: AcceptancePolicy) -> tup
   return None
 
 
-def _nonfinite_verdict(results: SeedResults, policy: AcceptancePolicy, stage: Stage,
-                       seed_std: float) -> Verdict | None:
+def _nonfinite_verdict(results: SeedResults, policy: AcceptancePolicy) -> Verdict | None:
   """Non-finite metrics cannot be compared; a non-finite flag rejects when the policy says so."""
   incumbent, candidate = results.incumbent.per_seed, results.candidate.per_seed
   if not np.all(np.isfinite(incumbent)):
@@ -308,50 +328,48 @@ def _nonfinite_verdict(results: SeedResults, policy: AcceptancePolicy, stage: St
   if not bad_values and not (policy.tradeoffs.reject_nonfinite and results.candidate.nonfinite):
     return None
   what = 'non-finite metric values' if bad_values else 'non-finite values during training'
-  floor = noise_floor(incumbent, policy.acceptance.noise_multiplier, seed_std)
   return Verdict(False, 'nonfinite', f'Rejected: the candidate produced {what}.', math.nan,
-                 floor, math.nan, {'stage': stage, 'nonfinite': True})
+                 math.nan, math.nan, {'n': len(candidate), 'nonfinite': True})
 
 
 def decide(results: SeedResults, direction: Direction, policy: AcceptancePolicy, *,
-           diff_lines: int = 0, incumbent_diff_lines: int = 0, stage: Stage = 'screen',
-           seed_std: float = 0.0) -> Verdict:
-  """Accept or reject the candidate, with a reason code and a rationale in plain words.
+           diff_lines: int = 0, incumbent_diff_lines: int = 0) -> Verdict:
+  """The verdict at this look: accept, reject, or ask for more seeds (`Verdict.undecided`),
+  with a reason code and a rationale in plain words.
 
-  diff_lines and incumbent_diff_lines are net line counts (added - removed) measured against
-  the same reference; the candidate is simpler when its count is lower (with the incumbent as
-  the reference, pass diff_lines alone). seed_std: a seed-to-seed std measured elsewhere, used
-  for the noise floor when larger than this comparison's. stage='confirm' expects `pool`'s
-  output and also requires a positive mean gain on the fresh seeds alone.
+  results: all paired seeds so far (the screen's, then `pool`ed later looks), a whole number
+  of the policy's groups. diff_lines and incumbent_diff_lines are net line counts (added -
+  removed) measured against the same reference; the candidate is simpler when its count is
+  lower (with the incumbent as the reference, pass diff_lines alone). The trade-offs and the
+  ties are judged once the test has stopped, on all its seeds.
   """
   if direction not in ('max', 'min'):
     raise ValueError(f"direction must be 'max' or 'min', got {direction!r}")
-  if (stage == 'confirm') != bool(results.fresh_from):
-    raise ValueError("stage='confirm' takes pool(screen, fresh); stage='screen' takes one stage")
-  rejected = _nonfinite_verdict(results, policy, stage, seed_std)
+  rejected = _nonfinite_verdict(results, policy)
   if rejected:
     return rejected
-  ev = _evidence(results, direction, policy, stage, diff_lines - incumbent_diff_lines, seed_std)
+  ev = _evidence(results, direction, policy, diff_lines - incumbent_diff_lines)
   words = _Words(results, direction, policy)
-  failure = _quality_failure(ev, words, policy.acceptance.alpha)
-  win = _tie_win(ev, words, policy) if failure else None
-  if failure and not win:
-    return _verdict(False, failure, ev)
+  win = None
+  if ev.look.outcome != 'accept':
+    failure = _no_win(ev, words)
+    win = None if failure[0] == MORE_SEEDS else _tie_win(ev, words, policy)
+    if not win:
+      return _verdict(False, failure, ev)
   cost = _cost_failure(ev, words, policy)
   if cost:
     return _verdict(False, cost, ev)
   if win:
     return _verdict(True, (win[0], win[1] + words.costs(ev)), ev)
-  says = (f'Accepted: {words.gain(ev.test.mean_gain)} over {words.seeds(ev.test.k)} clears '
-          f'{words.bar(ev)} with one-sided paired t-test p = {ev.test.p_one_sided:.3g} < '
-          f'{policy.acceptance.alpha}.{words.costs(ev)}')
+  says = (f'Accepted: {words.gain(ev.look.mean_gain)} over {words.seeds(ev.look)} is '
+          f'better than the incumbent\'s: {words.better(ev.look)}.{words.costs(ev)}')
   return _verdict(True, ('improved', says), ev)
 
 
 def _verdict(accepted: bool, reason: tuple[str, str], ev: _Evidence) -> Verdict:
   code, rationale = reason
-  return Verdict(accepted, code, rationale, ev.test.mean_gain, ev.noise_floor, ev.test.p_one_sided,
-                 ev.checks())
+  return Verdict(accepted, code, rationale, ev.look.mean_gain, ev.standard_error,
+                 ev.look.p_better, ev.checks())
 
 
 def should_prune(incumbent_curve: list[tuple[int, float]], candidate_curve: list[tuple[int, float]],

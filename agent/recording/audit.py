@@ -5,8 +5,9 @@ records against what the chain cannot vouch for:
 
 - each verdict is recomputed with the charter's rule recorded in `run_started` (agent.judging.decide)
   from the arms the journal holds: the incumbent as it stood when the trial ran, the
-  candidate, and for a confirmed winner the fresh-seed pair. A flipped `accepted`, another
-  reason code, a rewritten rationale or other numbers contradict the recomputation;
+  candidate, and every later look's pair on fresh seeds, look by look, as the sequential
+  test took them. A flipped `accepted`, another reason code, a rewritten rationale, other
+  numbers, or more or fewer looks than the test needed contradict the recomputation;
 - every arm matches its scorecard file (whose sha256 is recorded), every scorecard's summary
   (mean, std) matches its per-seed values, and the final scorecards match `final_eval`;
 - git: every trial's commit changes exactly the recorded diff on top of the incumbent it was
@@ -30,7 +31,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from agent.charter import Acceptance, Objective, Tradeoffs
+from agent.charter import Acceptance, Charter, Objective, Tradeoffs, Trial
 from agent.editing import diffs
 from agent.judging import decide as decide_lib
 from agent.recording import records as records_lib
@@ -76,9 +77,12 @@ def verify_run(repo: Path, journal: Journal) -> str | None:
 @dataclasses.dataclass(frozen=True)
 class Rule:
   """The charter's acceptance rule, as `run_started` recorded its settings."""
-  policy: decide_lib.AcceptancePolicy
+  charter: Charter
   objective: Objective
-  confirm: bool
+
+  @property
+  def policy(self) -> decide_lib.AcceptancePolicy:
+    return decide_lib.AcceptancePolicy.of(self.charter)
 
   @classmethod
   def recorded(cls, settings: dict[str, Any] | None) -> Rule:
@@ -87,12 +91,18 @@ class Rule:
     if not settings:
       raise Inconsistency('run_started records no charter settings, so no verdict can be '
                           'recomputed')
+    if 'alpha' in settings.get('acceptance', {}):
+      raise Inconsistency('the run was judged by the fixed screen-and-confirm rule (alpha, '
+                          'noise floor), which this version no longer implements, so its '
+                          'verdicts cannot be recomputed here')
     try:
-      a, t = Acceptance(**settings['acceptance']), Tradeoffs(**settings['tradeoffs'])
       objective = Objective(**settings['objective'])
+      charter = Charter(trial=Trial(**settings['trial']), objective=objective,
+                        acceptance=Acceptance(**settings['acceptance']),
+                        tradeoffs=Tradeoffs(**settings['tradeoffs']))
     except (KeyError, TypeError) as e:
       raise Inconsistency(f'the charter settings in run_started do not parse: {e}') from None
-    return cls(decide_lib.AcceptancePolicy(a, t), objective, a.confirm_on_fresh_seeds)
+    return cls(charter, objective)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +133,7 @@ def _checks(repo: Path, records: list[Record], run_dir: Path) -> Iterator[tuple[
   incumbent = _Incumbent(config.start_commit)
   started: dict[int, records_lib.TrialStarted] = {}
   finished: dict[int, records_lib.TrialFinished] = {}
-  confirmed: dict[int, records_lib.ConfirmFinished] = {}
+  confirmed: dict[int, list[records_lib.ConfirmFinished]] = {}
   waiting: dict[int, records_lib.Verdict] = {}
   in_progress = ''  # the commit of a trial that started and has no verdict yet
   for record in records:
@@ -138,13 +148,14 @@ def _checks(repo: Path, records: list[Record], run_dir: Path) -> Iterator[tuple[
       started[trial], in_progress = body, body.commit
     elif isinstance(body, records_lib.TrialFinished):
       finished[trial] = body
+      confirmed.pop(trial, None)  # an interrupted attempt's looks are not this attempt's
     elif isinstance(body, records_lib.ConfirmFinished) and body.first_seed is not None:
-      confirmed[trial] = body
+      confirmed.setdefault(trial, []).append(body)
     elif isinstance(body, records_lib.Verdict):
       in_progress = ''
       yield from ((where, check) for check in _verdict_checks(
           repo, config.run_id, settings, incumbent, body, trial, started.get(trial),
-          finished.get(trial), confirmed.get(trial)))
+          finished.get(trial), confirmed.get(trial, [])))
       if body.awaiting_review:
         waiting[trial] = body
       elif body.accepted:
@@ -173,15 +184,16 @@ def _verdict_checks(repo: Path, run_id: str, settings: dict[str, Any] | None,
                     incumbent: _Incumbent, verdict: records_lib.Verdict, trial: int,
                     started: records_lib.TrialStarted | None,
                     finished: records_lib.TrialFinished | None,
-                    confirmed: records_lib.ConfirmFinished | None) -> Iterator[Check]:
+                    confirmed: list[records_lib.ConfirmFinished]) -> Iterator[Check]:
   """The commit, the arms against their files, the rule, then the trial's ref."""
   commit, diff = verdict.commit, started.diff if started else None
   yield functools.partial(_commit_exists, repo, commit)
   if verdict.candidate:
     yield functools.partial(_arm_matches_scorecard, verdict.candidate, commit)
-  for name, arm in (verdict.confirm_arms or {}).items():
-    ran = incumbent.commit if name == 'incumbent' else verdict.ran_commit
-    yield functools.partial(_arm_matches_scorecard, arm, ran)
+  for arms in verdict.looks or []:
+    for name, arm in arms.items():
+      ran = incumbent.commit if name == 'incumbent' else verdict.ran_commit
+      yield functools.partial(_arm_matches_scorecard, arm, ran)
   yield functools.partial(_commit_is_diff, repo, commit, diff, incumbent.commit)
   yield functools.partial(_verdict_follows_rule, settings, incumbent, verdict, diff, finished,
                           confirmed)
@@ -195,7 +207,7 @@ def _verdict_checks(repo: Path, run_id: str, settings: dict[str, Any] | None,
 def _verdict_follows_rule(settings: dict[str, Any] | None, incumbent: _Incumbent,
                           verdict: records_lib.Verdict, diff: str | None,
                           finished: records_lib.TrialFinished | None,
-                          confirmed: records_lib.ConfirmFinished | None) -> None:
+                          confirmed: list[records_lib.ConfirmFinished]) -> None:
   if finished is None or finished.status != verdict.status:
     raise Inconsistency(f'the verdict says the trial ended {verdict.status!r}, its '
                         f'trial_finished record says {finished and finished.status!r}')
@@ -222,8 +234,9 @@ def _says(accepted: bool, code: str) -> str:
 
 def _recompute(rule: Rule, incumbent: _Incumbent, verdict: records_lib.Verdict, diff: str,
                finished: records_lib.TrialFinished,
-               confirmed: records_lib.ConfirmFinished | None) -> _Expected:
-  """The verdict CandidateJudge.judge reaches on these arms: screen, confirm, then elsewhere."""
+               confirmed: list[records_lib.ConfirmFinished]) -> _Expected:
+  """The verdict CandidateJudge.judge reaches on these arms: the screen's look, each later
+  look while the test is undecided, then elsewhere."""
   if not verdict.candidate:  # the trial did not finish with a scorecard
     status = finished.status
     code = {'pruned': 'pruned', 'invalid': 'invariant'}.get(status, status)
@@ -237,25 +250,34 @@ def _recompute(rule: Rule, incumbent: _Incumbent, verdict: records_lib.Verdict, 
   metric = card['metric']['name']
   direction = rule.objective.resolve_direction(card['metric']['direction'])
   _, added, removed = diffs.diff_stats(diff)
-  screen = decide_lib.SeedResults(inc.arm(), cand.arm(), metric)
-  result = decide_lib.decide(screen, direction, rule.policy, diff_lines=added - removed)
-  if result.accepted and verdict.reason_code == 'outranked' and finished.batch:
-    # Only a batch's best screen winner goes on (CandidateJudge.judge_batch): checked for
+  policy = rule.policy.batch(len(finished.batch or [None]))
+  looks = [decide_lib.SeedResults(inc.arm(), cand.arm(), metric)]
+  result = decide_lib.decide(looks[0], direction, policy, diff_lines=added - removed)
+  if (result.accepted or result.undecided) and verdict.reason_code == 'outranked' \
+      and finished.batch:
+    # Only a batch's best screen member goes on (CandidateJudge.judge_batch): checked for
     # its form, as the others' arms are in their own verdicts.
     return _Expected(False, 'outranked', result.rationale)
-  if result.accepted and rule.confirm:
-    if confirmed is None:
-      raise Inconsistency('the screen passed, but no confirm_finished record follows it')
-    statuses = f'{confirmed.candidate}/{confirmed.incumbent}'
+  recorded = verdict.looks or []
+  while result.undecided:
+    index = len(looks) - 1
+    if index >= len(confirmed):
+      raise Inconsistency(f'the test is undecided after {len(looks)} looks, but no '
+                          'confirm_finished record follows for the next one')
+    statuses = f'{confirmed[index].candidate}/{confirmed[index].incumbent}'
     if statuses != 'ok/ok':
       return _Expected(False, 'confirm_failed', f'({statuses})')
-    arms = verdict.confirm_arms
-    if not arms:
-      raise Inconsistency('the verdict records no confirmation arms, so its pooled decision '
-                          'cannot be recomputed')
-    fresh = decide_lib.SeedResults(arms['incumbent'].arm(), arms['candidate'].arm(), metric)
-    result = decide_lib.decide(decide_lib.pool(screen, fresh), direction, rule.policy,
-                               diff_lines=added - removed, stage='confirm')
+    if index >= len(recorded):
+      raise Inconsistency(f'the verdict records no arms for look {len(looks) + 1}, so its '
+                          'decision cannot be recomputed')
+    arms = recorded[index]
+    looks.append(decide_lib.SeedResults(arms['incumbent'].arm(), arms['candidate'].arm(),
+                                        metric))
+    result = decide_lib.decide(decide_lib.pool(looks), direction, policy,
+                               diff_lines=added - removed)
+  if len(recorded) != len(looks) - 1:
+    raise Inconsistency(f'the verdict records {len(recorded)} looks after the screen, but the '
+                        f'test decided after {len(looks) - 1}')
   if not result.accepted:
     return _Expected.of(result)
   # A winner is also judged where its code runs (CandidateJudge._judge_elsewhere): whether the

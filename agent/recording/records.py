@@ -281,8 +281,9 @@ class TrialFinished(_Record):
 
 @dataclasses.dataclass(frozen=True)
 class ConfirmFinished(_Record):
-  """A pair of runs beyond the screen: on fresh seeds (`first_seed`), or on another
-  `experiment` that runs the changed code."""
+  """A pair of runs beyond the screen: one look on fresh seeds (`first_seed`; an incumbent
+  arm an earlier candidate's look already ran is reused, its wall time not counted again), or
+  on another `experiment` that runs the changed code."""
   KIND = 'confirm_finished'
   wall_seconds: float
   candidate: str  # the run's status
@@ -308,8 +309,10 @@ class Verdict(_Record):
   status: str | None = _omitted()  # how the screen run ended
   log_excerpt: str | None = _omitted()  # a failed trial's output, for the next proposal
   compute_saved_seconds: float | None = _omitted()  # by pruning
-  confirm_seeds: list[int] | None = _omitted()
-  confirm_arms: dict[str, ArmRecord] | None = _omitted()  # 'incumbent', 'candidate'
+  confirm_seeds: list[int] | None = _omitted()  # the fresh seeds of the looks after the screen
+  # the fixed rule's one fresh-seed pair, 'incumbent' and 'candidate' (journals before `looks`)
+  confirm_arms: dict[str, ArmRecord] | None = _omitted()
+  looks: list[dict[str, ArmRecord]] | None = _omitted()  # each look after the screen's, its arms
   elsewhere: dict[str, str] | None = _omitted()  # experiment -> 'held' or why it failed
   awaiting_review: bool = _omitted(False)  # a winner waiting for a person (accepted False)
 
