@@ -94,8 +94,8 @@ def test_an_honest_run_verifies_and_its_anchor_names_the_head(run):
   assert verify_run(repo, journal) is None
   head = journal.head()
   assert vcs.read_text_ref(repo, 'refs/agent/r1/anchor') == f'{head.seq} {head.hash}\n'
-  confirmed = journal.last('verdict', trial=1).payload['confirm_arms']
-  assert set(confirmed) == {'incumbent', 'candidate'}
+  looks = journal.last('verdict', trial=1).payload['looks']
+  assert len(looks) == 1 and set(looks[0]) == {'incumbent', 'candidate'}
   charter = load_charter(repo / 'WORKSPACE.md')
   rule = Rule.recorded(journal.records()[0].payload['charter'])
   assert rule.policy == decide_lib.AcceptancePolicy.of(charter)
@@ -108,7 +108,7 @@ def test_an_honest_run_verifies_and_its_anchor_names_the_head(run):
     (2, _set(reason_code='train_time'), 'the verdict says rejected (train_time)'),
     (1, _set(rationale='Accepted: a huge gain.'), 'the rationale is not what the charter'),
     (1, _set(gain=0.5), 'the verdict\'s gain is 0.5, the rule gives'),
-    (1, _set(confirm_arms=None), 'records no confirmation arms'),
+    (1, _set(looks=None), 'the verdict records no arms for look 2'),
 ])
 def test_a_verdict_that_contradicts_the_rule_is_named_even_when_rehashed(run, trial, change,
                                                                          named):
@@ -118,15 +118,38 @@ def test_a_verdict_that_contradicts_the_rule_is_named_even_when_rehashed(run, tr
   assert f'kind=verdict, trial {trial}' in problem and named in problem, problem
 
 
-def test_a_forged_confirmation_arm_is_named(run):
+def test_a_forged_look_arm_is_named(run):
   repo, journal = run
 
   def inflate(payload):
-    payload['confirm_arms']['candidate']['per_seed'][0] += 0.2
+    payload['looks'][0]['candidate']['per_seed'][0] += 0.2
     return payload
   problem = verify_run(repo, _forge(journal, 'verdict', 1, inflate))
   assert 'kind=verdict, trial 1' in problem and 'confirm_candidate' in problem
   assert 'val_metric.per_seed' in problem
+
+
+def test_a_look_more_than_the_test_needed_is_named(run):
+  repo, journal = run
+  problem = verify_run(repo, _forge(journal, 'verdict', 1,
+                                    lambda payload: {**payload, 'looks': payload['looks'] * 2}))
+  assert 'kind=verdict, trial 1' in problem
+  assert 'records 2 looks after the screen, but the test decided after 1' in problem
+
+
+def test_a_look_that_did_not_finish_must_reject(run):
+  repo, journal = run
+  forged = _forge(journal, 'confirm_finished', 1, _set(candidate='timeout'))
+  problem = verify_run(repo, forged)
+  assert 'the verdict says accepted (improved)' in problem
+  assert 'gives rejected (confirm_failed)' in problem
+
+
+def test_a_run_judged_by_the_fixed_rule_is_named_not_misjudged():
+  old = {'acceptance': {'alpha': 0.05, 'noise_multiplier': 2.0, 'min_delta': 0.002,
+                        'confirm_on_fresh_seeds': True}}
+  with pytest.raises(Exception, match='fixed screen-and-confirm rule'):
+    Rule.recorded(old)
 
 
 def test_records_cut_off_the_end_are_caught_by_the_anchor(run):
@@ -278,9 +301,11 @@ class Fails(SimulatedRunner):
 ])
 def test_other_honest_endings_verify(tmp_path, runner, code):
   """Rejections the loop makes without the rule (and a trial cut short by a kill, which
-  leaves the branch at its candidate) recompute too."""
+  leaves the branch at its candidate) recompute too; min_effect below the train-time rule's
+  gain, so a gain can pass the test and still fail that rule."""
   repo, loop, journal = make_loop(tmp_path, ScriptedProposer([('lr_up', set_lr(1e-2))]),
-                                  runner, trials=1)
+                                  runner, trials=1, charter_text=lambda text: text.replace(
+                                      'min_effect = 0.02', 'min_effect = 0.004'))
   try:
     loop.run()
   except KeyboardInterrupt:

@@ -97,7 +97,8 @@ def test_a_batch_is_one_process_with_a_trial_and_a_verdict_per_candidate(tmp_pat
   assert sum(r.payload['wall_seconds'] for r in finished) == pytest.approx(3.0)
   verdicts = {r.trial: r.payload for r in journal.records('verdict')}
   assert [r.trial for r in journal.records('verdict')][-1] == 2  # the winner is recorded last
-  assert verdicts[2]['accepted'] and verdicts[2]['confirm_seeds']
+  assert verdicts[2]['accepted'] and verdicts[2]['confirm_seeds'] == [1000, 1001, 1002]
+  assert 'false_accept 0.00333' in verdicts[2]['rationale']  # tested at its share: 1 of 3
   assert verdicts[3]['reason_code'] == 'outranked' and 'trial 2' in verdicts[3]['rationale']
   assert not verdicts[1]['accepted'] and verdicts[1]['reason_code'] != 'outranked'
   # a member's costs are its batch's, so none is compared: no cost rule can fire

@@ -27,14 +27,15 @@ def test_shipped_workspace_loads_with_the_documented_defaults():
   loaded = load_charter(ROOT / 'WORKSPACE.md')
   assert loaded == Charter(path=loaded.path, prose=loaded.prose)
   assert loaded.trial.seeds == 3 and loaded.budget.minutes == 11.0
-  assert loaded.acceptance.alpha == 0.05 and loaded.acceptance.confirm_on_fresh_seeds is True
+  assert (loaded.acceptance.false_accept, loaded.acceptance.power) == (0.01, 0.8)
+  assert (loaded.acceptance.min_effect, loaded.acceptance.max_seeds) == (0.02, 24)
   assert 'What the agent may do' in loaded.prose and '[acceptance]' not in loaded.prose
 
 
 def test_missing_keys_take_defaults_and_ints_are_fine_for_floats():
-  loaded = parse_charter(charter('[acceptance]\nmin_delta = 0\n[trial]\ntimeout_minutes = 5\n'))
-  assert loaded.acceptance.min_delta == 0.0 and isinstance(loaded.acceptance.min_delta, float)
-  assert loaded.acceptance.alpha == 0.05
+  loaded = parse_charter(charter('[acceptance]\nmin_effect = 1\n[trial]\ntimeout_minutes = 5\n'))
+  assert loaded.acceptance.min_effect == 1.0 and isinstance(loaded.acceptance.min_effect, float)
+  assert loaded.acceptance.false_accept == 0.01
   assert loaded.trial.timeout_minutes == 5.0 and loaded.trial.seeds == 3
   assert loaded.pruning.enabled is True
 
@@ -45,7 +46,7 @@ def test_empty_block_means_all_defaults():
 
 
 def test_unknown_key_names_its_line():
-  text = charter('[trial]\nseeds = 4\n\n[acceptance]\nalpha = 0.01\nalfa = 0.05\n')
+  text = charter('[trial]\nseeds = 4\n\n[acceptance]\npower = 0.9\nalfa = 0.05\n')
   assert str(error_of(text)) == "WORKSPACE.md:15: unknown key 'acceptance.alfa'"
 
 
@@ -73,10 +74,14 @@ def test_wrong_types_and_ranges_name_the_line(line, message):
 
 
 @pytest.mark.parametrize('section, line', [
-    ('acceptance', 'alpha = 0.5'),
-    ('acceptance', 'alpha = 0'),
-    ('acceptance', 'noise_multiplier = -1'),
-    ('acceptance', 'confirm_on_fresh_seeds = 1'),
+    ('acceptance', 'false_accept = 0.5'),
+    ('acceptance', 'false_accept = 0'),
+    ('acceptance', 'power = 1'),
+    ('acceptance', 'power = 0.3'),
+    ('acceptance', 'min_effect = 0'),
+    ('acceptance', 'max_seeds = 1'),
+    ('acceptance', 'max_seeds = 24.0'),
+    ('acceptance', 'alpha = 0.05'),  # the fixed rule's keys are gone, not silently ignored
     ('objective', 'direction = "up"'),
     ('objective', 'metric = 3'),
     ('stop', 'patience = 0'),

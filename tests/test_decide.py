@@ -72,7 +72,7 @@ def test_a_clear_win_needs_fresh_seeds_then_is_accepted():
   assert verdict.gain == pytest.approx(gains.mean())
   assert verdict.noise_floor == pytest.approx(gains.std(ddof=1) / math.sqrt(6))
   assert verdict.p_value == pytest.approx(stats.ttest_1samp(gains, 0, alternative='greater').pvalue)
-  assert verdict.p_value < verdict.checks['accept_share'] == pytest.approx(0.01 * 3 / 64)
+  assert verdict.p_value < verdict.checks['accept_share'] == pytest.approx(0.01 / 49)
   assert '6 paired seeds (look 2 of 8, 3 screen + 3 fresh) is better' in verdict.rationale
   assert verdict.checks['n'] == 6 and verdict.checks['outcome'] == 'accept'
 

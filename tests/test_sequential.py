@@ -27,11 +27,13 @@ def test_the_shares_spend_exactly_the_rates_over_the_looks():
   assert design.looks == 8
   assert sum(a for a, _ in shares) == pytest.approx(0.01)
   assert sum(b for _, b in shares) == pytest.approx(0.2)
-  assert shares[0][0] == pytest.approx(0.01 / 64) and shares[0][1] == pytest.approx(0.2 / 8)
+  assert shares[0] == (0.0, pytest.approx(0.2 / 8))  # never kept on the screen's seeds alone
+  assert shares[1][0] == pytest.approx(0.01 / 49)
   assert [a for a, _ in shares] == sorted(a for a, _ in shares)  # saved for later looks
   with pytest.raises(ValueError):
     design.shares(9)
   assert Design(max_seeds=2, group=3).looks == 1  # the screen alone, never fewer
+  assert Design(max_seeds=2, group=3).shares(1) == (0.01, pytest.approx(0.2))
 
 
 @pytest.mark.parametrize('max_seeds', [6, 24, 60])
