@@ -4,7 +4,8 @@ Four methods start from the same experiment, spend the same budget (trials AND c
 seconds, whichever runs out first) and are judged the same way at the end:
 
 - agent: the real agent.loop.Loop with the heuristic proposer and its acceptance rule
-  (paired screen on 3 seeds, confirmation on 3 fresh seeds, pruning on);
+  (a sequential paired test: the screen's 3 seeds, then 3 fresh seeds a look while undecided,
+  pruning on);
 - autoresearch: the same proposer, one seed, keep a change if strictly better
   (karpathy/autoresearch's rule);
 - random: random search over the experiment's knobs (benchmarks/space.py), 3 seeds a trial;
@@ -420,7 +421,8 @@ def render(result: dict[str, Any], plots: list[str]) -> str:
       f'({data["final_first_seed"]}...) and scored on validation and, once, on test.',
       '',
       '- **agent**: `agent.loop.Loop` with the heuristic proposer and the charter\'s acceptance '
-      'rule (paired screen on 3 seeds, confirmation on 3 fresh seeds, pruning on, patience 6).',
+      'rule (a sequential paired test: the screen\'s 3 seeds, then 3 fresh seeds a look while '
+      'undecided, up to the charter\'s max_seeds; pruning on, patience 6).',
       '- **autoresearch**: the same proposer, 1 seed, keep if strictly better (karpathy/'
       'autoresearch\'s rule).',
       '- **random**: random search over the knobs below, 3 seeds per trial, mean validation.',

@@ -63,8 +63,7 @@ DIGITS_CSV = Path(importlib.util.find_spec('sklearn').submodule_search_locations
 REFUSED_OS_ERRORS = ('FileNotFoundError', 'PermissionError', 'IsADirectoryError',
                      'NotADirectoryError', 'OSError')
 # A candidate that ran and lost the comparison (costs are timing: under load, any of them).
-COMPARED = ('no_gain', 'below_noise_floor', 'not_significant', 'worse', 'latency', 'train_time',
-            'memory', 'not_replicated')
+COMPARED = ('futile', 'undecided', 'worse', 'latency', 'train_time', 'memory')
 
 
 @dataclasses.dataclass(frozen=True)
