@@ -158,7 +158,8 @@ def test_a_win_that_breaks_the_time_tradeoff_is_rejected(tmp_path):
   runner = SimulatedRunner(effect_per_lr={1e-2: 0.005}, time_factor={1e-2: 3.0},
                            independent=0.0)
   _, loop, journal = make_loop(tmp_path, ScriptedProposer([('slow', set_lr(1e-2))]), runner,
-                               trials=1)
+                               trials=1, charter_text=lambda text: text.replace(
+                                   'min_effect = 0.02', 'min_effect = 0.004'))
   loop.run()
   verdict = journal.last('verdict').payload
   assert not verdict['accepted'] and verdict['reason_code'] == 'train_time'
