@@ -72,7 +72,7 @@ class CandidateJudge:
     self.journal.write(records.TrialFinished(
         status=outcome.status, reason=outcome.reason, wall_seconds=outcome.wall_seconds,
         workdir=str(workdir), sandbox=outcome.sandbox), trial=trial)
-    policy = decide_lib.AcceptancePolicy.of(self.charter)
+    policy = decide_lib.AcceptancePolicy.of(self.charter, self.config.seeds)
     verdict, candidate, extra = self._screen(commit, diff, direction, metric, outcome, workdir,
                                              steps, policy)
     if verdict.accepted or verdict.undecided:
@@ -105,7 +105,7 @@ class CandidateJudge:
     if the test keeps it, is kept. `checkout` puts a commit in the worktree (the winner's,
     for its later looks)."""
     incumbent = self.state.incumbent
-    policy = decide_lib.AcceptancePolicy.of(self.charter).batch(len(trials))
+    policy = decide_lib.AcceptancePolicy.of(self.charter, self.config.seeds).batch(len(trials))
     workdir = self.run_dir / 'trials' / str(trials[0]) / 'screen'
     outcomes = self.run_batch(workdir, SCREEN_FIRST_SEED, values)
     wall = outcomes[0].wall_seconds

@@ -243,3 +243,10 @@ def test_prune_in_min_direction_and_on_non_finite():
 
 def test_exact_ties_survive_zero_noise():
   assert not should_prune(INCUMBENT_CURVE, INCUMBENT_CURVE, 1000, 'max', noise=0.0).prune
+
+
+def test_the_looks_are_groups_of_the_runs_seeds_not_the_charters():
+  """`--seeds=2` overrides the charter's [trial] seeds: each look adds two seeds."""
+  from agent.charter import Charter
+  assert AcceptancePolicy.of(Charter(), 2).design.group == 2
+  assert AcceptancePolicy.of(Charter()).design.group == Charter().trial.seeds

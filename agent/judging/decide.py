@@ -75,8 +75,10 @@ class AcceptancePolicy:
   group: int = charter.Trial.seeds
 
   @classmethod
-  def of(cls, settings: charter.Charter) -> AcceptancePolicy:
-    return cls(settings.acceptance, settings.tradeoffs, settings.trial.seeds)
+  def of(cls, settings: charter.Charter, seeds: int | None = None) -> AcceptancePolicy:
+    """The charter's terms for a run of `seeds` per trial (the run may override the
+    charter's [trial] seeds)."""
+    return cls(settings.acceptance, settings.tradeoffs, seeds or settings.trial.seeds)
 
   def batch(self, members: int) -> AcceptancePolicy:
     """The rule for each of `members` screened together, of which only the best goes on:

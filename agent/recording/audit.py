@@ -130,6 +130,8 @@ def _checks(repo: Path, records: list[Record], run_dir: Path) -> Iterator[tuple[
   """Each record's checks in journal order, with the state each verdict was judged in, then
   the run's branch."""
   config, settings = records[0].body.config, records[0].body.charter
+  if settings and isinstance(settings.get('trial'), dict):  # looks are of the run's seeds
+    settings = {**settings, 'trial': {**settings['trial'], 'seeds': config.seeds}}
   incumbent = _Incumbent(config.start_commit)
   started: dict[int, records_lib.TrialStarted] = {}
   finished: dict[int, records_lib.TrialFinished] = {}

@@ -110,7 +110,7 @@ class _Walk:
         self.points.append(_point(str(trial), body.candidate, body.accepted))
         self.gains.append(plots.Gains(
             trial, _paired(self.incumbent, body.candidate, self.direction),
-            _paired(*_confirm_pair(body), self.direction), body.noise_floor, body.accepted))
+            _fresh_gains(body, self.direction), body.noise_floor, body.accepted))
       if body.accepted:
         self.incumbent = body.candidate
     self.rows.append(row)
@@ -154,9 +154,12 @@ def _paired(incumbent: ArmRecord | None, candidate: ArmRecord | None,
           if math.isfinite(c - i)]
 
 
-def _confirm_pair(verdict: records.Verdict) -> tuple[ArmRecord | None, ArmRecord | None]:
-  arms = verdict.confirm_arms or {}
-  return arms.get('incumbent'), arms.get('candidate')
+def _fresh_gains(verdict: records.Verdict, direction: str) -> list[float]:
+  """The paired gains on fresh seeds: every look after the screen's (or, in a journal of
+  the fixed rule, its one confirmation)."""
+  looks = verdict.looks or ([verdict.confirm_arms] if verdict.confirm_arms else [])
+  return [gain for arms in looks
+          for gain in _paired(arms.get('incumbent'), arms.get('candidate'), direction)]
 
 
 def trusted_scorecard(arm: ArmRecord | None) -> dict[str, Any] | None:

@@ -103,10 +103,15 @@ def _newest(run_dir: Path, stage: Stage) -> Stage:
   so: the confirmation, runs elsewhere, the final evaluation."""
   if stage.name == 'deciding' and stage.trial:
     base = run_dir / 'trials' / str(stage.trial)
-    for name in ('confirm_incumbent', 'confirm_candidate'):
-      if (base / name).is_dir() and not (base / name / SCORECARD).exists():
-        return Stage(stage.trial, f'confirm {name.removeprefix("confirm_")}',
-                     f'trials/{stage.trial}/{name}')
+    since = _mtime(base / 'screen')  # the incumbent's looks are shared by every trial
+    runs = [(f, 'candidate') for f in (base / 'confirm_candidate').glob('*')] + [
+        (f, 'incumbent') for f in (run_dir / 'confirm_incumbent').glob('*/*')
+        if _mtime(f) >= since]
+    running = [(f, who) for f, who in runs if f.is_dir() and not (f / SCORECARD).exists()]
+    if running:
+      folder, who = max(running, key=lambda run: _mtime(run[0]))
+      return Stage(stage.trial, f'more seeds, {who} from seed {folder.name}',
+                   str(folder.relative_to(run_dir)))
     for folder in sorted((base / 'elsewhere').glob('*/*'), key=_mtime, reverse=True)[:1]:
       if not (folder / SCORECARD).exists():
         return Stage(stage.trial, f'elsewhere {folder.parent.name}',
@@ -286,7 +291,7 @@ class Watcher:
     """Steps the stage's run trains: the candidate's experiment says (read statically, as
     the loop does), else the incumbent's."""
     default = state.incumbent.steps if state.incumbent else None
-    if stage.name not in ('screen', 'confirm candidate', 'confirm incumbent', 'baseline'):
+    if stage.name not in ('screen', 'baseline') and not stage.name.startswith('more seeds'):
       return default
     if stage.folder in self._steps:
       return self._steps[stage.folder]
