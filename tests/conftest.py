@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import ml_collections
 import pytest
@@ -31,8 +35,9 @@ def tiny(config: ml_collections.ConfigDict, steps: int = 60, every: int = 20,
 
 
 def run_binary(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:
-  """Runs `python -m harness.main` as a user would, from the repository root."""
-  env = {**os.environ, 'PYTHONPATH': str(cwd)}
+  """Runs `python -m harness.main` as a user would, from the repository root (with the
+  session's compilation cache: the same tiny programs compile once)."""
+  env = {**cached_env(), 'PYTHONPATH': str(cwd)}
   return subprocess.run([sys.executable, '-m', 'harness.main', *args], cwd=cwd, env=env,
                         capture_output=True, text=True, timeout=timeout)
 
@@ -40,3 +45,82 @@ def run_binary(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess
 @pytest.fixture
 def mnist1d_tiny() -> ml_collections.ConfigDict:
   return tiny(load_experiment('mnist1d_mlp'))
+
+
+# ---- scheduling -------------------------------------------------------------------------
+# Seconds each module took on a 2-core box (pytest --durations=0, summed per module; those
+# under 15 s left out). `--dist loadscope` hands whole modules to workers in collection
+# order (pyproject.toml turns off xdist's reordering by test count), so the heaviest go
+# first and the small ones fill the gaps at the end: two workers finish together instead
+# of one running a long tail. Refresh when a module's cost changes a lot; a module not
+# listed counts as DEFAULT_SECONDS.
+MODULE_SECONDS = {
+    'test_cli.py': 125,
+    'test_train.py': 115,
+    'test_benchmarks.py': 115,
+    'test_agent_e2e.py': 110,
+    'test_hostile_llm.py': 90,
+    'test_agent_crash.py': 75,
+    'test_hostile_proposals.py': 65,
+    'test_models.py': 60,
+    'test_llm_e2e.py': 60,
+    'test_progress.py': 45,
+    'test_batches.py': 40,
+    'test_mesh.py': 40,
+    'test_html_report.py': 35,
+    'test_agent_loop.py': 30,
+    'test_executor.py': 30,
+    'test_review.py': 20,
+    'test_members.py': 20,
+    'test_audit.py': 15,
+}
+DEFAULT_SECONDS = 10.0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+  """Longest modules first (a stable sort: order within a module is kept)."""
+  items.sort(key=lambda item: -MODULE_SECONDS.get(item.path.name, DEFAULT_SECONDS))
+
+
+# ---- JAX's persistent compilation cache ---------------------------------------------------
+# Runs of the same tiny experiments compile the same programs again and again, in this
+# process and in `python -m harness.main`. A module opts in (`compile_cache`); never one
+# that tests a compilation cache itself (tests/test_executor.py). One folder per test
+# process, made on first use and removed at its end: no state outlives the session, and
+# no two processes of one session write an entry at once.
+_CACHE_ENV = {'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+              'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
+
+
+@functools.cache
+def compile_cache_dir() -> Path:
+  """This test process's cache folder, made on first use."""
+  return Path(tempfile.mkdtemp(prefix='jax-compile-cache-'))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+  if compile_cache_dir.cache_info().currsize:
+    shutil.rmtree(compile_cache_dir(), ignore_errors=True)
+
+
+def cached_env() -> dict[str, str]:
+  """This process's environment plus the session's compilation cache, for subprocesses."""
+  return {**os.environ, 'JAX_COMPILATION_CACHE_DIR': str(compile_cache_dir()), **_CACHE_ENV}
+
+
+@pytest.fixture(scope='module')
+def compile_cache() -> Iterator[Path]:
+  """The session's compilation cache for this module's in-process programs, then off."""
+  import jax  # here, not at the top: conftest is imported by processes that never use JAX
+  from jax.experimental.compilation_cache import compilation_cache
+  options = {'jax_compilation_cache_dir': str(compile_cache_dir()),
+             'jax_persistent_cache_min_compile_time_secs': 0.0,
+             'jax_persistent_cache_min_entry_size_bytes': 0}
+  before = {name: getattr(jax.config, name) for name in options}
+  for name, value in options.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+  yield compile_cache_dir()
+  for name, value in before.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()

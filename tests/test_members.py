@@ -12,6 +12,9 @@ from harness import scoring, train
 from harness.train import ConfigError, member_configs, train_and_evaluate
 from tests.conftest import run_binary
 
+# Each candidate's run alone and the batches compile the same programs again: once per session.
+pytestmark = pytest.mark.usefixtures('compile_cache')
+
 MEMBERS = [{'optimizer.learning_rate': 3e-3},
            {'optimizer.learning_rate': 1e-2, 'optimizer.weight_decay': 1e-3,
             'optimizer.grad_clip_norm': 0.5}]

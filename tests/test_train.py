@@ -18,6 +18,8 @@ from harness.train import ConfigError, train_and_evaluate
 from tests.conftest import ROOT, load_experiment, tiny
 
 SHIPPED = sorted(p.stem for p in (ROOT / 'experiments').glob('*.py') if p.stem != '__init__')
+# Many runs here compile the same programs (mnist1d_tiny): compiled once per session.
+pytestmark = pytest.mark.usefixtures('compile_cache')
 
 SCORECARD_FIELDS = {
     'status', 'task', 'metric', 'seeds', 'val_metric', 'val_loss', 'train_loss', 'steps',
@@ -105,9 +107,19 @@ def test_vmapped_seeds_as_on_accelerators_train_the_same_seeds(tmp_path, mnist1d
   assert vmapped['flops_per_step'] == pytest.approx(per_seed['flops_per_step'], rel=0.05)
 
 
+# Dropout sits after the embeddings and in every block at any size: a one-block, narrow
+# transformer on short windows checks it at a fraction of the shipped size's compile,
+# training and prediction time.
+SMALL = {'mnist1d_mlp': {},
+         'charlm_transformer': {'model': {'width': 32, 'depth': 1, 'num_heads': 2},
+                                'dataset': {'seq_len': 32}, 'train': {'batch_size': 8}}}
+
+
 @pytest.mark.parametrize('name', ['mnist1d_mlp', 'charlm_transformer'])
 def test_dropout_trains_and_changes_the_result(tmp_path, name):
   config = tiny(load_experiment(name), steps=20, every=20, checkpoint_every=20)
+  for section, values in SMALL[name].items():
+    config[section].update(values)
   plain = train_and_evaluate(config, tmp_path / 'plain', num_seeds=2)
   config.model.dropout = 0.3
   dropped = train_and_evaluate(config, tmp_path / 'dropout', num_seeds=2)
