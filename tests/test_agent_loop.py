@@ -136,7 +136,8 @@ def test_undecided_candidates_get_seed_groups_until_decided_and_share_the_incumb
   runner = SimulatedRunner(independent=0.015)
   proposer = ScriptedProposer([('note', comment_only(1)), ('note', comment_only(2))])
   _, loop, journal = make_loop(tmp_path, proposer, runner, trials=2, charter_text=lambda text:
-                               text.replace('min_effect = 0.02', 'min_effect = 0.01'))
+                               text.replace('min_effect = 0.02', 'min_effect = 0.01').replace(
+                                   'max_seeds = 6', 'max_seeds = 24'))
   loop.run()
   verdicts = [v.payload for v in journal.records('verdict')]
   assert [v['accepted'] for v in verdicts] == [False, False]
