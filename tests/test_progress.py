@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import io
 import json
+import os
 import re
 
 import pytest
@@ -101,3 +102,18 @@ def test_a_terminal_gets_one_line_redrawn_and_plain_output_one_line_per_phase(ru
   display.show(look)
   display.close()
   assert '[p] trial 2/2' in terminal.getvalue() and '\x1b[' in terminal.getvalue()
+
+
+def test_a_trials_progress_file_is_read_bounded_and_never_through_a_link(tmp_path):
+  """The agent reads it outside the sandbox: a link to /dev/zero, a pipe or a huge file must
+  neither hang nor flood it."""
+  output = tmp_path / 'output'
+  output.mkdir()
+  (output / 'progress.jsonl').symlink_to('/dev/zero')
+  assert progress._steps_done(output) is None
+  (output / 'progress.jsonl').unlink()
+  os.mkfifo(output / 'progress.jsonl')
+  assert progress._steps_done(output) is None
+  (output / 'progress.jsonl').unlink()
+  (output / 'progress.jsonl').write_text('x' * 10_000_000 + '\n{"step": 250}\n')
+  assert progress._steps_done(output) == 250

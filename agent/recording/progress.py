@@ -18,7 +18,9 @@ import contextlib
 import dataclasses
 import datetime
 import json
+import os
 import sqlite3
+import stat
 import sys
 import threading
 import time
@@ -131,17 +133,31 @@ def _mtime(path: Path) -> float:
     return 0.0
 
 
+def _tail(path: Path, limit: int = 4096) -> str:
+  """The last `limit` bytes of a file the trial wrote, read from this (unsandboxed) process:
+  never through a link, never from a pipe or device (a link to /dev/zero would never end),
+  never more than `limit` bytes whatever the file's size; '' when it is none of that."""
+  try:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+  except OSError:
+    return ''
+  try:
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+      return ''
+    os.lseek(fd, max(0, info.st_size - limit), os.SEEK_SET)
+    return os.read(fd, limit).decode('utf-8', 'replace')
+  finally:
+    os.close(fd)
+
+
 def _steps_done(output: Path) -> int | None:
   """The last step a run's own progress file reports (the slowest member of a batch);
   None before its first evaluation."""
   files = [output / PROGRESS, *sorted(output.glob(f'member-*/{PROGRESS}'))]
   done = []
   for path in files:
-    try:
-      lines = path.read_text().splitlines()
-    except OSError:
-      continue
-    for line in reversed(lines):
+    for line in reversed(_tail(path).splitlines()):
       try:
         step = json.loads(line).get('step')
       except (ValueError, AttributeError):
