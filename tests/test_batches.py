@@ -3,6 +3,7 @@ batch (each candidate its own trial, the winner confirmed alone), resume, and on
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -14,7 +15,7 @@ from agent.loop import Loop
 from agent.proposing.heuristic import HeuristicProposer
 from agent.proposing.proposal import Observation, Proposal
 from agent.recording.audit import verify_run
-from agent.recording.state import RunState
+from agent.recording.state import RunState, TrialSummary
 from agent.safety.executor import TrialOutcome, run_batch
 from tests.agent_workspace import TINY_EXPERIMENT, fake_scorecard, git, write_scorecard
 from tests.test_agent_loop import SEED_NOISE, ScriptedProposer, SimulatedRunner, make_loop, set_lr
@@ -152,7 +153,16 @@ def test_the_heuristic_sweeps_a_traced_knob_and_proposes_anything_else_alone(tmp
   alone.bandit.choose = proposer.bandit.choose
   assert batch[0] == alone.propose(observation)  # a batch starts with what comes alone
   proposer.bandit.choose = lambda pool, rng, **_: 'width_up' if 'width_up' in pool else pool[0]
-  assert [p.operator for p in proposer.propose_batch(observation, 4)] == ['width_up']
+  # A weak pick on an incumbent whose learning rate is untried gives way to a sweep of it,
+  # both directions; once a rate was tried on this incumbent, the pick comes alone.
+  sweep = proposer.propose_batch(observation, 4)
+  assert [p.operator for p in sweep] == ['lr_down', 'lr_up', 'lr_down', 'lr_up']
+  lrs = [batching.traced_values(TINY_EXPERIMENT, files, p.changes)['optimizer.learning_rate']
+         for p in sweep]
+  assert len(set(lrs)) == 4 and sorted(lr > 3e-3 for lr in lrs) == [False, False, True, True]
+  tried = TrialSummary(1, 'lr_down', '', False, 'not_better', -0.01, sweep[0].changes)
+  later = dataclasses.replace(observation, history=[tried], trial=2)
+  assert [p.operator for p in proposer.propose_batch(later, 4)] == ['width_up']
 
 
 def test_a_real_batch_trains_in_one_sandboxed_process_and_verifies(tmp_path):

@@ -62,6 +62,8 @@ PRIOR_STRENGTH = 8.0  # pseudo-trials behind a rule's prior weight
 BASE_WEIGHT = 0.15  # prior weight of an applicable operator no symptom asked for
 COST_FAILURES = frozenset({'timeout', 'killed', 'train_time', 'latency', 'memory'})
 COST_FAILURE_WEIGHT = 2.0  # extra prior failures per trial that cost too much, for the run
+STRONG = 0.9  # a pick nominated this strongly is proposed alone, never swept aside
+SWEEP = ('lr_down', 'lr_up')  # a learning-rate sweep alternates both directions
 TUNABLE = frozenset({'optimization', 'regularization', 'capacity', 'architecture',
                      'efficiency', 'schedule'})
 
@@ -166,28 +168,35 @@ class HeuristicProposer:
   def propose_batch(self, observation: Observation, size: int) -> list[Proposal]:
     """`propose`'s pick and, when it moves a traced knob (the learning rate, weight decay or
     clipping norm), up to size - 1 more draws of the same move: a sweep around the
-    incumbent that the loop trains in one process. Other picks come alone."""
-    first = self.propose(observation)
-    op = OPERATORS[first.operator]
-    if size < 2 or not (isinstance(op.build, Move) and op.build.path in space.TRACED):
-      return [first]
+    incumbent that the loop trains in one process. A pick no symptom strongly asks for
+    gives way to a learning-rate sweep (both directions) while the incumbent's rate is
+    untried. Other picks come alone."""
+    pick = self.propose(observation)
+    if size < 2:
+      return [pick]
     inc = self._incumbent(observation)
     _, findings = _diagnosis(observation, inc)
-    tried = _tried_texts(observation)
     forecast = _forecast(observation, inc)
     estimate = forecast and forecast.estimate()  # traced values leave the cost as it is
     if estimate:
       size = min(size, forecast.members(estimate))
+    if _traced(OPERATORS[pick.operator]):
+      ops, batch = [pick.operator], [pick]
+    elif _sweep_due(pick.operator, findings, observation.history):
+      ops, batch = list(SWEEP), []
+    else:
+      return [pick]
+    tried = _tried_texts(observation)
     rng = np.random.default_rng([self.seed, observation.trial, size])
-    batch = [first]
     while len(batch) < size:
-      for path, text in batch[-1].changes.items():
+      for path, text in (batch[-1].changes.items() if batch else ()):
         tried[path].add(text)
-      made = _make(op, inc, rng, tried, observation.experiment, forecast)
+      name = ops[len(batch) % len(ops)]
+      made = _make(OPERATORS[name], inc, rng, tried, observation.experiment, forecast)
       if not made:
         break
-      batch.append(self._proposal(first.operator, made, findings, observation, forecast))
-    return batch
+      batch.append(self._proposal(name, made, findings, observation, forecast))
+    return batch if len(batch) > 1 else [pick]
 
   def learn(self, proposal: Proposal, accepted: bool, gain: float | None) -> None:
     """Counts the verdict (accepted or not; `gain` is not used) in the context the operator
@@ -362,6 +371,22 @@ def _cost_failures(history: Sequence[TrialSummary]) -> collections.Counter[str]:
   """Per operator, the trials of this run that cost too much (timed out, killed, rejected
   for train time, latency or memory)."""
   return collections.Counter(t.operator for t in history if t.reason_code in COST_FAILURES)
+
+
+def _traced(op: Operator) -> bool:
+  return isinstance(op.build, Move) and op.build.path in space.TRACED
+
+
+def _sweep_due(pick: str, findings: Mapping[str, str], history: Sequence[TrialSummary]) -> bool:
+  """A learning-rate sweep replaces a pick no symptom strongly asks for while the incumbent's
+  learning rate is untried: a batch of rates costs about one trial, and the rate that suited
+  the last incumbent (another family, width or depth) is the first thing a researcher
+  re-tunes."""
+  if _weights(findings).get(pick, BASE_WEIGHT) >= STRONG or pick in NAMED.values():
+    return False
+  uses = _uses_on_incumbent(history)
+  return not any(uses[name] for name in OPERATORS if _traced(OPERATORS[name])
+                 and OPERATORS[name].build.path == 'optimizer.learning_rate')
 
 
 def _weights(findings: Mapping[str, str]) -> dict[str, float]:
