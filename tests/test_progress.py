@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import io
 import json
@@ -97,6 +98,18 @@ def test_a_terminal_gets_one_line_redrawn_and_plain_output_one_line_per_phase(ru
   for _ in range(3):
     display.show(look)
   assert plain.getvalue() == look.line() + '\n'
+  # A phase the trial returns to (deciding, between two looks) is not printed again; the
+  # next trial's is.
+  plain = io.StringIO()
+  display = progress.Display(plain)
+  deciding = dataclasses.replace(look, stage=progress.Stage(1, 'deciding'), part=('', ''))
+  seeds = dataclasses.replace(look, stage=progress.Stage(1, 'more seeds', 'x'))
+  for shown in (deciding, seeds, deciding, seeds, dataclasses.replace(
+      deciding, stage=progress.Stage(2, 'deciding'))):
+    display.show(shown)
+  assert [line.split(' | ')[0] for line in plain.getvalue().splitlines()] == [
+      '[p] trial 1/2 deciding', f'[p] trial 1/2 more seeds: {look.part[1]}' if look.part[1]
+      else '[p] trial 1/2 more seeds', '[p] trial 2/2 deciding']
   terminal = _Terminal()
   display = progress.Display(terminal)
   display.show(look)

@@ -349,7 +349,8 @@ class Display:
   def __init__(self, stream: TextIO | None = None):
     self.stream = stream or sys.stdout
     self.live = None
-    self._key = None
+    self._trial: int | None = None
+    self._shown: set[tuple] = set()  # the current trial's phases already printed
     if self.stream.isatty():
       from rich.console import Console
       from rich.live import Live
@@ -361,9 +362,11 @@ class Display:
     if self.live is not None:
       from rich.text import Text
       self.live.update(Text(progress.line(), no_wrap=True, overflow='ellipsis'), refresh=True)
-    elif progress.key != self._key:
+    elif progress.key not in self._shown:  # a phase a trial returns to is not re-printed
       print(progress.line(), file=self.stream, flush=True)
-    self._key = progress.key
+    if progress.stage.trial != self._trial:
+      self._trial, self._shown = progress.stage.trial, set()
+    self._shown.add(progress.key)
 
   def close(self) -> None:
     if self.live is not None:
