@@ -66,6 +66,12 @@ class Trial:
   # candidates that differ from the incumbent only in the optimiser's traced values
   # (learning rate, weight decay, clipping norm) train together, this many per process
   batch: int = 4
+  # what one trial asks of a machine: `--executor=ray` places it on a node with these free
+  # (memory_mb above is both its cap and its share); a fraction of a CPU, GPU or TPU chip
+  # lets several trials share one
+  cpus: float = 1.0
+  gpus: float = 0.0
+  tpus: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,6 +184,9 @@ _Rule = tuple[Callable[[Any], bool], str]
 _NONNEG: _Rule = (lambda v: v >= 0, '>= 0')
 _POSITIVE: _Rule = (lambda v: v > 0, '> 0')
 _GLOBS: _Rule = (_valid_globs, 'a list of non-empty relative gitignore globs')
+# Ray's rule for a resource: a share of one unit, or whole units
+_SHARE: _Rule = (lambda v: 0 <= v <= 1 or (v > 1 and v == int(v)),
+                 'a fraction in [0, 1] or a whole number')
 _RULES: dict[str, _Rule] = {
     'objective.metric': (lambda v: bool(v), 'a non-empty string'),
     'objective.direction': (lambda v: v in ('auto', 'max', 'min'), "'auto', 'max' or 'min'"),
@@ -191,6 +200,9 @@ _RULES: dict[str, _Rule] = {
     'trial.filesystem_sandbox': (lambda v: v in ('required', 'best_effort'),
                                  "'required' or 'best_effort'"),
     'trial.batch': (lambda v: v >= 1, '>= 1 (1: every candidate trains alone)'),
+    'trial.cpus': _SHARE,
+    'trial.gpus': _SHARE,
+    'trial.tpus': _SHARE,
     'budget.trials': (lambda v: v >= 1, '>= 1'),
     'budget.minutes': _POSITIVE,
     'budget.compute_seconds': _NONNEG,

@@ -3,7 +3,7 @@ r"""The research agent's command line.
   python -m agent.main run --experiment=experiments/mnist1d_mlp.py \
       [--budget_trials=N] [--budget_minutes=M] [--seeds=K] [--run_id=ID] [--review=required] \
       [--proposer=heuristic | --proposer=llm --llm_base_url=URL --llm_model=NAME \
-       [--llm_api=openai|anthropic] [--budget_tokens=N]]
+       [--llm_api=openai|anthropic] [--budget_tokens=N]] [--executor=ray [--ray_address=ADDR]]
   python -m agent.main resume|status|log|verify|review|report --run_id=ID
   python -m agent.main approve N --run_id=ID
   python -m agent.main reject N --why="..." --run_id=ID
@@ -70,6 +70,12 @@ _BUDGET_MINUTES = flags.DEFINE_float('budget_minutes', None, 'Default: the chart
                                      lower_bound=0.1)
 _BUDGET_COMPUTE = flags.DEFINE_float('budget_compute_seconds', None,
                                      'Trial process seconds; default: the charter\'s.')
+_EXECUTOR = flags.DEFINE_enum('executor', 'local', ['local', 'ray'], 'Where trials run '
+                               '(run, resume): local, or ray: each trial a Ray task with the '
+                               'charter\'s [trial] bundle (cpus, gpus, tpus, memory_mb).')
+_RAY_ADDRESS = flags.DEFINE_string('ray_address', None, 'The Ray cluster to run trials on '
+                                   '(e.g. auto, or HOST:6379); default: a local one started '
+                                   'for the run.')
 _FINAL_EVAL = flags.DEFINE_bool('final_eval', True, 'Evaluate start and final on fresh seeds '
                                 'and the test split at the end.')
 
@@ -127,13 +133,17 @@ def cmd_run() -> int:
   if not _EXPERIMENT.value:
     raise UsageError('--experiment is required')
   run_id = _RUN_ID.value or time.strftime('%Y%m%d-%H%M%S')
-  with start.start_run(repo, charter, _EXPERIMENT.value, run_id, _choices(), say=say) as loop:
+  with (start.engine(_EXECUTOR.value, charter, _RAY_ADDRESS.value) as (execute, batch),
+        start.start_run(repo, charter, _EXPERIMENT.value, run_id, _choices(), say=say,
+                        execute=execute, execute_batch=batch) as loop):
     return _drive(loop)
 
 
 def cmd_resume() -> int:
   repo, run_id = _repo(), _run_id()
-  with start.resume_run(repo, run_id, say=say) as loop:
+  charter = load_charter(repo / 'WORKSPACE.md')
+  with (start.engine(_EXECUTOR.value, charter, _RAY_ADDRESS.value) as (execute, batch),
+        start.resume_run(repo, run_id, say=say, execute=execute, execute_batch=batch) as loop):
     if loop is None:  # finished: nothing to drive
       journal, run_dir = _journal(), _run_dir(repo)
       show(report.summary(journal, f'agent/{run_id}', str(run_dir)))

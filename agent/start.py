@@ -29,13 +29,15 @@ from agent.recording import records, vcs
 from agent.recording.journal import Journal
 from agent.recording.records import RunConfig
 from agent.recording.state import RunState
-from agent.safety.confine import SandboxUnavailable, require_sandbox
-from agent.safety.executor import run_trial
+from agent.safety.confine import SandboxUnavailable, one_line, require_sandbox
+from agent.safety.executor import TrialOutcome, run_batch, run_trial
 from agent.safety.preflight import dataset_config
 
 JOURNAL = 'journal.sqlite'
 LOCK = 'agent.lock'
 RUN_ID = re.compile(r'[A-Za-z0-9][A-Za-z0-9._-]{0,63}')
+BatchExecutor = Callable[..., list[TrialOutcome]]
+RAY_PIN = 'ray==2.60.0'  # pyproject.toml's `ray` extra
 
 
 class UsageError(Exception):
@@ -105,11 +107,13 @@ def exclusive(run_dir: Path) -> Iterator[None]:
 @contextlib.contextmanager
 def start_run(repo: Path, charter: Charter, experiment: str, run_id: str,
               choices: Choices = Choices(), *, say: Callable[[str], None],
-              proposer: Proposer | None = None, execute: Executor = run_trial) -> Iterator[Loop]:
+              proposer: Proposer | None = None, execute: Executor = run_trial,
+              execute_batch: BatchExecutor = run_batch) -> Iterator[Loop]:
   """A new run: checked, then begun under its lock; yields its loop.
 
   `proposer` stands in for the one the choices name (the benchmarks seed their own);
-  `execute` for the sandboxed trial runner (the benchmarks' in-process one).
+  `execute` and `execute_batch` for the local sandboxed trial runners (the benchmarks'
+  in-process one, the Ray executor's: see `engine`).
   """
   experiment = Path(experiment).as_posix()
   if not (repo / experiment).is_file():
@@ -130,15 +134,17 @@ def start_run(repo: Path, charter: Charter, experiment: str, run_id: str,
   _check_experiment(repo, start, experiment, charter)
   with exclusive(run_dir):
     _refuse_existing(run_dir)
-    journal = Journal.open(run_dir / JOURNAL)
     settings = {k: v for k, v in dataclasses.asdict(charter).items() if k != 'prose'}
-    journal.write(records.RunStarted(choices.config(run_id, experiment, start, charter),
-                                     settings))
-    yield _loop(repo, run_dir, journal, charter, _replay(journal), proposer, execute, say)
+    journal = Journal.create(run_dir / JOURNAL, records.RunStarted(
+        choices.config(run_id, experiment, start, charter), settings))
+    yield _loop(repo, run_dir, journal, charter, _replay(journal), proposer, execute,
+                execute_batch, say)
 
 
 @contextlib.contextmanager
-def resume_run(repo: Path, run_id: str, *, say: Callable[[str], None]) -> Iterator[Loop | None]:
+def resume_run(repo: Path, run_id: str, *, say: Callable[[str], None],
+               execute: Executor = run_trial,
+               execute_batch: BatchExecutor = run_batch) -> Iterator[Loop | None]:
   """An earlier run, under its lock, with the charter as it is now; yields its loop, or None
   when the run has finished (there is nothing left to drive)."""
   run_dir = existing_run(repo, run_id)
@@ -148,7 +154,7 @@ def resume_run(repo: Path, run_id: str, *, say: Callable[[str], None]) -> Iterat
     charter = load_charter(repo / 'WORKSPACE.md')
     check_sandbox(charter)
     yield None if state.finished else _loop(repo, run_dir, journal, charter, state, None,
-                                            run_trial, say)
+                                            execute, execute_batch, say)
 
 
 def check_sandbox(charter: Charter) -> None:
@@ -157,6 +163,34 @@ def check_sandbox(charter: Charter) -> None:
     require_sandbox(charter.trial)
   except SandboxUnavailable as e:
     raise UsageError(str(e)) from None
+
+
+@contextlib.contextmanager
+def engine(name: str, charter: Charter,
+           ray_address: str | None = None) -> Iterator[tuple[Executor, BatchExecutor]]:
+  """Where trials run: 'local' (this machine, one at a time) or 'ray' (a Ray task each, on
+  the cluster at `ray_address`, or on a local one started here and ended on the way out);
+  yields the loop's `execute` and `execute_batch`."""
+  if name == 'local':
+    if ray_address:
+      raise UsageError('--ray_address needs --executor=ray')
+    yield run_trial, run_batch
+    return
+  if name != 'ray':
+    raise UsageError(f'unknown executor {name!r}: local or ray')
+  try:
+    from agent.safety import ray_executor
+  except ImportError:
+    raise UsageError(f'--executor=ray needs Ray: pip install "{RAY_PIN}" (make test and '
+                     'make run install it)') from None
+  try:
+    executor = ray_executor.RayExecutor(charter.trial, ray_address)
+  except (ValueError, ConnectionError, RuntimeError) as e:
+    raise UsageError(f'--executor=ray: {one_line(str(e))}') from None
+  try:
+    yield executor.run_trial, executor.run_batch
+  finally:
+    executor.close()
 
 
 def make_proposer(config: RunConfig, repo: Path) -> Proposer:
@@ -206,11 +240,13 @@ def _replay(journal: Journal) -> RunState:
 
 
 def _loop(repo: Path, run_dir: Path, journal: Journal, charter: Charter, state: RunState,
-          proposer: Proposer | None, execute: Executor, say: Callable[[str], None]) -> Loop:
+          proposer: Proposer | None, execute: Executor, execute_batch: BatchExecutor,
+          say: Callable[[str], None]) -> Loop:
   """The loop over the run's journal, from the state it replays; an LLM proposer books its
   usage into the run's budget."""
   proposer = proposer or make_proposer(state.config, repo)
-  loop = Loop(repo, run_dir, charter, proposer, journal, state, execute=execute, print_fn=say)
+  loop = Loop(repo, run_dir, charter, proposer, journal, state, execute=execute,
+              execute_batch=execute_batch, print_fn=say)
   if isinstance(proposer, LLMProposer):
     proposer.on_usage = loop.record_usage
   return loop

@@ -218,7 +218,7 @@ def _watch(proc: subprocess.Popen, curves: ScoredCurve, usage: monitor.TreeUsage
   return None
 
 
-def _prepare_workdir(spec: TrialSpec) -> None:
+def prepare_workdir(spec: TrialSpec) -> None:
   spec.workdir.mkdir(parents=True, exist_ok=True)
   if any(spec.workdir.iterdir()):
     raise ValueError(f'workdir {spec.workdir} is not empty: each trial needs a fresh one')
@@ -292,8 +292,9 @@ def _write_events(workdir: Path, card: dict[str, Any]) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Ended:
-  """How the trial's process ended, as the parent saw it."""
+class Ended:
+  """How the trial's process ended, as the parent saw it: what `execute` hands to `judge`
+  (a Ray worker runs the one and returns this to the head, which does the other)."""
   stopped: tuple[Status, str] | None  # why the parent stopped it; None: it exited by itself
   returncode: int | None
   wall_seconds: float
@@ -303,14 +304,15 @@ class _Ended:
   judged_step: int | None  # the last step on_curve saw
 
 
-def _execute(spec: TrialSpec, curves: ScoredCurve, on_curve: OnCurve | None,
-             poll_s: float) -> _Ended:
-  """Starts the trial in its sandbox and waits for its end, its timeout or a prune."""
+def execute(spec: TrialSpec, curves: ScoredCurve, on_curve: OnCurve | None,
+            poll_s: float) -> Ended:
+  """The running half of a trial: starts it in its sandbox and waits for its end, its timeout
+  or a prune; `judge` is the scoring half."""
   if poll_s <= 0:
     raise ValueError('poll_s must be positive')
   if spec.inputs is None:
     raise ValueError('a trial needs its inputs folder (harness.trial_inputs)')
-  _prepare_workdir(spec)
+  prepare_workdir(spec)
   log = monitor.CappedLog(spec.workdir / LOG, spec.max_output_bytes)
   start = time.monotonic()
   try:
@@ -340,7 +342,7 @@ def _execute(spec: TrialSpec, curves: ScoredCurve, on_curve: OnCurve | None,
     log.close()
   judged_step = curves.points[-1]['step'] if curves.points else None  # what on_curve saw
   curves.poll()
-  return _Ended(stopped, returncode, wall_seconds, trusted, log.tail(), iso.description,
+  return Ended(stopped, returncode, wall_seconds, trusted, log.tail(), iso.description,
                 judged_step)
 
 
@@ -356,7 +358,13 @@ def run_trial(spec: TrialSpec, scorer: scoring.Scorer, on_curve: OnCurve | None 
   if spec.members:
     raise ValueError('a trial of several members runs with run_batch')
   curves = ScoredCurve(scorer, spec.output)
-  ended = _execute(spec, curves, on_curve, poll_s)
+  return judge(spec, scorer, curves, execute(spec, curves, on_curve, poll_s))
+
+
+def judge(spec: TrialSpec, scorer: scoring.Scorer, curves: ScoredCurve,
+          ended: Ended) -> TrialOutcome:
+  """The scoring half of a trial, on the trusted side: its outcome from how it ended and what
+  it wrote into `spec.output` (`curves` polled up to its end)."""
   log_path = spec.workdir / LOG
   if ended.stopped is not None:
     status, reason = ended.stopped
@@ -385,7 +393,12 @@ def run_batch(spec: TrialSpec, scorer: scoring.Scorer, poll_s: float = 0.5) -> l
   the whole process's. No pruning: members share the process."""
   if not spec.members:
     raise ValueError('run_batch needs members')
-  ended = _execute(spec, ScoredCurve(scorer, spec.output / 'member-0'), None, poll_s)
+  return judge_batch(spec, scorer, execute(spec, ScoredCurve(scorer, spec.output / 'member-0'),
+                                           None, poll_s))
+
+
+def judge_batch(spec: TrialSpec, scorer: scoring.Scorer, ended: Ended) -> list[TrialOutcome]:
+  """`judge` for a trial of several members: one outcome per member, in order."""
   log_path = spec.workdir / LOG
   if ended.stopped is not None:
     status, reason = ended.stopped
