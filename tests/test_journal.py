@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agent.recording import records
 from agent.recording.journal import GENESIS, Journal, canonical_json
 
 
@@ -188,3 +189,16 @@ def test_the_anchor_follows_every_append_and_exposes_a_cut_or_a_rehash(tmp_path)
     assert rewritten.anchor_problem(anchors[-1]).startswith(
         'record 8 does not have the hash its anchor names')
     assert 'not "<record number> <hash>"' in rewritten.anchor_problem('garbage')
+
+
+def test_a_created_journal_exists_only_with_its_first_record(tmp_path):
+  path = tmp_path / 'run' / 'journal.sqlite'
+  (tmp_path / 'run').mkdir()
+  (tmp_path / 'run' / '.journal.sqlite.new').write_bytes(b'left by a killed creation')
+  first = records.SessionEnded('stopped', 1.0)
+  journal = Journal.create(path, first)
+  assert [r.kind for r in journal.records()] == [first.KIND]
+  journal.close()
+  assert sorted(p.name for p in path.parent.iterdir()) == ['journal.sqlite']
+  with pytest.raises(FileExistsError):
+    Journal.create(path, first)

@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import numbers
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -159,6 +160,23 @@ class Journal:
     connection.execute('PRAGMA synchronous=FULL')
     connection.executescript(_SCHEMA)
     return cls(connection, path)
+
+  @classmethod
+  def create(cls, path: str | Path, first: records_lib.Body) -> Journal:
+    """A new journal that exists only with its first record in it: written beside, then
+    renamed into place, so an agent killed while creating it leaves no journal (the run was
+    never started) rather than an empty one that cannot be resumed."""
+    path = Path(path)
+    if path.exists():
+      raise FileExistsError(f'{path} already exists')
+    beside = path.with_name(f'.{path.name}.new')
+    for stale in (beside, *(beside.with_name(beside.name + s) for s in ('-wal', '-shm'))):
+      stale.unlink(missing_ok=True)  # a creation killed earlier
+    journal = cls.open(beside)
+    journal.write(first)
+    journal.close()  # the last connection: the WAL is checkpointed into the file
+    os.replace(beside, path)
+    return cls.open(path)
 
   def append(self, kind: str, payload: dict[str, Any], trial: int | None = None) -> Record:
     """Writes one record and commits it; BEGIN IMMEDIATE serialises concurrent writers."""
