@@ -5,16 +5,25 @@ its changed code runs.
 
 The loop decides what to try and records the verdict; this module only runs and judges, and
 journals the runs it makes (trial_finished, confirm_finished) as they end.
+
+Budget edges are not evidence: a run stopped because the run's minute budget ran out (its
+timeout was the charter's cut to the time left) ends with status BUDGET, not 'timeout', and a
+look that cannot finish in the time left (its measured cost) is not started; either way the
+candidate is "undecided, not rejected" (reason code BUDGET): not kept, and nothing counts
+against it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from agent.charter import Charter
 from agent.editing import diffs, knobs
 from agent.judging import decide as decide_lib
+from agent.judging import noise as noise_lib
 from agent.judging import uses
 from agent.recording import records, vcs
 from agent.recording.journal import Journal
@@ -29,6 +38,7 @@ CONFIRM_FIRST_SEED = 1000
 ELSEWHERE_NOISE_MULTIPLIER = 2.0  # another experiment may lose up to this many standard errors
 LOG_EXCERPT_CHARS = 1500  # of a failed trial's output, kept for the proposer's next prompt
 FAILED_STATUSES = ('failed', 'bad_input', 'timeout', 'killed', 'invalid')
+BUDGET = 'budget'  # a run's status and a verdict's reason code: the minute budget ran out
 
 
 class RunArm(Protocol):
@@ -51,11 +61,17 @@ class CandidateJudge:
 
   def __init__(self, repo: Path, run_dir: Path, worktree: Path, charter: Charter,
                state: RunState, journal: Journal, run: RunArm, run_batch: RunBatch,
-               other_data: Callable[[str], None], say: Callable[[str], None]):
+               other_data: Callable[[str], None], say: Callable[[str], None],
+               timeout: Callable[[], float] = lambda: float('inf'),
+               search_left: Callable[[], float] = lambda: float('inf')):
+    """timeout: the time a run started now gets (the charter's, cut to what the budget has
+    left); search_left: the seconds the search has left, net of the final evaluation's."""
     self.repo, self.run_dir, self.worktree, self.charter = repo, run_dir, worktree, charter
     self.state, self.journal, self.run, self.run_batch = state, journal, run, run_batch
     self.other_data, self.say = other_data, say
+    self.timeout, self.search_left = timeout, search_left
     self.config = state.config
+    self.pooled_variance = 0.0  # of the run's comparisons before the trial being judged
     # (incumbent commit, first seed) -> its arm on a later look's seeds, shared by candidates
     self.incumbent_looks: dict[tuple[str, int], ArmRecord] = {}
 
@@ -65,9 +81,12 @@ class CandidateJudge:
     the verdict record keeps (records.Verdict's optional fields): screened on the incumbent's
     seeds, then, undecided or kept, it goes on (`_go_on`)."""
     incumbent = self.state.incumbent
+    self._pool_noise(trial)
     workdir = self.run_dir / 'trials' / str(trial) / 'screen'
     steps = _steps_of(self.worktree / self.config.experiment, incumbent.steps)
-    outcome = self.run(workdir, SCREEN_FIRST_SEED, on_curve=self._pruner(steps, direction))
+    cut = self._budget_cuts()
+    outcome = _budget_status(self.run(workdir, SCREEN_FIRST_SEED,
+                                      on_curve=self._pruner(steps, direction)), cut)
     self.state.compute_seconds += outcome.wall_seconds
     self.journal.write(records.TrialFinished(
         status=outcome.status, reason=outcome.reason, wall_seconds=outcome.wall_seconds,
@@ -80,9 +99,21 @@ class CandidateJudge:
                             policy)
     return verdict, candidate, extra
 
+  def _pool_noise(self, first_trial: int) -> None:
+    """The run's pooled paired-gain variance from the verdicts before `first_trial`."""
+    noise = noise_lib.of_records(self.journal.records(), first_trial)
+    self.pooled_variance = noise.variance
+
+  def _budget_cuts(self) -> bool:
+    """Whether a run started now gets less than the charter's time because of the budget."""
+    return self.timeout() < self.charter.trial.timeout_minutes * 60
+
   def _pruner(self, candidate_steps: int, direction: str):
+    """Prunes against the incumbent's seed noise, or the run's pooled noise if larger (a
+    paired-gain variance v is a per-arm spread of sqrt(v / 2) in `noise_floor`'s terms)."""
     incumbent = self.state.incumbent
-    noise = decide_lib.noise_floor(incumbent.per_seed, 1.0)
+    noise = decide_lib.noise_floor(incumbent.per_seed, 1.0,
+                                   min_std=math.sqrt(self.pooled_variance / 2))
     p = self.charter.pruning
 
     def on_curve(curve: list[dict]) -> str | None:
@@ -105,9 +136,11 @@ class CandidateJudge:
     if the test keeps it, is kept. `checkout` puts a commit in the worktree (the winner's,
     for its later looks)."""
     incumbent = self.state.incumbent
+    self._pool_noise(trials[0])
     policy = decide_lib.AcceptancePolicy.of(self.charter, self.config.seeds).batch(len(trials))
     workdir = self.run_dir / 'trials' / str(trials[0]) / 'screen'
-    outcomes = self.run_batch(workdir, SCREEN_FIRST_SEED, values)
+    cut = self._budget_cuts()
+    outcomes = [_budget_status(o, cut) for o in self.run_batch(workdir, SCREEN_FIRST_SEED, values)]
     wall = outcomes[0].wall_seconds
     self.state.compute_seconds += wall
     screened = []
@@ -150,6 +183,10 @@ class CandidateJudge:
       return _rejection('pruned', f'Stopped early: {outcome.reason}'), None, extra
     if outcome.status == 'invalid':
       return _rejection('invariant', f'Rejected: {outcome.reason}'), None, extra
+    if outcome.status == BUDGET:
+      return _rejection(BUDGET, f'Undecided, not rejected: the run\'s minute budget ran out '
+                        f'before the screen finished ({outcome.reason}); the candidate is not '
+                        'kept, which is no evidence against it.'), None, extra
     if outcome.status not in ('ok', 'diverged') or outcome.scorecard is None:
       return _rejection(outcome.status, f'The trial {outcome.status}: {outcome.reason}'), None, extra
     candidate = ArmRecord.from_scorecard(commit, workdir, outcome.scorecard)
@@ -157,8 +194,8 @@ class CandidateJudge:
       return _rejection('data_changed', 'Rejected: the data fingerprints differ from the '
                         'baseline\'s, so the comparison would not be fair.'), candidate, extra
     screen = decide_lib.SeedResults(incumbent.arm(), candidate.arm(), metric)
-    return (decide_lib.decide(screen, direction, policy, diff_lines=added - removed),
-            candidate, extra)
+    return (decide_lib.decide(screen, direction, policy, diff_lines=added - removed,
+                              pooled_variance=self.pooled_variance), candidate, extra)
 
   def _go_on(self, trial: int, commit: str, diff: str, metric: str, direction: str,
              verdict: decide_lib.Verdict, candidate: ArmRecord, extra: dict[str, Any],
@@ -167,34 +204,47 @@ class CandidateJudge:
     while undecided, then, if kept, judged wherever else its code runs."""
     if verdict.undecided:
       verdict = self._more_seeds(trial, commit, diff, metric, direction, candidate, extra,
-                                 policy)
+                                 policy, verdict)
     if verdict.accepted:
       verdict = self._judge_elsewhere(trial, commit, verdict, extra)
     return verdict
 
   def _more_seeds(self, trial: int, commit: str, diff: str, metric: str, direction: str,
                   candidate: ArmRecord, extra: dict[str, Any],
-                  policy: decide_lib.AcceptancePolicy) -> decide_lib.Verdict:
+                  policy: decide_lib.AcceptancePolicy,
+                  verdict: decide_lib.Verdict) -> decide_lib.Verdict:
     """The candidate and the incumbent on the next group of fresh seeds, pooled with all
-    before, look after look until the test decides; each look is journaled as it ends."""
+    before, look after look until the test decides; each look is journaled as it ends. A
+    look whose measured cost does not fit in the search's time left is not started."""
     incumbent = self.state.incumbent
     trial_dir = self.run_dir / 'trials' / str(trial)
     _, added, removed = diffs.diff_stats(diff)
     looks = [decide_lib.SeedResults(incumbent.arm(), candidate.arm(), metric)]
     extra['confirm_seeds'], extra['looks'] = [], []
-    verdict = None
-    while verdict is None or verdict.undecided:
+    cost = candidate.wall_seconds or incumbent.wall_seconds  # of one run, as last measured
+    while verdict.undecided:
       first = CONFIRM_FIRST_SEED + self.config.seeds * (len(looks) - 1)
+      need = cost + (0.0 if (incumbent.commit, first) in self.incumbent_looks
+                     else incumbent.wall_seconds or cost)
+      left = self.search_left()
+      if need > left:
+        return _out_of_budget(verdict, f'look {len(looks) + 1} would take about {need:.0f} s '
+                              f'(as measured), and the search has {max(0.0, left):.0f} s left')
       self.say(f'[trial {trial}] undecided after {self.config.seeds * len(looks)} seeds; '
                f'look {len(looks) + 1} on seeds from {first}')
-      ran = self.run(trial_dir / 'confirm_candidate' / str(first), first)
-      incumbent_arm, incumbent_run = self._incumbent_look(first)
+      cut = self._budget_cuts()
+      ran = _budget_status(self.run(trial_dir / 'confirm_candidate' / str(first), first), cut)
+      cost = ran.wall_seconds or cost
+      incumbent_arm, incumbent_run = self._incumbent_look(first, cut)
       wall = ran.wall_seconds + (incumbent_run.wall_seconds if incumbent_run else 0.0)
       self.state.compute_seconds += wall
       statuses = (ran.status, incumbent_run.status if incumbent_run else 'ok')
       self.journal.write(records.ConfirmFinished(
           wall_seconds=wall, first_seed=first, candidate=statuses[0], incumbent=statuses[1]),
           trial=trial)
+      if BUDGET in statuses:
+        return _out_of_budget(verdict, f'the runs of look {len(looks) + 1} were stopped when '
+                              f'it ran out ({statuses[0]}/{statuses[1]})')
       if incumbent_arm is None or ran.status != 'ok':
         return _rejection('confirm_failed', f'The runs of look {len(looks) + 1} did not finish '
                           f'({statuses[0]}/{statuses[1]}).')
@@ -205,19 +255,22 @@ class CandidateJudge:
       looks.append(decide_lib.SeedResults(arms['incumbent'].arm(), arms['candidate'].arm(),
                                           metric))
       verdict = decide_lib.decide(decide_lib.pool(looks), direction, policy,
-                                  diff_lines=added - removed)
+                                  diff_lines=added - removed,
+                                  pooled_variance=self.pooled_variance)
     return verdict
 
-  def _incumbent_look(self, first: int) -> tuple[ArmRecord | None, TrialOutcome | None]:
+  def _incumbent_look(self, first: int, cut: bool
+                      ) -> tuple[ArmRecord | None, TrialOutcome | None]:
     """The incumbent's arm on the seeds from `first`, and the run that made it now (None
-    when an earlier candidate's look already did: it is the same code on the same seeds)."""
+    when an earlier candidate's look already did: it is the same code on the same seeds);
+    `cut`: the run's time is cut by the budget."""
     incumbent = self.state.incumbent
     key = (incumbent.commit, first)
     if key in self.incumbent_looks:
       return self.incumbent_looks[key], None
     tree = vcs.create_detached(self.repo, self.run_dir / 'incumbent', incumbent.commit)
     workdir = self.run_dir / 'confirm_incumbent' / incumbent.commit[:12] / str(first)
-    ran = self.run(workdir, first, worktree=tree)
+    ran = _budget_status(self.run(workdir, first, worktree=tree), cut)
     if ran.status != 'ok':
       return None, ran
     arm = self.incumbent_looks[key] = ArmRecord.from_scorecard(incumbent.commit, workdir,
@@ -285,6 +338,26 @@ def _elsewhere_failure(runs: dict[str, TrialOutcome]) -> str | None:
     return (f'{card["metric"]["name"]} is worse by {-gain:.3g} (mean over '
             f'{len(after)} paired seeds), beyond the noise floor {floor:.3g}')
   return None
+
+
+def _budget_status(outcome: TrialOutcome, cut: bool) -> TrialOutcome:
+  """A timeout the budget set (`cut`) is the budget's edge, not the candidate's cost."""
+  if not cut or outcome.status != 'timeout':
+    return outcome
+  return dataclasses.replace(outcome, status=BUDGET, reason=(
+      f'{outcome.reason}: the time the run\'s minute budget had left, less than the '
+      'charter\'s per-trial time'))
+
+
+def _out_of_budget(last: decide_lib.Verdict, why: str) -> decide_lib.Verdict:
+  """An undecided candidate the budget stopped: not kept, with its last look's numbers."""
+  look = last.checks
+  return decide_lib.Verdict(
+      False, BUDGET, f'Undecided, not rejected: the run\'s minute budget ran out before the '
+      f'test decided: {why}. At the last look, mean gain {last.gain:+.3g} over {look["n"]} '
+      f'paired seeds, p = {look["p_better"]:.3g} against this look\'s share of false_accept '
+      f'{look["accept_share"]:.3g}; the candidate is not kept, which is no evidence against it.',
+      last.gain, last.noise_floor, last.p_value, last.checks)
 
 
 def _rejection(code: str, rationale: str) -> decide_lib.Verdict:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 
 import ml_collections
 
-from agent.candidate import SCREEN_FIRST_SEED, CandidateJudge
+from agent.candidate import BUDGET, SCREEN_FIRST_SEED, CandidateJudge
 from agent.charter import Charter
 from agent.editing import batching, knobs
 from agent.judging import decide as decide_lib
@@ -33,6 +33,10 @@ from harness import scoring, trial_inputs
 from harness.scorecard import SCORECARD, TEST_SCORECARD, read_json
 
 FINAL_FIRST_SEED = 1_000_000  # never used during the search
+# The final evaluation's reserve: its two runs' measured wall time times this (it also
+# predicts the test split, and its start-up is not the search's warm one).
+FINAL_RESERVE_FACTOR = 1.5
+MIN_RUN_S = 30.0  # a run is never started with less time than this
 # The workspace's JAX compilation cache, beside the runs (a run id starts with a letter or a
 # digit, so no run is named so); each trial sees only its own code's folder in it.
 COMPILE_CACHE = '_compile-cache'
@@ -71,7 +75,7 @@ class Loop:
     self.git_digest = vcs.protected_config_digest(repo)
     self.judge = CandidateJudge(repo, run_dir, self.worktree.path, charter, state, journal,
                                 self._run, self._run_batch, self._other_data,
-                                lambda text: self.say(text))
+                                lambda text: self.say(text), self._timeout, self.search_left)
 
   def _check_repository(self, after: str) -> None:
     """Stops the run if the repository's git settings (config, hooks, attributes) changed
@@ -131,12 +135,34 @@ class Loop:
   def elapsed(self) -> float:
     return self.state.elapsed_before + time.monotonic() - self.session_start
 
+  def _measured_runs(self) -> tuple[float, float]:
+    """Wall seconds of one run of the start commit (the baseline's) and of the incumbent
+    (the baseline's where its own is unknown: a batch member's); 0s before the baseline."""
+    baseline = self.journal.last(records.Baseline)
+    if baseline is None:
+      return 0.0, 0.0
+    start = baseline.body.wall_seconds or baseline.body.arm.wall_seconds
+    incumbent = self.state.incumbent.wall_seconds if self.state.incumbent else 0.0
+    return start, incumbent or start
+
+  def final_reserve(self) -> float:
+    """Seconds kept out of the search for the final evaluation: its two runs, as measured,
+    times FINAL_RESERVE_FACTOR."""
+    return FINAL_RESERVE_FACTOR * sum(self._measured_runs())
+
+  def search_left(self) -> float:
+    """Seconds of the minute budget the search may still spend (the final evaluation's
+    reserve kept out)."""
+    return self.config.budget_minutes * 60 - self.elapsed() - self.final_reserve()
+
   def stop_reason(self) -> str | None:
     c, s = self.config, self.state
     if s.trials_done >= c.budget_trials:
       return f'trial budget spent ({s.trials_done}/{c.budget_trials})'
-    if self.elapsed() >= c.budget_minutes * 60:
-      return f'time budget spent ({self.elapsed() / 60:.1f}/{c.budget_minutes} min)'
+    if self.search_left() < max(MIN_RUN_S, self._measured_runs()[1]):
+      return (f'time budget spent ({self.elapsed() / 60:.1f}/{c.budget_minutes} min, '
+              f'{self.final_reserve() / 60:.1f} min of it kept for the final evaluation; '
+              'what is left would not finish a trial)')
     if c.budget_compute_seconds and s.compute_seconds >= c.budget_compute_seconds:
       return f'compute budget spent ({s.compute_seconds:.0f}/{c.budget_compute_seconds:.0f} s)'
     if c.budget_tokens and s.tokens >= c.budget_tokens:
@@ -149,9 +175,8 @@ class Loop:
     return None
 
   def _timeout(self) -> float:
-    """The charter's per-trial cap, cut to the time left (but never below 30 s of it)."""
-    left = self.config.budget_minutes * 60 - self.elapsed()
-    return min(self.charter.trial.timeout_minutes * 60, max(30.0, left))
+    """The charter's per-trial cap, cut to the search's time left (never below MIN_RUN_S)."""
+    return min(self.charter.trial.timeout_minutes * 60, max(MIN_RUN_S, self.search_left()))
 
   # ---- running --------------------------------------------------------------------------
   def _run(self, workdir: Path, first_seed: int, *, on_curve=None,
@@ -275,7 +300,7 @@ class Loop:
                        scorecard=self._scorecard(self.state.incumbent),
                        direction=self.direction, history=list(self.state.history), trial=trial,
                        budget_left_seconds=min(
-                           self.config.budget_minutes * 60 - self.elapsed(),
+                           self.search_left(),
                            (self.config.budget_compute_seconds or float('inf'))
                            - self.state.compute_seconds))
 
@@ -374,7 +399,8 @@ class Loop:
       self.worktree.reset_to(incumbent.commit)
     self.state.count(self.journal.write(record, trial=trial), proposal)
     self.proposer.learn(proposal, verdict.accepted, verdict.gain)
-    word = 'WON, awaiting review' if review else 'ACCEPTED' if verdict.accepted else 'rejected'
+    word = ('WON, awaiting review' if review else 'ACCEPTED' if verdict.accepted else
+            'undecided (out of budget)' if verdict.reason_code == BUDGET else 'rejected')
     self.say(f'[trial {trial}] {word}: {verdict.rationale}')
 
   def _record_failed_proposal(self, trial: int, reason: str) -> None:
@@ -390,7 +416,8 @@ class Loop:
 
   # ---- end of run ----------------------------------------------------------------------
   def final_evaluation(self) -> records.FinalEval:
-    """Start and final incumbent, once, on fresh seeds and on the test split."""
+    """Start and final incumbent, once, on fresh seeds and on the test split. The search
+    stopped early enough for it (`final_reserve`), and it is never cut by the budget."""
     final = self.state.incumbent
     start_tree = vcs.create_detached(self.repo, self.run_dir / 'start', self.config.start_commit)
     self.worktree.reset_to(final.commit)
@@ -446,6 +473,7 @@ def _verdict_text(verdict: decide_lib.Verdict, candidate: ArmRecord | None,
                   incumbent: ArmRecord) -> str:
   evidence = (f'\nEvidence: incumbent {_fmt(incumbent.per_seed)}; candidate '
               f'{_fmt(candidate.per_seed)}' if candidate else '')
-  word = 'ACCEPTED' if verdict.accepted else 'REJECTED'
+  word = ('ACCEPTED' if verdict.accepted else 'UNDECIDED' if verdict.reason_code == BUDGET
+          else 'REJECTED')
   return f'{word} ({verdict.reason_code}). {verdict.rationale}{evidence}'
 

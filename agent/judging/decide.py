@@ -10,9 +10,10 @@ a group-sequential test adds seed groups only while the outcome is undecided and
 charter's false-acceptance rate however many looks it takes. The first look is the screen's
 seeds; each later one pools fresh seeds (`pool`), so a lucky screen must hold on seeds it has
 not seen before it is kept: the same guard against many comparisons as a confirmation, with
-the rate stated rather than implied. The noise floor of the fixed design (a gain at least
-2 standard errors of seed noise) is gone from the rule: it guarded 3-seed t-tests against a
-small spread by chance, which the first looks' tiny shares of the rate now do.
+the rate stated rather than implied. Seeds that agree by chance (or exactly: accuracy moves
+in steps of one validation example) are not trusted alone: the spread each look tests against
+is at least the run's pooled paired-gain spread (agent.judging.noise; `decide`'s
+pooled_variance), which can only make acceptance harder (agent.judging.sequential).
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ class PairedTest:
 class Verdict:
   """reason_code MORE_SEEDS: undecided, the next group of seeds is wanted (accepted False).
   noise_floor is the standard error of the mean paired gain: the seed noise it is judged
-  against."""
+  against (the larger of the gains' own spread and the run's pooled one, over sqrt(n))."""
   accepted: bool
   reason_code: str
   rationale: str
@@ -218,14 +219,17 @@ class _Evidence:
 
 
 def _evidence(results: SeedResults, direction: Direction, policy: AcceptancePolicy,
-              net_lines: int) -> _Evidence:
+              net_lines: int, pooled_variance: float) -> _Evidence:
+  """p_worse (a loss, or a tie's 'not worse') keeps the gains' own spread: a floor there would
+  make 'not significantly worse' easier, the wrong way for keeping a tie."""
   incumbent, candidate = results.incumbent, results.candidate
   gains = _gains(incumbent.per_seed, candidate.per_seed, direction)
   wall = _ratio(candidate.wall_seconds, incumbent.wall_seconds)
+  look = sequential.look(gains, policy.design, pooled_variance)
   return _Evidence(
-      look=sequential.look(gains, policy.design),
+      look=look,
       p_worse=sequential.one_sided_p(gains, 0.0, 'less'),
-      standard_error=float(gains.std(ddof=1) / math.sqrt(gains.size)),
+      standard_error=max(look.std_gain, look.pooled_std) / math.sqrt(gains.size),
       time_ratio=_cost_ratio(_ratio(candidate.train_seconds, incumbent.train_seconds), wall),
       latency_ratio=_cost_ratio(_ratio(candidate.step_latency_ms, incumbent.step_latency_ms),
                                 wall),
@@ -249,9 +253,17 @@ class _Words:
     return f'{look.n} paired seeds (look {look.look} of {look.looks}{split})'
 
   def better(self, look: sequential.Look) -> str:
-    return (f'one-sided paired t-test of a gain above 0: p = {look.p_better:.3g}, this look\'s '
-            f'share of false_accept {self.policy.acceptance.false_accept:g} is '
-            f'{look.accept_share:.3g}')
+    return (f'one-sided paired t-test of a gain above 0{self.spread(look)}: p = '
+            f'{look.p_better:.3g}, this look\'s share of false_accept '
+            f'{self.policy.acceptance.false_accept:g} is {look.accept_share:.3g}')
+
+  @staticmethod
+  def spread(look: sequential.Look) -> str:
+    """Said only where the run's pooled spread replaced the seeds' own."""
+    if look.pooled_std <= look.std_gain:
+      return ''
+    return (f' against the run\'s pooled spread of paired gains {look.pooled_std:.3g} (these '
+            f'seeds\' own, {look.std_gain:.3g}, is smaller)')
 
   def below(self, look: sequential.Look) -> str:
     return (f'of a gain below min_effect {self.policy.acceptance.min_effect:g}: p = '
@@ -335,7 +347,8 @@ def _nonfinite_verdict(results: SeedResults, policy: AcceptancePolicy) -> Verdic
 
 
 def decide(results: SeedResults, direction: Direction, policy: AcceptancePolicy, *,
-           diff_lines: int = 0, incumbent_diff_lines: int = 0) -> Verdict:
+           diff_lines: int = 0, incumbent_diff_lines: int = 0,
+           pooled_variance: float = 0.0) -> Verdict:
   """The verdict at this look: accept, reject, or ask for more seeds (`Verdict.undecided`),
   with a reason code and a rationale in plain words.
 
@@ -343,14 +356,16 @@ def decide(results: SeedResults, direction: Direction, policy: AcceptancePolicy,
   of the policy's groups. diff_lines and incumbent_diff_lines are net line counts (added -
   removed) measured against the same reference; the candidate is simpler when its count is
   lower (with the incumbent as the reference, pass diff_lines alone). The trade-offs and the
-  ties are judged once the test has stopped, on all its seeds.
+  ties are judged once the test has stopped, on all its seeds. pooled_variance is the floor
+  under the paired gains' variance (agent.judging.noise.RunNoise.variance; 0: none).
   """
   if direction not in ('max', 'min'):
     raise ValueError(f"direction must be 'max' or 'min', got {direction!r}")
   rejected = _nonfinite_verdict(results, policy)
   if rejected:
     return rejected
-  ev = _evidence(results, direction, policy, diff_lines - incumbent_diff_lines)
+  ev = _evidence(results, direction, policy, diff_lines - incumbent_diff_lines,
+                 pooled_variance)
   words = _Words(results, direction, policy)
   win = None
   if ev.look.outcome != 'accept':

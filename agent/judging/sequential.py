@@ -24,6 +24,17 @@ MNIST-1D-sized noise 79% of the time against this design's 90%, as it pays for l
 cap rules out. The cost of the cap: power holds at min_effect when the paired gains' spread is
 up to about min_effect; with noisier gains an undecided candidate reaches the cap and is
 rejected, which only lowers power, never raises false acceptance.
+
+The spread a look tests against is the larger of the gains' own sample standard deviation and
+a floor (`pooled_variance`: the run's pooled estimate of paired-gain variance, agent.judging.
+noise), with the gains' own n - 1 degrees of freedom. Why: a few seeds can agree by chance,
+or exactly (accuracy on a fixed validation set moves in steps of one example), and a tiny
+spread lets a tiny gain pass. Why the floor cannot raise either error rate: with the spread
+raised and the degrees of freedom kept, each t statistic is at most as far from its null as
+the plain t-test's, so a p-value below 1/2 is at least the plain test's; every share is below
+1/2, so whatever the floor's value (even one computed from other candidates' data), a look
+accepts, or stops as futile, only where the plain t-test would have. The floor costs power where it exceeds the candidate's
+true spread, never false acceptance.
 """
 
 from __future__ import annotations
@@ -72,7 +83,8 @@ class Look:
   looks: int
   n: int
   mean_gain: float
-  std_gain: float
+  std_gain: float  # the gains' own sample standard deviation
+  pooled_std: float  # the floor under it (0: none); the tests use the larger of the two
   p_better: float  # one-sided t-test of H0: mean gain <= 0
   p_below: float  # one-sided t-test of H0: mean gain >= min_effect
   accept_share: float
@@ -80,38 +92,49 @@ class Look:
   outcome: Outcome
 
 
-def one_sided_p(gains: np.ndarray, null: float, alternative: Literal['greater', 'less']) -> float:
-  """The t-test's p-value of H0 'mean == null' against the alternative; with no spread
-  the gains are certain, so p is 0 or 1."""
+def one_sided_p(gains: np.ndarray, null: float, alternative: Literal['greater', 'less'],
+                pooled_variance: float = 0.0) -> float:
+  """The t-test's p-value of H0 'mean == null' against the alternative, its spread at least
+  sqrt(pooled_variance) (with the gains' own degrees of freedom); with no spread at all the
+  gains are certain, so p is 0 or 1."""
   mean = float(gains.mean())
-  spread = float(gains.std(ddof=1)) if gains.size > 1 else 0.0
-  if spread <= 1e-12 * max(1.0, abs(mean)):
+  own = float(gains.std(ddof=1)) if gains.size > 1 else 0.0
+  floor = math.sqrt(max(0.0, pooled_variance))
+  if max(own, floor) <= 1e-12 * max(1.0, abs(mean)):
     beyond = mean > null if alternative == 'greater' else mean < null
     return 0.0 if beyond else 1.0
-  return float(stats.ttest_1samp(gains, null, alternative=alternative).pvalue)
+  if floor <= own:
+    return float(stats.ttest_1samp(gains, null, alternative=alternative).pvalue)
+  t = (mean - null) / (floor / math.sqrt(gains.size))
+  tail = stats.t.sf if alternative == 'greater' else stats.t.cdf
+  return float(tail(t, gains.size - 1))
 
 
-def look(gains: np.ndarray, design: Design) -> Look:
+def look(gains: np.ndarray, design: Design, pooled_variance: float = 0.0) -> Look:
   """The decision on all paired gains so far; their number must be a whole number of groups,
-  at least two seeds, and within the cap."""
+  at least two seeds, and within the cap. pooled_variance is the floor under the gains'
+  variance (see the module's docstring)."""
   n = gains.size
   if n < 2 or n % design.group or n // design.group > design.looks:
     raise ValueError(f'{n} paired seeds is not a look of this design (groups of '
                      f'{design.group}, at most {design.looks} of them, 2 seeds or more)')
+  if not math.isfinite(pooled_variance) or pooled_variance < 0:
+    raise ValueError(f'pooled_variance must be a finite number >= 0, got {pooled_variance}')
   index = n // design.group
   accept_share, futility_share = design.shares(index)
-  p_better = one_sided_p(gains, 0.0, 'greater')
-  p_below = one_sided_p(gains, design.min_effect, 'less')
+  p_better = one_sided_p(gains, 0.0, 'greater', pooled_variance)
+  p_below = one_sided_p(gains, design.min_effect, 'less', pooled_variance)
   outcome: Outcome = ('accept' if p_better < accept_share else
                       'futile' if p_below < futility_share else
                       'cap' if index == design.looks else 'continue')
-  return Look(index, design.looks, n, float(gains.mean()),
-              float(gains.std(ddof=1)) if n > 1 else 0.0, p_better, p_below, accept_share,
-              futility_share, outcome)
+  return Look(index, design.looks, n, float(gains.mean()), float(gains.std(ddof=1)),
+              math.sqrt(pooled_variance), p_better, p_below, accept_share, futility_share,
+              outcome)
 
 
 def operating_characteristics(design: Design, effect: float, sigma: float, draws: int,
-                              rng: np.random.Generator) -> tuple[float, float]:
+                              rng: np.random.Generator, pooled_variance: float = 0.0
+                              ) -> tuple[float, float]:
   """(acceptance rate, mean seeds used) of `draws` simulated candidates whose paired gains
   are normal(effect, sigma): every look of `look`, vectorised over the candidates."""
   cap = design.looks * design.group
@@ -121,7 +144,8 @@ def operating_characteristics(design: Design, effect: float, sigma: float, draws
   for index in range(1, design.looks + 1):
     n = index * design.group
     part = gains[:, :n]
-    mean, se = part.mean(1), part.std(1, ddof=1) / math.sqrt(n)
+    spread = np.maximum(part.std(1, ddof=1), math.sqrt(pooled_variance))
+    mean, se = part.mean(1), spread / math.sqrt(n)
     accept_share, futility_share = design.shares(index)
     accept = stats.t.sf(mean / se, n - 1) < accept_share
     futile = stats.t.cdf((mean - design.min_effect) / se, n - 1) < futility_share

@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterator
 from agent.charter import Acceptance, Charter, Objective, Tradeoffs, Trial
 from agent.editing import diffs
 from agent.judging import decide as decide_lib
+from agent.judging import noise as noise_lib
 from agent.recording import records as records_lib
 from agent.recording import vcs
 from agent.recording.journal import Journal, Record
@@ -138,7 +139,7 @@ def _checks(repo: Path, records: list[Record], run_dir: Path) -> Iterator[tuple[
   confirmed: dict[int, list[records_lib.ConfirmFinished]] = {}
   waiting: dict[int, records_lib.Verdict] = {}
   in_progress = ''  # the commit of a trial that started and has no verdict yet
-  for record in records:
+  for index, record in enumerate(records):
     body, where, trial = record.body, _where(record), record.trial
     if isinstance(body, records_lib.RunStarted):
       yield where, functools.partial(_commit_exists, repo, incumbent.commit)
@@ -155,9 +156,11 @@ def _checks(repo: Path, records: list[Record], run_dir: Path) -> Iterator[tuple[
       confirmed.setdefault(trial, []).append(body)
     elif isinstance(body, records_lib.Verdict):
       in_progress = ''
+      first = min((finished[trial].batch or [trial]) if trial in finished else [trial])
+      pooled = noise_lib.of_records(records[:index], first).variance  # as the loop had it
       yield from ((where, check) for check in _verdict_checks(
           repo, config.run_id, settings, incumbent, body, trial, started.get(trial),
-          finished.get(trial), confirmed.get(trial, [])))
+          finished.get(trial), confirmed.get(trial, []), pooled))
       if body.awaiting_review:
         waiting[trial] = body
       elif body.accepted:
@@ -186,7 +189,8 @@ def _verdict_checks(repo: Path, run_id: str, settings: dict[str, Any] | None,
                     incumbent: _Incumbent, verdict: records_lib.Verdict, trial: int,
                     started: records_lib.TrialStarted | None,
                     finished: records_lib.TrialFinished | None,
-                    confirmed: list[records_lib.ConfirmFinished]) -> Iterator[Check]:
+                    confirmed: list[records_lib.ConfirmFinished],
+                    pooled: float) -> Iterator[Check]:
   """The commit, the arms against their files, the rule, then the trial's ref."""
   commit, diff = verdict.commit, started.diff if started else None
   yield functools.partial(_commit_exists, repo, commit)
@@ -198,7 +202,7 @@ def _verdict_checks(repo: Path, run_id: str, settings: dict[str, Any] | None,
       yield functools.partial(_arm_matches_scorecard, arm, ran)
   yield functools.partial(_commit_is_diff, repo, commit, diff, incumbent.commit)
   yield functools.partial(_verdict_follows_rule, settings, incumbent, verdict, diff, finished,
-                          confirmed)
+                          confirmed, pooled)
   if verdict.awaiting_review:
     yield functools.partial(_ref_names, repo, f'refs/agent/{run_id}/pending/{trial}', commit)
   elif not verdict.accepted:
@@ -209,12 +213,12 @@ def _verdict_checks(repo: Path, run_id: str, settings: dict[str, Any] | None,
 def _verdict_follows_rule(settings: dict[str, Any] | None, incumbent: _Incumbent,
                           verdict: records_lib.Verdict, diff: str | None,
                           finished: records_lib.TrialFinished | None,
-                          confirmed: list[records_lib.ConfirmFinished]) -> None:
+                          confirmed: list[records_lib.ConfirmFinished], pooled: float) -> None:
   if finished is None or finished.status != verdict.status:
     raise Inconsistency(f'the verdict says the trial ended {verdict.status!r}, its '
                         f'trial_finished record says {finished and finished.status!r}')
   expected = _recompute(Rule.recorded(settings), incumbent, verdict, diff or '', finished,
-                        confirmed)
+                        confirmed, pooled)
   claimed = bool(verdict.accepted or verdict.awaiting_review)
   if (claimed, verdict.reason_code) != (expected.accepted, expected.code):
     raise Inconsistency(f'the verdict says {_says(claimed, verdict.reason_code)}, but the '
@@ -236,9 +240,12 @@ def _says(accepted: bool, code: str) -> str:
 
 def _recompute(rule: Rule, incumbent: _Incumbent, verdict: records_lib.Verdict, diff: str,
                finished: records_lib.TrialFinished,
-               confirmed: list[records_lib.ConfirmFinished]) -> _Expected:
-  """The verdict CandidateJudge.judge reaches on these arms: the screen's look, each later
-  look while the test is undecided, then elsewhere."""
+               confirmed: list[records_lib.ConfirmFinished], pooled: float) -> _Expected:
+  """The verdict CandidateJudge.judge reaches on these arms, with the run's pooled paired-gain
+  variance before the trial (`pooled`): the screen's look, each later look while the test is
+  undecided, then elsewhere. An undecided candidate the minute budget stopped (reason code
+  'budget': no next look recorded, or its runs stopped by the budget) is not kept either
+  way, so that claim is checked for its form and its last look's numbers."""
   if not verdict.candidate:  # the trial did not finish with a scorecard
     status = finished.status
     code = {'pruned': 'pruned', 'invalid': 'invariant'}.get(status, status)
@@ -254,7 +261,8 @@ def _recompute(rule: Rule, incumbent: _Incumbent, verdict: records_lib.Verdict, 
   _, added, removed = diffs.diff_stats(diff)
   policy = rule.policy.batch(len(finished.batch or [None]))
   looks = [decide_lib.SeedResults(inc.arm(), cand.arm(), metric)]
-  result = decide_lib.decide(looks[0], direction, policy, diff_lines=added - removed)
+  result = decide_lib.decide(looks[0], direction, policy, diff_lines=added - removed,
+                             pooled_variance=pooled)
   if (result.accepted or result.undecided) and verdict.reason_code == 'outranked' \
       and finished.batch:
     # Only a batch's best screen member goes on (CandidateJudge.judge_batch): checked for
@@ -263,6 +271,11 @@ def _recompute(rule: Rule, incumbent: _Incumbent, verdict: records_lib.Verdict, 
   recorded = verdict.looks or []
   while result.undecided:
     index = len(looks) - 1
+    budget = ('budget' in (confirmed[index].candidate, confirmed[index].incumbent)
+              if index < len(confirmed) else verdict.reason_code == 'budget')
+    if budget:
+      return _Expected(False, 'budget', 'Undecided, not rejected: the run\'s minute budget ran '
+                       'out', numbers=(result.gain, result.noise_floor, result.p_value))
     if index >= len(confirmed):
       raise Inconsistency(f'the test is undecided after {len(looks)} looks, but no '
                           'confirm_finished record follows for the next one')
@@ -276,7 +289,7 @@ def _recompute(rule: Rule, incumbent: _Incumbent, verdict: records_lib.Verdict, 
     looks.append(decide_lib.SeedResults(arms['incumbent'].arm(), arms['candidate'].arm(),
                                         metric))
     result = decide_lib.decide(decide_lib.pool(looks), direction, policy,
-                               diff_lines=added - removed)
+                               diff_lines=added - removed, pooled_variance=pooled)
   if len(recorded) != len(looks) - 1:
     raise Inconsistency(f'the verdict records {len(recorded)} looks after the screen, but the '
                         f'test decided after {len(looks) - 1}')
