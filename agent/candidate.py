@@ -55,6 +55,16 @@ class RunBatch(Protocol):
                values: list[dict[str, float]]) -> list[TrialOutcome]: ...
 
 
+@dataclasses.dataclass(frozen=True)
+class Budget:
+  """What the run's minute budget allows now (the loop's): the time a run started now gets
+  (the charter's, cut to what the search has left), the seconds the search has left (net of
+  the final evaluation's), and one incumbent run's measured wall seconds."""
+  timeout: Callable[[], float] = lambda: float('inf')
+  search_left: Callable[[], float] = lambda: float('inf')
+  run_seconds: Callable[[], float] = lambda: 0.0
+
+
 class CandidateJudge:
   """Judges the candidates of one run against its incumbent (`state.incumbent`), booking the
   compute of every run it makes into `state`."""
@@ -62,16 +72,13 @@ class CandidateJudge:
   def __init__(self, repo: Path, run_dir: Path, worktree: Path, charter: Charter,
                state: RunState, journal: Journal, run: RunArm, run_batch: RunBatch,
                other_data: Callable[[str], None], say: Callable[[str], None],
-               timeout: Callable[[], float] = lambda: float('inf'),
-               search_left: Callable[[], float] = lambda: float('inf')):
-    """timeout: the time a run started now gets (the charter's, cut to what the budget has
-    left); search_left: the seconds the search has left, net of the final evaluation's."""
+               budget: Budget = Budget()):
     self.repo, self.run_dir, self.worktree, self.charter = repo, run_dir, worktree, charter
     self.state, self.journal, self.run, self.run_batch = state, journal, run, run_batch
-    self.other_data, self.say = other_data, say
-    self.timeout, self.search_left = timeout, search_left
+    self.other_data, self.say, self.budget = other_data, say, budget
     self.config = state.config
     self.pooled_variance = 0.0  # of the run's comparisons before the trial being judged
+    self.screen_seconds = 0.0  # the judged candidate's screen run, alone (0: in a batch)
     # (incumbent commit, first seed) -> its arm on a later look's seeds, shared by candidates
     self.incumbent_looks: dict[tuple[str, int], ArmRecord] = {}
 
@@ -87,6 +94,7 @@ class CandidateJudge:
     cut = self._budget_cuts()
     outcome = _budget_status(self.run(workdir, SCREEN_FIRST_SEED,
                                       on_curve=self._pruner(steps, direction)), cut)
+    self.screen_seconds = outcome.wall_seconds
     self.state.compute_seconds += outcome.wall_seconds
     self.journal.write(records.TrialFinished(
         status=outcome.status, reason=outcome.reason, wall_seconds=outcome.wall_seconds,
@@ -106,7 +114,7 @@ class CandidateJudge:
 
   def _budget_cuts(self) -> bool:
     """Whether a run started now gets less than the charter's time because of the budget."""
-    return self.timeout() < self.charter.trial.timeout_minutes * 60
+    return self.budget.timeout() < self.charter.trial.timeout_minutes * 60
 
   def _pruner(self, candidate_steps: int, direction: str):
     """Prunes against the incumbent's seed noise, or the run's pooled noise if larger (a
@@ -141,6 +149,7 @@ class CandidateJudge:
     workdir = self.run_dir / 'trials' / str(trials[0]) / 'screen'
     cut = self._budget_cuts()
     outcomes = [_budget_status(o, cut) for o in self.run_batch(workdir, SCREEN_FIRST_SEED, values)]
+    self.screen_seconds = 0.0  # the batch's: a member alone costs what the incumbent does
     wall = outcomes[0].wall_seconds
     self.state.compute_seconds += wall
     screened = []
@@ -221,12 +230,13 @@ class CandidateJudge:
     _, added, removed = diffs.diff_stats(diff)
     looks = [decide_lib.SeedResults(incumbent.arm(), candidate.arm(), metric)]
     extra['confirm_seeds'], extra['looks'] = [], []
-    cost = candidate.wall_seconds or incumbent.wall_seconds  # of one run, as last measured
+    incumbent_cost = self.budget.run_seconds()
+    cost = self.screen_seconds or incumbent_cost  # one run of the candidate, as last measured
     while verdict.undecided:
       first = CONFIRM_FIRST_SEED + self.config.seeds * (len(looks) - 1)
       need = cost + (0.0 if (incumbent.commit, first) in self.incumbent_looks
-                     else incumbent.wall_seconds or cost)
-      left = self.search_left()
+                     else incumbent_cost)
+      left = self.budget.search_left()
       if need > left:
         return _out_of_budget(verdict, f'look {len(looks) + 1} would take about {need:.0f} s '
                               f'(as measured), and the search has {max(0.0, left):.0f} s left')

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 
 import ml_collections
 
-from agent.candidate import BUDGET, SCREEN_FIRST_SEED, CandidateJudge
+from agent.candidate import BUDGET, SCREEN_FIRST_SEED, Budget, CandidateJudge
 from agent.charter import Charter
 from agent.editing import batching, knobs
 from agent.judging import decide as decide_lib
@@ -75,7 +75,9 @@ class Loop:
     self.git_digest = vcs.protected_config_digest(repo)
     self.judge = CandidateJudge(repo, run_dir, self.worktree.path, charter, state, journal,
                                 self._run, self._run_batch, self._other_data,
-                                lambda text: self.say(text), self._timeout, self.search_left)
+                                lambda text: self.say(text),
+                                Budget(self._timeout, self.search_left,
+                                       lambda: self._measured_runs()[1]))
 
   def _check_repository(self, after: str) -> None:
     """Stops the run if the repository's git settings (config, hooks, attributes) changed
