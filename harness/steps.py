@@ -32,8 +32,14 @@ class SeedKeys:
   dropout: jax.Array
 
   @classmethod
-  def for_seeds(cls, seeds: list[int]) -> 'SeedKeys':
+  def for_seeds(cls, seeds: list[int], stream: int = 0) -> 'SeedKeys':
+    """`stream` (train.stream) other than 0 draws another data order and dropout for each
+    seed, its initialisation kept: a change with no expected effect whose computation still
+    differs (benchmark 4's real null). 0 is the seed's own stream, bit for bit."""
     keys = jnp.stack([jax.random.split(jax.random.key(s), 3) for s in seeds])
+    if stream:
+      fold = jax.vmap(lambda key: jax.random.fold_in(key, stream))
+      return cls(keys[:, 0], fold(keys[:, 1]), fold(keys[:, 2]))
     return cls(keys[:, 0], keys[:, 1], keys[:, 2])
 
 

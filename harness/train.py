@@ -212,7 +212,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
            for i, c in enumerate(configs)]
   ckpt = Checkpointer(workdir / CHECKPOINTS)
   values = {k: [m.hyperparams[k] for m in group for _ in seeds] for k in TRACED}
-  runner = SeedRunner(program, SeedKeys.for_seeds(seeds * len(group)), values,
+  keys = SeedKeys.for_seeds(seeds * len(group), int(config.train.get('stream', 0)))
+  runner = SeedRunner(program, keys, values,
                       scan=bool(config.train.scan_steps), vmapped=vmap_seeds(),
                       layout=layout)
   carry = runner.init()
