@@ -18,6 +18,7 @@ TITLES = {
     'rigor': '4. Rigor: false acceptances and replication',
     'early_stopping': '5. Early stopping',
     'batches': '6. Candidates per CPU-minute',
+    'ray_overhead': '7. Ray overhead per trial',
 }
 SHARED_MACHINE = 0.05  # other processes' share of the cores above which the run says so
 
