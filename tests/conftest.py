@@ -64,6 +64,7 @@ MODULE_SECONDS = {
     'test_hostile_proposals.py': 65,
     'test_models.py': 60,
     'test_llm_e2e.py': 60,
+    'test_ray_executor.py': 60,
     'test_progress.py': 45,
     'test_batches.py': 40,
     'test_mesh.py': 40,
