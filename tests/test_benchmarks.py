@@ -79,10 +79,14 @@ def test_search_runs_every_method_and_evaluates_each_once_on_fresh_seeds(toy):
 
 def test_rigor_and_early_stopping_report_rates_and_pairs(toy):
   _, results, _ = toy
-  rates = next(iter(results['rigor']['data']['false_acceptance']['tasks'].values()))['rates']
-  assert set(rates['0']) == {'agent: sequential test', 'strictly better, 1 seed',
-                             'strictly better, mean of 3 seeds', 'agent seeds per arm'}
-  assert 3 <= rates['0']['agent seeds per arm'] <= 24
+  task = next(iter(results['rigor']['data']['false_acceptance']['tasks'].values()))
+  real = task['real']  # the same seeds on another data stream, paired with the incumbent
+  assert real['stream'] == 1 and len(real['population']) == len(task['population'])
+  assert real['population'] != task['population'] and real['paired_std'] > 0
+  for rates in (task['rates'], real['rates']):
+    assert set(rates['0']) == {'agent: sequential test', 'strictly better, 1 seed',
+                               'strictly better, mean of 3 seeds', 'agent seeds per arm'}
+    assert 3 <= rates['0']['agent seeds per arm'] <= 24
   pair = results['early_stopping']['data']['pairs'][0]
   assert pair['on']['trials'] == pair['off']['trials'] == 1
 
