@@ -8,9 +8,10 @@ call to the scored outcome, split into the trial process's own time (the same co
 the same sandbox either way) and the rest: Ray's overhead per trial is what the rest adds
 (shipping the commit and the inputs, scheduling, returning the folder, unpacking, scoring).
 The trial's own time is also shown: on a shared machine it varies with the load more than
-by anything Ray adds. The cluster's start and the first Ray trial (a fresh worker imports the agent) are shown apart:
-a run pays them once. Neither side uses a compilation cache (Ray workers have none yet).
-The journal's appends per second bound the design's trials per head (docs/scale_out.md).
+by anything Ray adds. The cluster's start and the first Ray trial (a fresh worker imports
+the agent) are shown apart: a run pays them once. Neither side uses a compilation cache
+(Ray workers have none yet). The journal's appends per second bound the design's trials per
+head (docs/scale_out.md).
 """
 
 from __future__ import annotations

@@ -185,8 +185,8 @@ def test_a_worker_killed_mid_trial_runs_it_once_more(cluster, fake):
   thread.join()
   assert len(killed) == 1
   assert outcome.status == 'ok' and [p['step'] for p in outcome.curve] == [10, 20]
-  assert outcome.reason == ('finished: ok (run again after its Ray worker died: '
-                            'WorkerCrashedError: ' + outcome.reason.split('WorkerCrashedError: ')[1])
+  assert outcome.reason.startswith('finished: ok (run again after its Ray worker died: '
+                                   'WorkerCrashedError: ')
   assert sorted(p.name for p in spec.workdir.iterdir()
                 if not p.name.startswith('events.')) == [
       'curves.jsonl', 'output', 'scorecard.json', 'trial.log']
@@ -284,6 +284,8 @@ def test_agent_run_with_executor_ray_works_end_to_end_and_verifies(cluster, tmp_
   verify = agent('verify', '--run_id=ray')
   assert verify.returncode == 0, verify.stdout
   assert len(list((repo / 'runs/ray').rglob('scorecard.json'))) == 2  # the baseline, trial 1
+  resumed = agent('resume', '--run_id=ray', '--executor=ray', f'--ray_address={address}')
+  assert resumed.returncode == 0 and 'trials: 1/1' in resumed.stdout, resumed.stderr[-2000:]
 
 
 def test_a_bundle_no_node_offers_is_a_usage_error(cluster):

@@ -158,7 +158,8 @@ class RayExecutor:
       except BaseException:
         ray.cancel(submitted.ref)
         raise
-    if isinstance(folder, str):  # too large to return
+    if isinstance(folder, str):  # too large to return: its log tail only
+      (submitted.spec.workdir / executor.LOG).write_text(ended.tail)
       return dataclasses.replace(ended, stopped=('failed', folder))
     _unpack(folder, submitted.spec.workdir)
     return ended
@@ -268,7 +269,9 @@ def _trial_task(code: bytes, inputs: bytes, fields: dict[str, Any],
                 poll_s: float) -> tuple[Ended, bytes | str]:
   """The Ray task: the trial in a private folder of the node, as locally; returns how it
   ended and its folder (or why the folder stays here)."""
-  with tempfile.TemporaryDirectory(prefix='agent-ray-trial-') as folder:
+  # what the trial left that cannot be removed stays: never an error of the task
+  with tempfile.TemporaryDirectory(prefix='agent-ray-trial-',
+                                   ignore_cleanup_errors=True) as folder:
     root = Path(folder)
     _unpack(code, root / 'worktree')
     _unpack(inputs, root / 'inputs')
@@ -280,8 +283,8 @@ def _trial_task(code: bytes, inputs: bytes, fields: dict[str, Any],
 
 def _pack(folder: Path, limit: int | None, skip: tuple[str, ...] = ()) -> bytes | str:
   """The regular files and folders under `folder` as a tar (never a link, a FIFO or a device:
-  a trial may have left them); folders named KEPT_ON_NODE inside `skip` (e.g. output/) are
-  left out. Over `limit` bytes: a one-line reason instead."""
+  a trial may have left them; nor what cannot be read); folders named KEPT_ON_NODE inside
+  `skip` (e.g. output/) are left out. Over `limit` bytes: a one-line reason instead."""
   kept = {folder / s / k for s in skip for k in KEPT_ON_NODE}
   files: list[Path] = []
   for top, dirs, names in os.walk(folder):
@@ -295,7 +298,14 @@ def _pack(folder: Path, limit: int | None, skip: tuple[str, ...] = ()) -> bytes 
   buffer = io.BytesIO()
   with tarfile.open(fileobj=buffer, mode='w') as archive:
     for path in files:
-      archive.add(path, arcname=str(path.relative_to(folder)), recursive=False)
+      try:
+        # no link followed, no FIFO waited on: only what is a regular file when opened
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW), 'rb') as data:
+          info = archive.gettarinfo(fileobj=data, arcname=str(path.relative_to(folder)))
+          if info.isfile():
+            archive.addfile(info, data)
+      except OSError:
+        continue
   return buffer.getvalue()
 
 
