@@ -98,7 +98,8 @@ class SeedRunner:
   def predict(self, members: Carries, x: np.ndarray, batch_size: int) -> np.ndarray:
     """Host copy of the per-member logits for every row of x: (M, N, ...)."""
     batches, n = predict_batches(x, batch_size)
-    logits = jax.device_get([self._predict(params, batches) for params, _ in members])
+    logits = jax.device_get([self._predict(self._program.weights(member), batches)
+                             for member in members])
     logits = logits[0] if self._vmapped else np.stack(logits)
     return logits.reshape((logits.shape[0], -1) + logits.shape[3:])[:, :n]
 

@@ -19,9 +19,12 @@ import optax
 from flax import nnx
 
 from harness.optimizers import with_hyperparams
+from harness.regimen import Regimen
 from harness.splits import Split
 
-Carry = tuple[Any, Any]  # (params, opt_state) of one seed (a leading seed axis when vmapped)
+# (params, opt_state), and the weights' EMA when the regimen keeps one, of one seed (a
+# leading seed axis when vmapped).
+Carry = tuple[Any, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,35 +106,51 @@ class Program:
   step: Callable[..., tuple]
   chunk: Callable[..., tuple]
   predict: Callable[..., jax.Array]
+  weights: Callable[[Carry], Any]  # the carry's weights that predict: the EMA's, if kept
 
 
 def build_program(kind: str, input_shape: tuple[int, ...], train: Split, graphdef: nnx.GraphDef, make_params: Callable[[jax.Array], Any],
                   tx: optax.GradientTransformation, batch_size: int,
-                  place_batch: Callable[[jax.Array], jax.Array] = lambda x: x) -> Program:
+                  place_batch: Callable[[jax.Array], jax.Array] = lambda x: x,
+                  regimen: Regimen = Regimen()) -> Program:
   """Wires the model, optimiser (harness.optimizers.make_optimizer's) and data into one
-  seed's functions; `place_batch` lays a sampled batch out over devices (harness.mesh)."""
+  seed's functions; `place_batch` lays a sampled batch out over devices (harness.mesh);
+  `regimen` adds label smoothing, a weight EMA and augmentation (each off by default, and
+  then absent from the program)."""
   train_x = jnp.asarray(train.x)
   train_y = None if train.y is None else jnp.asarray(train.y)
   sampler = make_sampler(kind, input_shape, train_x, train_y, batch_size)
+  ema = bool(regimen.ema_decay)
 
   def init(init_key: jax.Array, hyperparams: dict[str, jax.Array]) -> Carry:
     params = make_params(init_key)
-    return params, with_hyperparams(tx.init(params), hyperparams)
+    carry = params, with_hyperparams(tx.init(params), hyperparams)
+    return carry + (jax.tree.map(jnp.copy, params),) if ema else carry
 
   def step(carry: Carry, keys: SeedKeys, step_index: jax.Array, epoch_state: jax.Array):
-    params, opt_state = carry
+    params, opt_state = carry[:2]
     x, y = map(place_batch, sampler.batch(keys.data, epoch_state, step_index))
+    if regimen.augments:
+      x = regimen.augment(x, keys.data, step_index)
     dropout_key = jax.random.fold_in(keys.dropout, step_index)
 
-    def loss_fn(p):
+    def logits_of(p):
       # Rngs are made inside the differentiated function: NNX forbids mutating their
       # counters from another trace level.
-      logits = nnx.merge(graphdef, p)(x, train=True, rngs=nnx.Rngs(dropout=dropout_key))
-      return train_loss(logits, y)
+      return nnx.merge(graphdef, p)(x, train=True, rngs=nnx.Rngs(dropout=dropout_key))
 
-    loss, grads = jax.value_and_grad(loss_fn)(params)
+    if regimen.label_smoothing:  # minimise the smoothed loss, report the plain one
+      def smoothed_fn(p):
+        logits = logits_of(p)
+        return regimen.smoothed_loss(logits, y), train_loss(logits, y)
+      (_, loss), grads = jax.value_and_grad(smoothed_fn, has_aux=True)(params)
+    else:
+      loss, grads = jax.value_and_grad(lambda p: train_loss(logits_of(p), y))(params)
     updates, opt_state = tx.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state), (loss, optax.tree.norm(grads))
+    params = optax.apply_updates(params, updates)
+    carry = (params, opt_state) + ((regimen.average(carry[2], params, step_index),) if ema
+                                   else ())
+    return carry, (loss, optax.tree.norm(grads))
 
   def chunk(carry: Carry, keys: SeedKeys, start: jax.Array, length: int):
     """`length` steps in one lax.scan (one dispatch; see harness/runners.py for when)."""
@@ -155,7 +174,8 @@ def build_program(kind: str, input_shape: tuple[int, ...], train: Split, graphde
     return jax.lax.map(lambda batch: model(batch, train=False).astype(jnp.float32), x)
 
   return Program(init=init, steps_per_epoch=sampler.steps_per_epoch,
-                 epoch_state=sampler.epoch_state, step=step, chunk=chunk, predict=predict)
+                 epoch_state=sampler.epoch_state, step=step, chunk=chunk, predict=predict,
+                 weights=lambda carry: carry[2] if ema else carry[0])
 
 
 def predict_batches(x: np.ndarray, batch_size: int) -> tuple[jax.Array, int]:

@@ -34,6 +34,7 @@ from harness import mesh, scoring, trial_inputs
 from harness.checkpoints import Checkpointer
 from harness.history import History
 from harness.optimizers import TRACED, hyperparams, make_optimizer
+from harness.regimen import Regimen
 from harness.runners import SeedRunner, vmap_seeds
 from harness.steps import SeedKeys, build_program
 from harness.tb_writer import MetricsWriter
@@ -164,9 +165,10 @@ def _setup(config: ml_collections.ConfigDict, inputs_dir: Path | None, eval_test
     make_params = lambda key: nnx.state(build(rngs=nnx.Rngs(key)), nnx.Param)
     layout = mesh.layout(config.train.get('mesh', ''), len(seeds) * len(configs),
                          int(config.train.batch_size))
+    regimen = Regimen.from_config(config.train, inputs.kind, inputs.input_shape)
     program = build_program(inputs.kind, inputs.input_shape, inputs.train, graphdef,
                             make_params, tx, config.train.batch_size,
-                            layout.constrain_batch if layout else lambda x: x)
+                            layout.constrain_batch if layout else lambda x: x, regimen)
   except ConfigError:
     raise
   except (ValueError, TypeError, KeyError, AttributeError) as e:

@@ -1,8 +1,10 @@
 """Convolutional classifiers for sequences (CNN1D) and images (CNN2D).
 
-Convolutions use 'SAME' padding and stride 1, so every layer keeps the input's
-spatial size; `pooling` decides how the final feature map becomes the vector
-that the linear head sees.
+Convolutions use 'SAME' padding and stride 1, so a layer keeps its input's
+spatial size unless `downsample` > 1 max-pools after each block (window and
+stride `downsample`: half the positions per block at 2, a wider receptive field
+and less compute for the next); `pooling` decides how the final feature map
+becomes the vector that the linear head sees.
 """
 
 import math
@@ -78,6 +80,7 @@ class ConvNet(nnx.Module):
     dtype: str = 'float32',
     remat: bool = False,
     pooling: str = 'flatten',
+    downsample: int = 1,
     *,
     input_shape: tuple[int, ...],
     num_outputs: int,
@@ -90,9 +93,12 @@ class ConvNet(nnx.Module):
       )
     if pooling not in POOLINGS:
       raise ValueError(f'Unknown pooling {pooling!r}; known: {list(POOLINGS)}.')
+    if not (isinstance(downsample, int) and downsample >= 1):
+      raise ValueError(f'downsample must be an integer >= 1, got {downsample!r}.')
     self.dtype = layers.get_dtype(dtype)
     self.remat = remat
     self.pooling = pooling
+    self.downsample = downsample
     spatial_shape = tuple(input_shape[: self.spatial_dims])
     self.add_channel_axis = len(input_shape) == self.spatial_dims
     in_features = 1 if self.add_channel_axis else input_shape[-1]
@@ -112,6 +118,8 @@ class ConvNet(nnx.Module):
         )
       )
       in_features = channels
+      if downsample > 1:  # 'SAME' pooling: ceil(size / downsample) positions remain
+        spatial_shape = tuple(-(-n // downsample) for n in spatial_shape)
     self.blocks = nnx.List(blocks)
     if pooling == 'flatten':
       head_features = math.prod(spatial_shape) * in_features
@@ -126,8 +134,11 @@ class ConvNet(nnx.Module):
     x = x.astype(self.dtype)
     if self.add_channel_axis:
       x = x[..., None]
+    window = (self.downsample,) * self.spatial_dims
     for block in self.blocks:
       x = layers.call_block(block, x, train=train, rngs=rngs, remat=self.remat)
+      if self.downsample > 1:
+        x = nnx.max_pool(x, window, strides=window, padding='SAME')
     spatial_axes = tuple(range(1, 1 + self.spatial_dims))
     if self.pooling == 'mean':
       x = x.mean(axis=spatial_axes)

@@ -217,6 +217,24 @@ def test_unknown_pooling_raises(name):
     make(name, pooling='avg')
 
 
+@pytest.mark.parametrize('name', ['cnn1d', 'cnn2d'])
+def test_downsample_pools_between_blocks_and_shrinks_the_flattened_head(name):
+  """downsample 1 is the plain network; 2 max-pools after each block, so the flatten head
+  sees ceil(size / 4) positions per axis after two blocks, and the function changes."""
+  x = make_input(name)
+  plain, pooled = make(name), make(name, downsample=2)
+  assert make(name, downsample=1).head.in_features == plain.head.in_features
+  dims = len(DEFAULT_SHAPE[name]) - 1
+  positions = np.prod([-(-n // 4) for n in DEFAULT_SHAPE[name][:dims]])
+  assert pooled.head.in_features == positions * TINY[name]['channels']
+  assert np.all(np.isfinite(pooled(x)))
+  reference, pooled_max = make(name, pooling='max'), make(name, downsample=2, pooling='max')
+  copy_params(reference, pooled_max)  # global max pooling: the same head shape
+  assert_differ(reference(x), pooled_max(x))
+  with pytest.raises(ValueError, match='downsample'):
+    make(name, downsample=0)
+
+
 @pytest.mark.parametrize('name', FAMILIES)
 def test_dropout(name):
   x = make_input(name)
