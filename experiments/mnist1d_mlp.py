@@ -41,6 +41,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.eval_every = 250
   config.train.checkpoint_every = 1000
   config.train.seed = 0
+  # Extras the harness applies (harness/regimen.py); 0 turns each off.
+  config.train.label_smoothing = 0.0  # weight of the uniform distribution in the targets
+  config.train.ema_decay = 0.0  # evaluate an EMA of the weights with this decay
+  config.train.augment_shift = 0  # shift training examples by up to this many positions
+  config.train.augment_noise = 0.0  # std of Gaussian noise added to training inputs
   # True: each chunk of eval_every steps is one lax.scan. False: one dispatch per step;
   # faster for convolutions on CPU, where XLA runs a conv inside a loop ~10x slower.
   config.train.scan_steps = True

@@ -130,12 +130,13 @@ def test_switching_family_gives_exactly_the_new_models_keys(tmp_path):
   edits = [ConfigEdit('model.name', 'cnn1d'), ConfigEdit('model.width', op='remove'),
            ConfigEdit('model.channels', 32, 'add', after='model.name'),
            ConfigEdit('model.kernel_size', 5, 'add', after='model.channels'),
-           ConfigEdit('model.pooling', 'flatten', 'add')]
+           ConfigEdit('model.pooling', 'flatten', 'add'),
+           ConfigEdit('model.downsample', 1, 'add')]
   new = apply_edits(MNIST1D, edits)
   model_lines = [line.split(' = ')[0] for line in new.splitlines() if 'config.model.' in line]
   assert model_lines == [f'  config.model.{key}' for key in (
       'name', 'channels', 'kernel_size', 'depth', 'activation', 'normalization', 'dropout',
-      'residual', 'dtype', 'remat', 'pooling')]
+      'residual', 'dtype', 'remat', 'pooling', 'downsample')]
   model = load(new, tmp_path).model
   assert (model.name, model.channels, model.pooling) == ('cnn1d', 32, 'flatten')
   if (ROOT / 'models' / 'cnn.py').exists():

@@ -7,9 +7,11 @@ and categorised but never searched (seeds, bookkeeping, the optimiser's name).
 
 Some bounds depend on other knobs: warmup is at most a quarter of the steps (`per`), steps
 at most four times what the run started with (`per='start'`), and a transformer's width a
-multiple of its head count (`multiple_of`). `traced` marks the knobs the harness keeps out
-of the compiled program (harness.optimizers.TRACED): candidates that differ only in them
-train together in one program (agent.editing.batching).
+multiple of its head count (`multiple_of`). A `default` is the value the harness assumes
+for a key a config may leave out (the training extras of harness/regimen.py, all off), so
+an operator can add the line to an experiment that lacks it. `traced` marks the knobs the
+harness keeps out of the compiled program (harness.optimizers.TRACED): candidates that
+differ only in them train together in one program (agent.editing.batching).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class Dim:
   traced: bool = False
   near: float = 0.0  # a search without judgement looks within [start / near, start * near]
   sample: tuple[float, float] | None = None  # ... or within this range (else the bounds)
+  default: Scalar | None = None  # what the harness assumes when a config leaves it out
 
   @property
   def key(self) -> str:
@@ -103,15 +106,21 @@ _TRACED = {'traced': True}
 DIMS: tuple[Dim, ...] = (
     Dim('optimizer.learning_rate', 'optimization', 'float', 1e-5, 1.0, 'log', near=10,
         **_TRACED),
-    Dim('optimizer.schedule', 'optimization', 'choice', choices=('constant', 'cosine')),
+    Dim('optimizer.schedule', 'optimization', 'choice',
+        choices=('constant', 'cosine', 'linear')),
     Dim('optimizer.warmup_steps', 'optimization', 'int', 0, 0.25, per='train.steps'),
     Dim('optimizer.grad_clip_norm', 'optimization', 'float', 0.05, math.inf, 'log',
         **_TRACED),
     *_fixed('optimization', 'optimizer.name', 'optimizer.momentum', 'optimizer.b1',
             'optimizer.b2', 'optimizer.eps'),
+    Dim('train.ema_decay', 'optimization', 'float', 0.0, 0.9999, digits=4,
+        sample=(0.9, 0.999), default=0.0),
     Dim('optimizer.weight_decay', 'regularization', 'float', 1e-6, 0.1, 'log', **_TRACED),
     Dim('model.dropout', 'regularization', 'float', 0.0, 0.5),
-    Dim('train.label_smoothing', 'regularization'),
+    Dim('train.label_smoothing', 'regularization', 'float', 0.0, 0.3, default=0.0),
+    Dim('train.augment_shift', 'regularization', 'int', 0, 8, default=0),
+    Dim('train.augment_noise', 'regularization', 'float', 0.0, 1.0, sample=(0.0, 0.3),
+        default=0.0),
     Dim('model.width', 'capacity', 'int', 8, 1024, 'log', multiple=8,
         multiple_of='model.num_heads', families=frozenset({'mlp', 'transformer'}), near=4),
     Dim('model.channels', 'capacity', 'int', 8, 1024, 'log', multiple=8, families=CONV,
@@ -123,7 +132,9 @@ DIMS: tuple[Dim, ...] = (
     Dim('model.normalization', 'architecture', 'choice', choices=('none', 'layernorm')),
     Dim('model.residual', 'architecture', 'choice', choices=(False, True),
         families=frozenset({'mlp'}) | CONV),
-    Dim('model.pooling', 'architecture', families=CONV),
+    Dim('model.pooling', 'architecture', 'choice', choices=('flatten', 'mean', 'max'),
+        families=CONV),
+    Dim('model.downsample', 'architecture', 'int', 1, 4, families=CONV),
     Dim('model.name', 'architecture'),  # a family switch is its own operator
     Dim('model.dtype', 'efficiency', 'choice', choices=('float32', 'bfloat16')),
     Dim('model.remat', 'efficiency', 'choice', choices=(False, True)),

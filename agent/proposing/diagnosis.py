@@ -16,6 +16,9 @@ number of outputs: what a uniform guess scores):
                   near zero, or both losses still falling steeply at the end
   underfitting    both losses high and close, yet well below chance: too little capacity
   overfitting     train loss far below val loss, or val loss rising from its minimum
+  noisy_end       val loss up and down between the last evaluations, while train loss
+                  keeps its level: the weights wander around a minimum (remedies: an
+                  EMA of the weights, a decaying schedule, a smaller or better-averaged step)
 
 A step-size defect explains high losses by itself, so it silences the capacity verdict.
 The heuristic proposer turns symptoms into remedies (a named defect's own remedy first);
@@ -39,6 +42,7 @@ UNDERFIT_LOSS = 0.5  # train loss above this (without a known chance level) ...
 UNDERFIT_CHANCE = 0.2  # ... or above this fraction of chance ...
 UNDERFIT_GAP_RATIO = 1.25  # ... with val loss within this multiple of it
 STILL_FALLING = 0.05  # relative train-loss drop over the last evaluation interval
+NOISY_SWING = 0.03  # val loss moving this fraction of its level between evaluations, both ways
 
 # Step size and steps, with losses as fractions of chance (log num_outputs nats).
 AT_CHANCE = 0.9  # train loss at or above this fraction of chance has learned ~nothing
@@ -135,6 +139,28 @@ def diagnose_undertrained(card: Mapping[str, Any]) -> str | None:
   return (f'train loss still falling at the end ({_num(train0)} -> {_num(train1)} over the '
           f'last {step1 - step0} steps, val loss {_num(val0)} -> {_num(val1)}): too few steps '
           '(undertrained)')
+
+
+def diagnose_noisy_end(card: Mapping[str, Any]) -> str | None:
+  """Val loss both rose and fell over the second half of training, by NOISY_SWING of its
+  level or more between two evaluations, and does not end far above its minimum (that is
+  overfitting): the weights wander around a minimum rather than settle into it."""
+  points = [p for p in _curve(card) if math.isfinite(p[1]) and math.isfinite(p[2])]
+  tail = [p[2] for p in points[len(points) // 2:]]
+  if len(points) < 4 or len(tail) < 3 or min(tail) <= 0:
+    return None
+  moves = [b - a for a, b in zip(tail, tail[1:])]
+  swing = max(abs(m) for m in moves) / min(tail)
+  chance = chance_loss(card)
+  if (not (any(m > 0 for m in moves) and any(m < 0 for m in moves)) or swing < NOISY_SWING
+      or tail[-1] > VAL_RISE * min(p[2] for p in points)
+      or (math.isfinite(chance) and points[-1][1] >= AT_CHANCE * chance)):
+    return None
+  schedule = ((card.get('config') or {}).get('optimizer') or {}).get('schedule')
+  held = ' with the learning rate held constant' if schedule == 'constant' else ''
+  return (f'val loss goes up and down over the last {len(tail)} evaluations '
+          f'({", ".join(_num(v) for v in tail)}; up to {swing:.0%} between two){held}: the '
+          'weights wander around a minimum instead of settling (noisy end)')
 
 
 def diagnose_step_too_large(card: Mapping[str, Any]) -> str | None:
@@ -245,7 +271,8 @@ def diagnose(card: Mapping[str, Any], *, dataset: str, family: str,
             'step_too_small': diagnose_step_too_small(card)}
     found |= step | {'overfitting': diagnose_overfitting(card),
                      'underfitting': None if any(step.values()) else diagnose_underfitting(card),
-                     'undertrained': diagnose_undertrained(card)}
+                     'undertrained': diagnose_undertrained(card),
+                     'noisy_end': None if any(step.values()) else diagnose_noisy_end(card)}
   found |= {'slow': diagnose_slow(card), 'memory': diagnose_memory(card, memory_cap_mb),
             'signal_under_mlp': diagnose_signal_under_mlp(dataset, family, kind),
             'image_under_mlp': diagnose_image_under_mlp(dataset, family, kind),

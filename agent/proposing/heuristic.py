@@ -49,7 +49,7 @@ from agent.editing import config_edit, knobs, space
 from agent.editing.config_edit import ConfigEdit, EditError
 from agent.proposing import cost
 from agent.proposing.bandit import Bandit, Prior
-from agent.proposing.diagnosis import diagnose, headline
+from agent.proposing.diagnosis import diagnose, headline, input_kind
 from agent.proposing.operators import OPERATORS, Change, Incumbent, Move, Operator, \
     constructor, run_families
 from agent.proposing.proposal import NoProposal, Observation, Proposal
@@ -75,13 +75,19 @@ RULES: dict[str, dict[str, float]] = {
     'step_too_large': {'lr_cut': 0.9, 'lr_down': 0.6, 'clip': 0.5, 'warmup': 0.45,
                        'normalization_layernorm': 0.35},
     'step_too_small': {'lr_boost': 0.9, 'lr_up': 0.6, 'steps_up': 0.4},
-    'spikes': {'clip': 0.8, 'lr_down': 0.7, 'warmup': 0.6},
-    'overfitting': {'wd_up': 0.6, 'dropout_up': 0.6, 'width_down': 0.4, 'depth_down': 0.35,
-                    'batch_down': 0.3},
+    'spikes': {'clip': 0.8, 'lr_down': 0.7, 'warmup': 0.6, 'warmup_cosine': 0.5},
+    'overfitting': {'wd_up': 0.6, 'dropout_up': 0.6, 'augment_shift': 0.55,
+                    'augment_noise': 0.45, 'label_smoothing': 0.4, 'width_down': 0.4,
+                    'channels_down': 0.4, 'depth_down': 0.35, 'pooling_max': 0.3,
+                    'pooling_mean': 0.25, 'batch_down': 0.3, 'batch_lr_down': 0.25, 'ema': 0.3},
     'underfitting': {'width_up': 0.6, 'channels_up': 0.6, 'depth_up': 0.5, 'lr_up': 0.45,
-                     'kernel_up': 0.4, 'normalization_layernorm': 0.4, 'residual_on': 0.35},
-    'undertrained': {'steps_up': 0.7, 'lr_up': 0.5, 'schedule_cosine': 0.45, 'batch_up': 0.35},
-    'slow': {'dtype_bf16': 0.6},
+                     'kernel_up': 0.4, 'normalization_layernorm': 0.4, 'residual_on': 0.35,
+                     'downsample': 0.3},
+    'undertrained': {'steps_up': 0.7, 'lr_up': 0.5, 'schedule_cosine': 0.45, 'batch_up': 0.35,
+                     'batch_lr_up': 0.3, 'schedule_constant': 0.3},
+    'noisy_end': {'ema': 0.65, 'schedule_cosine': 0.55, 'schedule_linear': 0.45,
+                  'warmup_cosine': 0.45, 'lr_down': 0.4, 'batch_lr_up': 0.4},
+    'slow': {'dtype_bf16': 0.6, 'downsample': 0.4},
     'memory': {'remat_on': 0.6, 'batch_down': 0.5, 'dtype_bf16': 0.5},
     'signal_under_mlp': {'to_cnn1d': 0.95},
     'image_under_mlp': {'to_cnn2d': 0.9},
@@ -100,6 +106,7 @@ _WHY = {
     'overfitting': 'to curb overfitting',
     'underfitting': 'so the model can fit the training set better',
     'undertrained': 'so training gets further before it stops',
+    'noisy_end': 'so the evaluated weights settle instead of wandering around the minimum',
     'slow': 'to cut step time',
     'memory': 'to cut peak memory',
     'signal_under_mlp': 'to exploit the locality and shift structure of the 1-D signal',
@@ -236,7 +243,8 @@ class HeuristicProposer:
     device = observation.scorecard.get('device')
     platform = str(device.get('platform', 'cpu')) if isinstance(device, Mapping) else 'cpu'
     return Incumbent(observation.files[observation.experiment], values, family, signature,
-                     observation.files, start, families, head, platform=platform)
+                     observation.files, start, families, head, platform=platform,
+                     input_kind=input_kind(observation.scorecard))
 
 
 def _diagnosis(observation: Observation, inc: Incumbent) -> tuple[str, dict[str, str]]:

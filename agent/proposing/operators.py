@@ -35,6 +35,7 @@ class Incumbent:
   head: str = ''  # the class whose __init__ builds the family (it holds the output head)
   channels: tuple[int, ...] = (16, 32)  # a family switch draws its channel count from these
   platform: str = 'cpu'  # where the incumbent trained (its scorecard's device)
+  input_kind: str = 'unknown'  # what one example is: 'signal', 'image', 'text' (scorecard's)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +170,98 @@ def _residual_on(inc: Incumbent, rng: np.random.Generator) -> Change | None:
                 '0.5-2{unit}; cost unchanged')(inc, rng)
 
 
+_AUGMENTABLE = ('signal', 'image')  # shifts and noise keep a signal's or an image's label
+
+
+def _for_kinds(kinds: tuple[str, ...], build: Build) -> Build:
+  """`build` where the incumbent's inputs are of these kinds; else not applicable."""
+  def gated(inc: Incumbent, rng: np.random.Generator) -> Change | None:
+    return build(inc, rng) if inc.input_kind in kinds else None
+  return gated
+
+
+def _augment_shift(inc: Incumbent, rng: np.random.Generator) -> Change | None:
+  """Random shifts of each training example: 2-4 positions of a 1-D signal, one pixel of
+  an image (a digit moved by more leaves its 8x8 frame)."""
+  start = (2, 4) if inc.input_kind == 'signal' else 1
+  return Move('train.augment_shift', True, (1, 2), 'widen the random shifts of training '
+              'examples {old} -> {new} positions', 'so the model learns features wherever they sit',
+              'smaller train/val gap; val {metric} {better} by about 1-3{unit} if position '
+              'varies in the data; train time about the same', add=True, start=start,
+              grid=1 if isinstance(start, tuple) else 0,
+              what_on='shift each training example by a random offset in [-{new}, {new}] '
+              'positions (train.augment_shift)')(inc, rng)
+
+
+def _ema(inc: Incumbent, rng: np.random.Generator) -> Change | None:
+  """Switches the weights' EMA on, averaging over a horizon (1 / (1 - decay)) of a 10th to
+  a 40th of the training steps: long enough to average the noise of single steps, short
+  enough to track the end of training."""
+  old, steps = _current(inc, 'train.ema_decay'), _current(inc, 'train.steps')
+  if not (_is_number(old) and old == 0 and _is_int(steps)):
+    return None
+  horizon = max(10.0, steps / _log_uniform(rng, 10.0, 40.0))
+  dim = space.BY_PATH['train.ema_decay']
+  decay = float(min(dim.high, max(0.9, round(1.0 - 1.0 / horizon, 3))))
+  return Change(f'evaluate an exponential moving average of the weights (train.ema_decay '
+                f'{literal_code(old)} -> {literal_code(decay)}, about the last '
+                f'{1 / (1 - decay):.0f} steps)',
+                'so the evaluated weights average out the noise of single steps',
+                'val loss lower and steadier between evaluations; val {metric} {better} by '
+                'about 0.5-1{unit}; train time about the same',
+                (_edit(inc, 'train.ema_decay', decay),))
+
+
+def _batch_with_lr(up: bool) -> Build:
+  """The batch size doubled (or halved) and the learning rate scaled with it: by the batch
+  ratio for SGD (the linear scaling rule), by its square root for adaptive optimisers,
+  whose steps are already normalised by the gradient's scale. One idea, one trial: a
+  batch moved alone changes the effective step size as well."""
+  def build(inc: Incumbent, rng: np.random.Generator) -> Change | None:
+    move = Move('train.batch_size', up, (2.0, 2.0), '', '', '')(inc, rng)
+    lr, name = _current(inc, 'optimizer.learning_rate'), _current(inc, 'optimizer.name')
+    if move is None or not _is_number(lr) or lr <= 0:
+      return None
+    old, new = _current(inc, 'train.batch_size'), move.edits[0].value
+    ratio = new / old
+    dim = space.BY_PATH['optimizer.learning_rate']
+    rate = dim.snap(lr * (ratio if name == 'sgd' else math.sqrt(ratio)))
+    if not dim.low <= rate <= dim.high or rate == lr:
+      return None
+    rule = 'linearly, for SGD' if name == 'sgd' else 'by its square root, for an adaptive optimiser'
+    return Change(f'{"raise" if up else "lower"} the batch size {old} -> {new} and scale the '
+                  f'learning rate with it {literal_code(lr)} -> {literal_code(rate)} '
+                  f'({rule})',
+                  'so each step sees more examples with less gradient noise' if up else
+                  'for noisier gradients that regularise, at the same step size per example',
+                  ('smoother, lower train loss; val {metric} {better} if training was '
+                   'noise-limited; step time up, examples/s up') if up else
+                  ('smaller train/val gap; val {metric} about the same or {better}; step '
+                   'time down'),
+                  (*move.edits, _edit(inc, 'optimizer.learning_rate', rate)))
+  return build
+
+
+def _warmup_cosine(inc: Incumbent, rng: np.random.Generator) -> Change | None:
+  """A linear warmup over 2-8% of the steps, then a cosine decay to zero: the usual
+  shape, set in one edit (the schedule and the warmup are judged together)."""
+  schedule, warmup = _current(inc, 'optimizer.schedule'), _current(inc, 'optimizer.warmup_steps')
+  steps = _current(inc, 'train.steps')
+  if not (isinstance(schedule, str) and _is_int(warmup) and _is_int(steps)):
+    return None
+  if schedule == 'cosine' and warmup > 0:
+    return None
+  new = warmup if warmup > 0 else max(1, int(round(steps * rng.uniform(0.02, 0.08))))
+  edits = [_edit(inc, 'optimizer.schedule', 'cosine')] if schedule != 'cosine' else []
+  if new != warmup:
+    edits.append(_edit(inc, 'optimizer.warmup_steps', new))
+  return Change(f'warm up the learning rate over {new} steps, then anneal it with a cosine '
+                f'schedule (was {schedule}, {warmup} warmup steps)',
+                'so the first steps are gentle and the last ones refine',
+                'no early loss spikes and lower final losses; val {metric} {better} by about '
+                '0.5-2{unit}; train time unchanged', tuple(edits))
+
+
 def _family_switch(target: str, expected: str) -> Build:
   """model.name -> target, with the model keys replaced by the target's constructor keys.
 
@@ -281,6 +374,18 @@ OPERATORS: dict[str, Operator] = {op.name: op for op in (
         'so late steps refine instead of bouncing around the minimum',
         'lower final losses; val {metric} {better} by about 0.5-2{unit}; train time '
         'unchanged')),
+    Operator('schedule_linear', Switch(
+        'optimizer.schedule', 'linear', 'decay the learning rate linearly to zero',
+        'so late steps refine instead of bouncing around the minimum',
+        'lower final losses; val {metric} {better} by about 0.5-2{unit}; train time '
+        'unchanged')),
+    Operator('schedule_constant', Switch(
+        'optimizer.schedule', 'constant', 'hold the learning rate constant after warmup',
+        'so the last steps still make progress instead of decaying to nothing',
+        'lower final train loss if training stopped early; val {metric} {better} by about '
+        '0.5-1{unit}; train time unchanged')),
+    Operator('warmup_cosine', _warmup_cosine),
+    Operator('ema', _ema),
     Operator('clip', Move(
         'optimizer.grad_clip_norm', False, (2.0, 4.0),
         'tighten gradient clipping {old} -> {new}',
@@ -296,9 +401,23 @@ OPERATORS: dict[str, Operator] = {op.name: op for op in (
         'so units cannot co-adapt to memorise examples', 'higher train loss, smaller '
         'train/val gap; val {metric} {better} by about 1-3{unit}; train time about the same',
         add=True, start=(0.1, 0.25), grid=20)),
+    Operator('label_smoothing', _for_kinds(_AUGMENTABLE, Move(
+        'train.label_smoothing', True, (0.05, 0.1), 'raise label smoothing {old} -> {new}',
+        'so the model stops pushing its logits towards overconfident certainty',
+        'lower, steadier val loss; val {metric} {better} by about 0.5-1{unit}; train time '
+        'unchanged', add=True, start=(0.05, 0.15), grid=20,
+        what_on='smooth the training labels by {new} (train.label_smoothing)'))),
+    Operator('augment_shift', _for_kinds(_AUGMENTABLE, _augment_shift)),
+    Operator('augment_noise', _for_kinds(_AUGMENTABLE, Move(
+        'train.augment_noise', True, (1.5, 2.0), 'raise the input noise {old} -> {new}',
+        'so the model cannot rely on exact input values',
+        'smaller train/val gap; val {metric} {better} by about 0.5-2{unit}; train time about '
+        'the same', start=(0.05, 0.25),
+        what_on='add Gaussian noise of std {new} to training inputs (train.augment_noise)'))),
     _resize('width_up', 'model.width', 'width', up=True),
     _resize('width_down', 'model.width', 'width', up=False),
     _resize('channels_up', 'model.channels', 'channel count', up=True),
+    _resize('channels_down', 'model.channels', 'channel count', up=False),
     Operator('depth_up', Move(
         'model.depth', True, (1, 3), 'deepen the {model} {old} -> {new} layers',
         'for more capacity and more composed features', 'lower train loss; val {metric} '
@@ -322,6 +441,8 @@ OPERATORS: dict[str, Operator] = {op.name: op for op in (
         'for noisier gradients that regularise and less memory per step', 'smaller '
         'train/val gap and lower peak memory; val {metric} about the same or {better}; step '
         'time down')),
+    Operator('batch_lr_up', _batch_with_lr(up=True)),
+    Operator('batch_lr_down', _batch_with_lr(up=False)),
     Operator('normalization_layernorm', Switch(
         'model.normalization', 'layernorm', 'add layer normalisation to every block',
         'so activations stay well scaled whatever the learning rate', 'faster, steadier '
@@ -336,6 +457,21 @@ OPERATORS: dict[str, Operator] = {op.name: op for op in (
         'for a larger receptive field', 'val {metric} {better} by about 0.5-2{unit} if '
         'patterns are wider than the kernel; step time up about the kernel ratio', add=True,
         unit=2)),
+    Operator('pooling_max', Switch(
+        'model.pooling', 'max', 'pool the last feature map with a global max',
+        'so the head sees whether a feature occurred, not where, with far fewer weights',
+        'smaller train/val gap; val {metric} {better} by about 0.5-2{unit} if position '
+        'does not matter; step time down slightly')),
+    Operator('pooling_mean', Switch(
+        'model.pooling', 'mean', 'pool the last feature map with a global mean',
+        'so the head sees how much of each feature occurred, with far fewer weights',
+        'smaller train/val gap; val {metric} {better} by about 0.5-2{unit} if position '
+        'does not matter; step time down slightly')),
+    Operator('downsample', Move(
+        'model.downsample', True, (1, 1), 'max-pool between blocks, window {old} -> {new}',
+        'so each block sees a wider stretch of the input at a fraction of the positions',
+        'val {metric} {better} by about 0.5-2{unit} if patterns are wider than the '
+        'receptive field; step time down', add=True)),
     Operator('dtype_bf16', Switch(
         'model.dtype', 'bfloat16', 'compute in bfloat16 (parameters stay float32)',
         'to halve activation memory and use faster matrix units', 'step time and peak '
@@ -404,11 +540,13 @@ def _model_file(inc: Incumbent) -> tuple[str, str | None]:
 
 
 def _current(inc: Incumbent, path: str) -> Scalar | None:
-  """The knob's value: the config's, else for a model key the constructor's literal default."""
+  """The knob's value: the config's, else for a model key the constructor's literal default,
+  else the harness's default for a key a config may leave out (space.Dim.default)."""
   if path in inc.values:
     return inc.values[path]
   section, _, key = path.rpartition('.')
-  default = inc.signature.get(key) if section == 'model' else None
+  dim = space.BY_PATH.get(path)
+  default = inc.signature.get(key) if section == 'model' else dim and dim.default
   return default if isinstance(default, (bool, int, float, str)) else None
 
 
