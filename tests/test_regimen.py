@@ -27,19 +27,29 @@ EXTRAS = {'label_smoothing': 0.1, 'ema_decay': 0.9, 'augment_shift': 3, 'augment
 
 
 def _config(**train_values):
+  """The tiny MNIST-1D MLP with these train values (of any type: a key is replaced, so a
+  test can write what a hand-edited config might hold)."""
   config = tiny(load_experiment('mnist1d_mlp'), steps=20, every=20, checkpoint_every=20)
   with config.unlocked():
-    config.train.update(train_values)
+    for key, value in train_values.items():
+      if key in config.train:
+        del config.train[key]
+      config.train[key] = value
   return config
 
 
 @pytest.fixture(scope='module')
 def plain(tmp_path_factory):
-  """A run without the keys and one with each at its default: the same numbers."""
+  """A run without the keys and one with each at its default (as the experiment lists
+  them): the same numbers."""
   folder = tmp_path_factory.mktemp('plain')
-  card = train_and_evaluate(_config(), folder / 'absent', num_seeds=2)
-  defaults = train_and_evaluate(_config(**{k: type(v)(0) for k, v in EXTRAS.items()}),
-                                folder / 'defaults', num_seeds=2)
+  absent = _config()
+  with absent.unlocked():
+    for key in EXTRAS:
+      del absent.train[key]
+  card = train_and_evaluate(absent, folder / 'absent', num_seeds=1)
+  assert all(_config().train[key] == 0 for key in EXTRAS)
+  defaults = train_and_evaluate(_config(), folder / 'defaults', num_seeds=1)
   absent, at_default = _val_logits(folder / 'absent'), _val_logits(folder / 'defaults')
   assert all(np.array_equal(a, b) for a, b in zip(absent, at_default, strict=True))
   assert defaults['train_loss'] == card['train_loss']
@@ -49,7 +59,7 @@ def plain(tmp_path_factory):
 @pytest.mark.parametrize('key', sorted(EXTRAS))
 def test_each_extra_trains_and_changes_the_result(tmp_path, plain, key):
   card, logits = plain
-  on = train_and_evaluate(_config(**{key: EXTRAS[key]}), tmp_path, num_seeds=2)
+  on = train_and_evaluate(_config(**{key: EXTRAS[key]}), tmp_path, num_seeds=1)
   assert on['status'] == 'ok'
   assert not np.array_equal(_val_logits(tmp_path)[-1], logits[-1])
   if key == 'ema_decay':  # the average is evaluated; training itself is untouched
