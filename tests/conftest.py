@@ -68,10 +68,12 @@ MODULE_SECONDS = {
     'test_progress.py': 45,
     'test_batches.py': 40,
     'test_mesh.py': 40,
+    'test_regimen.py': 40,
     'test_html_report.py': 35,
     'test_agent_loop.py': 30,
     'test_executor.py': 30,
     'test_review.py': 20,
+    'test_repertoire.py': 20,
     'test_members.py': 20,
     'test_audit.py': 15,
 }
