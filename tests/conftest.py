@@ -73,7 +73,6 @@ MODULE_SECONDS = {
     'test_agent_loop.py': 30,
     'test_executor.py': 30,
     'test_review.py': 20,
-    'test_repertoire.py': 20,
     'test_members.py': 20,
     'test_audit.py': 15,
 }
