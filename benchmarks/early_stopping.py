@@ -26,17 +26,18 @@ class Size:
   seeds: tuple[int, ...]  # master seeds of the proposer
   trials: int
   train: Mapping[str, int]
+  max_seeds: int | None = None  # the charter's acceptance.max_seeds, cut for toy runs
 
 
 SIZES = {
     'full': Size('mnist1d', (0, 1), 5, search.SIZES['full'].train['mnist1d']),
     'quick': Size('mnist1d', (0,), 2, search.SIZES['quick'].train['mnist1d']),
-    'toy': Size('mnist1d', (0,), 1, search.SIZES['toy'].train['mnist1d']),
+    'toy': Size('mnist1d', (0,), 1, search.SIZES['toy'].train['mnist1d'], max_seeds=6),
 }
 
 
 def run(size: Size, work: Path, say: Say, previous: dict[str, Any]) -> dict[str, Any]:
-  ctx = search.Context.make(size.task, size.train, work / size.task)
+  ctx = search.Context.make(size.task, size.train, work / size.task, size.max_seeds)
   pairs = []
   for seed in size.seeds:
     pair: dict[str, Any] = {'master_seed': seed}

@@ -64,6 +64,7 @@ class Size:
   compute_seconds: Mapping[str, float]
   train: Mapping[str, Mapping[str, int]]  # per task: the shortened train.* values
   trial_cap_fraction: float = 1 / 2
+  max_seeds: int | None = None  # the charter's acceptance.max_seeds, cut for toy runs
 
 
 def _train(steps: int, every: int) -> dict[str, int]:
@@ -75,7 +76,8 @@ SIZES = {
                  {'mnist1d': _train(600, 60), 'digits': _train(500, 50)}),
     'quick': Size(('mnist1d', 'digits'), 1, 4, {'mnist1d': 20, 'digits': 10},
                   {'mnist1d': _train(600, 60), 'digits': _train(500, 50)}),
-    'toy': Size(('mnist1d',), 1, 1, {'mnist1d': 120}, {'mnist1d': _train(30, 10)}),
+    'toy': Size(('mnist1d',), 1, 1, {'mnist1d': 120}, {'mnist1d': _train(30, 10)},
+                max_seeds=6),
 }
 
 
@@ -93,13 +95,18 @@ class Context:
   charter: Charter
 
   @classmethod
-  def make(cls, name: str, train: Mapping[str, int], work: Path) -> 'Context':
+  def make(cls, name: str, train: Mapping[str, int], work: Path,
+           max_seeds: int | None = None) -> 'Context':
     task = TASKS[name]
     workspace = trials.make_workspace(work / 'workspace', task.experiment, train)
     scratch = trials.Scratch(workspace, work / 'eval-tree', task.experiment)
     dims, left_out = space.build(workspace / task.experiment, task.conv_family)
+    charter = load_charter(workspace / 'WORKSPACE.md')
+    if max_seeds:
+      charter = dataclasses.replace(charter, acceptance=dataclasses.replace(
+          charter.acceptance, max_seeds=max_seeds))
     return cls(name, task, workspace, work, trials.Evaluator(scratch, work / 'eval-runs'), dims,
-               left_out, scratch.base, load_charter(workspace / 'WORKSPACE.md'))
+               left_out, scratch.base, charter)
 
 
 class Trajectory:
@@ -146,12 +153,22 @@ def run_agent(ctx: Context, rep: int, seed: int, budget: Budget, say: Say,
     return budget.charge(trials.execute(dataclasses.replace(spec, timeout_s=timeout), scorer,
                                         on_curve=on_curve))
 
+  def execute_batch(spec: TrialSpec, scorer=None) -> list[TrialOutcome]:
+    timeout = budget.timeout(spec.timeout_s)
+    if timeout <= 0:
+      return [TrialOutcome('timeout', None, [], 0.0, None, spec.workdir / 'trial.log', '',
+                           'no compute budget left to start this run') for _ in spec.members]
+    outcomes = trials.execute_batch(dataclasses.replace(spec, timeout_s=timeout), scorer)
+    budget.charge(outcomes[0])  # one process: its wall time once, whatever the members
+    return outcomes
+
   compute = budget.compute_seconds if math.isfinite(budget.compute_seconds) else 0
   choices = Choices(seeds=SEEDS, budget_trials=budget.trials, budget_minutes=24 * 60,
                     budget_compute_seconds=compute)
   with start_run(ctx.workspace, charter or ctx.charter, ctx.task.experiment,
                  run_id or f'{ctx.name}-agent-{rep}', choices,
                  proposer=HeuristicProposer(seed=seed), execute=execute,
+                 execute_batch=execute_batch,
                  say=lambda line: say(f'  {line}')) as loop:
     reason = loop.run()
     loop.end_session(reason)
@@ -331,7 +348,7 @@ RUNNERS = {'agent': run_agent, 'autoresearch': run_autoresearch, 'random': run_r
 def run(size: Size, work: Path, say: Say, previous: dict[str, Any]) -> dict[str, Any]:
   tasks = {}
   for name in size.tasks:
-    ctx = Context.make(name, size.train[name], work / name)
+    ctx = Context.make(name, size.train[name], work / name, size.max_seeds)
     compute = size.compute_seconds[name]
     baseline = ctx.evaluate(ctx.base, FINAL_FIRST_SEED, FINAL_SEEDS, test=True)
     runs = []

@@ -30,11 +30,11 @@ from unittest import mock
 import ml_collections
 
 from agent.editing import config_edit
-from agent.safety.executor import LOG, OnCurve, TrialOutcome, TrialSpec, run_trial
+from agent.safety.executor import LOG, OnCurve, TrialOutcome, TrialSpec, run_batch, run_trial
 from harness import scorecard, trial_inputs
 from harness.datasets import load_task
 from harness.scoring import Scorer
-from harness.train import ConfigError, train_and_evaluate
+from harness.train import ConfigError, member_folder, train_and_evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 CODE_DIRS = ('harness', 'models')  # what a trial imports from its worktree
@@ -124,6 +124,60 @@ def execute(spec: TrialSpec, scorer: Scorer | None = None,
     except Exception as e:  # a crash in training is the trial's outcome, as in a subprocess
       return outcome('failed', None, ' '.join(str(e).split())[:300] or type(e).__name__, 1)
   return outcome(card['status'], card, f'finished: {card["status"]}', 0)
+
+
+def execute_batch(spec: TrialSpec, scorer: Scorer | None = None) -> list[TrialOutcome]:
+  """agent.safety.executor.run_batch's contract, run in this process when the code allows
+  it: one outcome per member, each with the whole batch's wall time (charge it once). A
+  timeout is every member's, as in one process."""
+  if spec.overrides or not runs_here(spec.worktree):
+    return run_batch(spec, scorer)
+  workdir = Path(spec.workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  if any(workdir.iterdir()):
+    raise ValueError(f'workdir {workdir} is not empty: each trial needs a fresh one')
+  log_path = workdir / LOG
+  log_path.touch()
+  curves: dict[Path, list[dict[str, Any]]] = {}
+  start = time.monotonic()
+  original = scorecard.append_jsonl
+
+  def every(status: str, reason: str, code: int | None) -> list[TrialOutcome]:
+    return [TrialOutcome(status, None, [], time.monotonic() - start, code, log_path, '', reason,
+                         sandbox=IN_PROCESS) for _ in spec.members]
+
+  def hook(path: Path, record: dict[str, Any]) -> None:
+    original(path, record)
+    if Path(path).name == scorecard.CURVES:
+      curves.setdefault(Path(path).parent, []).append(record)
+      if time.monotonic() - start > spec.timeout_s:
+        raise _Stop('timeout', f'timed out after {spec.timeout_s:.0f} s at step '
+                    f'{record["step"]}', None)
+
+  try:
+    config = load_config(spec.worktree / spec.experiment)
+    config.train.seed = spec.first_seed
+  except Exception as e:
+    return every('bad_input', f'error: cannot load --config: {e}', 2)
+  with mock.patch.object(scorecard, 'append_jsonl', hook):
+    try:
+      with_test = spec.eval_test or bool(spec.inputs and (spec.inputs / 'predict_test.npy').exists())
+      cards = train_and_evaluate(config, workdir, num_seeds=spec.seeds, eval_test=with_test,
+                                 members=[dict(m) for m in spec.members])['members']
+    except _Stop as stop:
+      return every(stop.status, stop.reason, None)
+    except ConfigError as e:
+      return every('bad_input', f'error: {e}', 2)
+    except Exception as e:
+      return every('failed', ' '.join(str(e).split())[:300] or type(e).__name__, 1)
+  wall = time.monotonic() - start
+  outcomes = []
+  for index, (values, card) in enumerate(zip(spec.members, cards, strict=True)):
+    card['batch'] = {'size': len(spec.members), 'member': index, 'values': dict(values)}
+    folder = member_folder(workdir.absolute(), index, batched=True)
+    outcomes.append(TrialOutcome(card['status'], card, curves.get(folder, []), wall, 0, log_path,
+                                 '', f'finished: {card["status"]}', sandbox=IN_PROCESS))
+  return outcomes
 
 
 def _sandboxed(spec: TrialSpec, on_curve: OnCurve | None) -> TrialOutcome:
