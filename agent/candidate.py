@@ -23,9 +23,8 @@ from typing import Any, Callable, Protocol
 from agent.charter import Charter
 from agent.editing import diffs, knobs
 from agent.judging import decide as decide_lib
-from agent.judging import noise as noise_lib
 from agent.judging import uses
-from agent.recording import records, vcs
+from agent.recording import pooled_noise, records, vcs
 from agent.recording.journal import Journal
 from agent.recording.records import ArmRecord, mean_of
 from agent.recording.state import RunState
@@ -109,7 +108,7 @@ class CandidateJudge:
 
   def _pool_noise(self, first_trial: int) -> None:
     """The run's pooled paired-gain variance from the verdicts before `first_trial`."""
-    noise = noise_lib.of_records(self.journal.records(), first_trial)
+    noise = pooled_noise.of_records(self.journal.records(), first_trial)
     self.pooled_variance = noise.variance
 
   def _budget_cuts(self) -> bool:

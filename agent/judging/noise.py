@@ -14,19 +14,17 @@ variances, so one broken candidate (chance accuracy on some seeds) does not set 
 whole run. A median of sample variances sits a little below their mean (the chi-square is
 skewed); it is a floor, so erring low only leaves more to the candidate's own spread.
 
-It is computed from the journal alone, the same way by the loop (before a trial runs) and by
-`verify` (before it recomputes that trial's verdict), so a resumed run and its audit agree.
+It is computed from the journal alone (agent.recording.pooled_noise), the same way by the
+loop (before a trial runs) and by `verify` (before it recomputes that trial's verdict), so a
+resumed run and its audit agree.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
-
-from agent.recording import records as records_lib
-from agent.recording.journal import Record
 
 Pairs = Sequence[tuple[Sequence[float], Sequence[float]]]  # (incumbent, candidate) per look
 
@@ -54,31 +52,3 @@ class RunNoise:
   def variance(self) -> float:
     """The floor under a look's paired-gain variance: 0 before any comparison."""
     return float(np.median(self.variances)) if self.variances else 0.0
-
-
-def of_records(records: Iterable[Record], before_trial: int) -> RunNoise:
-  """The comparisons of every verdict for a trial numbered below `before_trial` (a batch's
-  members are all judged before any of their verdicts is written, so a batch counts from its
-  first trial), each against the incumbent of its time, as the journal replays it."""
-  noise, incumbent = RunNoise(), None
-  waiting: dict[int, records_lib.Verdict] = {}
-  for record in records:
-    body = record.body
-    if isinstance(body, records_lib.Baseline):
-      incumbent = body.arm
-    elif isinstance(body, records_lib.Verdict):
-      if record.trial < before_trial and incumbent is not None and body.candidate is not None \
-          and body.candidate.fingerprints == incumbent.fingerprints:
-        looks = [(incumbent.per_seed, body.candidate.per_seed)]
-        looks += [(arms['incumbent'].per_seed, arms['candidate'].per_seed)
-                  for arms in body.looks or []]
-        noise = noise.seen(looks)
-      if body.awaiting_review:
-        waiting[record.trial] = body
-      elif body.accepted:
-        incumbent = body.candidate
-    elif isinstance(body, records_lib.Review):
-      verdict = waiting.pop(body.trial, None)
-      if verdict is not None and body.approved:
-        incumbent = verdict.candidate
-  return noise

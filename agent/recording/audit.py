@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator
 from agent.charter import Acceptance, Charter, Objective, Tradeoffs, Trial
 from agent.editing import diffs
 from agent.judging import decide as decide_lib
-from agent.judging import noise as noise_lib
+from agent.recording import pooled_noise
 from agent.recording import records as records_lib
 from agent.recording import vcs
 from agent.recording.journal import Journal, Record
@@ -157,7 +157,7 @@ def _checks(repo: Path, records: list[Record], run_dir: Path) -> Iterator[tuple[
     elif isinstance(body, records_lib.Verdict):
       in_progress = ''
       first = min((finished[trial].batch or [trial]) if trial in finished else [trial])
-      pooled = noise_lib.of_records(records[:index], first).variance  # as the loop had it
+      pooled = pooled_noise.of_records(records[:index], first).variance  # as the loop had it
       yield from ((where, check) for check in _verdict_checks(
           repo, config.run_id, settings, incumbent, body, trial, started.get(trial),
           finished.get(trial), confirmed.get(trial, []), pooled))
