@@ -1,4 +1,6 @@
-"""The progress line of a running run, from one real (tiny) run watched by its agent."""
+"""One real (tiny) run, end to end, watched by its agent: the summary it prints, the record it
+leaves (verified, then tampered with), its progress lines and its TensorBoard view. One run
+serves them all: a real agent run is the suite's costliest fixture."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import io
 import json
 import os
 import re
+import sqlite3
 
 import pytest
 
@@ -15,8 +18,8 @@ from agent.recording import progress, tb_view
 from agent.recording.journal import Journal
 from agent.recording.state import RunState
 from agent.start import JOURNAL
-from tests.agent_workspace import TINY_EXPERIMENT, make_workspace
-from tests.test_agent_e2e import agent
+from tests.agent_workspace import TINY_EXPERIMENT, git, make_workspace
+from tests.test_agent_e2e import agent, verdict_trials
 
 LINE = re.compile(r'^\[p\] (.*?) \| .* \| incumbent (\S+) (\S+) \| (.*)$')
 
@@ -24,10 +27,39 @@ LINE = re.compile(r'^\[p\] (.*?) \| .* \| incumbent (\S+) (\S+) \| (.*)$')
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
   repo = make_workspace(tmp_path_factory.mktemp('progress'))
+  user_head = git(repo, 'rev-parse', 'HEAD')
   result = agent(repo, 'run', f'--experiment={TINY_EXPERIMENT}', '--budget_trials=2',
-                 '--seeds=2', '--run_id=p', '--nofinal_eval')
+                 '--seeds=2', '--run_id=p')
   assert result.returncode == 0, result.stderr[-2000:]
+  assert git(repo, 'rev-parse', 'HEAD') == user_head and git(repo, 'status', '--porcelain') == ''
   return repo, result.stdout
+
+
+def test_the_run_prints_the_summary_and_leaves_a_verifiable_record(run):
+  repo, out = run
+  assert 'Evaluated once at the end, on fresh seeds' in out
+  assert 'baseline' in out and 'final' in out and 'test' in out
+  assert 'Branch: agent/p' in out
+  journal = repo / 'runs/p/journal.sqlite'
+  assert verdict_trials(journal) == [1, 2]
+  assert agent(repo, 'verify', '--run_id=p').returncode == 0
+  log = agent(repo, 'log', '--run_id=p').stdout
+  assert log.count('trial ') == 2
+  assert 'trials: 2/2' in agent(repo, 'status', '--run_id=p').stdout
+
+  # One byte of one record changed behind the journal's back: verify names it (then the
+  # journal is put back for the other tests).
+  original = journal.read_bytes()
+  db = sqlite3.connect(journal)
+  for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='trigger'").fetchall():
+    db.execute(f'DROP TRIGGER {name}')
+  db.execute("UPDATE records SET payload = replace(payload, '\"p\"', '\"q\"') WHERE seq = 1")
+  db.commit()
+  db.close()
+  bad = agent(repo, 'verify', '--run_id=p')
+  assert bad.returncode == 1 and 'record 1' in bad.stdout
+  journal.write_bytes(original)
+  assert agent(repo, 'verify', '--run_id=p').returncode == 0
 
 
 def test_plain_lines_name_every_stage_in_order_with_the_incumbent(run):
