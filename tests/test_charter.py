@@ -26,7 +26,7 @@ def error_of(text: str) -> CharterError:
 def test_shipped_workspace_loads_with_the_documented_defaults():
   loaded = load_charter(ROOT / 'WORKSPACE.md')
   assert loaded == Charter(path=loaded.path, prose=loaded.prose)
-  assert loaded.trial.seeds == 3 and loaded.budget.minutes == 11.0
+  assert loaded.trial.seeds == 3 and loaded.budget.minutes == 10.0
   assert (loaded.acceptance.false_accept, loaded.acceptance.power) == (0.01, 0.8)
   assert (loaded.acceptance.min_effect, loaded.acceptance.max_seeds) == (0.02, 24)
   assert 'What the agent may do' in loaded.prose and '[acceptance]' not in loaded.prose
