@@ -78,7 +78,7 @@ class Trial:
 class Budget:
   """Limits of a whole run; 0 means unlimited for compute_seconds and tokens."""
   trials: int = 12
-  minutes: float = 11.0
+  minutes: float = 10.0
   compute_seconds: float = 0.0
   tokens: int = 0
 
