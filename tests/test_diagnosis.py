@@ -137,3 +137,22 @@ def test_after_one_try_the_remedy_competes_in_the_bandit(tmp_path: Path):
   assert set(later) <= {'lr_cut', 'lr_down', 'clip', 'warmup', 'normalization_layernorm',
                         'to_cnn1d'}, later
   assert 'lr_cut' in later and len(set(later)) > 1, later
+
+
+# --config.model.dropout=0.9: every hidden unit dropped nine times in ten; train loss stays
+# high and close to val loss (constructed from the shape of such a run).
+HEAVY_DROPOUT = measured([(250, 1.9, 1.7), (500, 1.8, 1.6), (750, 1.8, 1.6)], [2.0] * 3, 1e-2)
+HEAVY_DROPOUT['config']['model']['dropout'] = 0.9
+
+
+def test_far_too_strong_regularisation_is_named_and_cut_first(tmp_path: Path):
+  assert d.diagnose_over_regularised(HEAVY_DROPOUT).endswith(
+      'under dropout 0.9: the regularisation is far too strong (over-regularised)')
+  assert d.diagnose_over_regularised(NARROW) is None  # high loss, no strong regulariser
+  text = config_edit.apply_edits(files_with(MNIST1D)[MNIST1D],
+                                 [ConfigEdit('model.dropout', 0.9)])
+  for seed in range(3):
+    proposal = HeuristicProposer(None, seed).propose(
+        observe(HEAVY_DROPOUT, files=files_with(MNIST1D, text), tmp_path=tmp_path))
+    assert proposal.operator == 'dropout_cut'
+    assert 0.1 <= load_config(proposal.changes[MNIST1D], tmp_path).model.dropout <= 0.3

@@ -71,6 +71,8 @@ DIGESTS = {
     'lr_down': '5fc8b3d06abe7f0a',
     # Issue 13: new operators (a named step-size defect's remedies), pinned when added.
     'lr_cut': 'b7776ed467286713',
+    'dropout_cut': '53db61a05d256044',  # over-regularised remedies, pinned when added
+    'wd_cut': '9f592ca2b48c532a',
     'lr_boost': '4255021c4c0eaf2a',
     'warmup': 'ad7d88ffb29a53f6',
     'schedule_cosine': '56ab19773e6dbc26',

@@ -52,6 +52,8 @@ FLAT = 0.05  # relative train-loss drop over the curve's second half below this:
 SLOW_FLOOR = 0.5  # a steady slow fall counts while train loss is above this fraction
 STEADY = 0.3  # the last interval's drop at least this fraction of the mean drop: no flattening
 FITTED = 0.3  # a single point below this fraction of chance is well on: steps are no sure remedy
+HEAVY_DROPOUT = 0.5  # dropout at or above this, or ...
+HEAVY_DECAY = 0.1  # ... weight decay at or above this, with a high train loss: over-regularised
 
 # Outputs per task (harness.datasets: Task.num_outputs), for scorecards that do not say.
 NUM_OUTPUTS = {'mnist1d': 10, 'digits': 10, 'charlm': 256}
@@ -139,6 +141,26 @@ def diagnose_undertrained(card: Mapping[str, Any]) -> str | None:
   return (f'train loss still falling at the end ({_num(train0)} -> {_num(train1)} over the '
           f'last {step1 - step0} steps, val loss {_num(val0)} -> {_num(val1)}): too few steps '
           '(undertrained)')
+
+
+def diagnose_over_regularised(card: Mapping[str, Any]) -> str | None:
+  """Train loss high (above UNDERFIT_CHANCE of chance) under dropout or weight decay a
+  researcher would call far too strong: the regulariser, not the capacity, holds the model
+  back, so more width or depth would only add more to hold back."""
+  train, _ = _final_losses(card, _curve(card))
+  chance = chance_loss(card)
+  if not (math.isfinite(train) and math.isfinite(chance) and train > UNDERFIT_CHANCE * chance):
+    return None
+  config = card.get('config') or {}
+  dropout = _float((config.get('model') or {}).get('dropout', 0.0))
+  decay = _float((config.get('optimizer') or {}).get('weight_decay', 0.0))
+  strong = ([f'dropout {_num(dropout)}'] if dropout >= HEAVY_DROPOUT else []) + (
+      [f'weight decay {_num(decay)}'] if decay >= HEAVY_DECAY else [])
+  if not strong:
+    return None
+  return (f'train loss {_num(train)} stays high ({train / chance:.0%} of chance '
+          f'{_num(chance)}) under {" and ".join(strong)}: the regularisation is far too strong '
+          '(over-regularised)')
 
 
 def diagnose_noisy_end(card: Mapping[str, Any]) -> str | None:
@@ -272,6 +294,7 @@ def diagnose(card: Mapping[str, Any], *, dataset: str, family: str,
     found |= step | {'overfitting': diagnose_overfitting(card),
                      'underfitting': None if any(step.values()) else diagnose_underfitting(card),
                      'undertrained': diagnose_undertrained(card),
+                     'over_regularised': diagnose_over_regularised(card),
                      'noisy_end': None if any(step.values()) else diagnose_noisy_end(card)}
   found |= {'slow': diagnose_slow(card), 'memory': diagnose_memory(card, memory_cap_mb),
             'signal_under_mlp': diagnose_signal_under_mlp(dataset, family, kind),

@@ -15,8 +15,8 @@ is never made. An operator is tried at most twice on one incumbent: a third draw
 same idea is rarely worth a trial. Source edits come last, when every config operator is
 spent; after that the proposer raises NoProposal.
 
-A defect of training the diagnosis names (a step size far too large or too small, too few
-steps) has its own remedy, proposed first on an incumbent before the bandit draws: a
+A defect of training the diagnosis names (a step size far too large or too small, dropout or
+weight decay far too strong, too few steps) has its own remedy, proposed first on an incumbent before the bandit draws: a
 candidate inherits the incumbent's broken training, so no other edit can be judged until
 it is fixed. After one try the remedy competes in the bandit with a strong prior.
 
@@ -83,6 +83,7 @@ RULES: dict[str, dict[str, float]] = {
     'underfitting': {'width_up': 0.6, 'channels_up': 0.6, 'depth_up': 0.5, 'lr_up': 0.45,
                      'kernel_up': 0.4, 'normalization_layernorm': 0.4, 'residual_on': 0.35,
                      'downsample': 0.3},
+    'over_regularised': {'dropout_cut': 0.9, 'wd_cut': 0.9},
     'undertrained': {'steps_up': 0.7, 'lr_up': 0.5, 'schedule_cosine': 0.45, 'batch_up': 0.35,
                      'batch_lr_up': 0.3, 'schedule_constant': 0.3},
     'noisy_end': {'ema': 0.65, 'schedule_cosine': 0.55, 'schedule_linear': 0.45,
@@ -94,8 +95,9 @@ RULES: dict[str, dict[str, float]] = {
     'char_lm_transformer': {'width_up': 0.55, 'depth_up': 0.5, 'lr_up': 0.4, 'lr_down': 0.3},
 }
 
-# A defect of training the diagnosis names, in order, and its own remedy, tried first.
-NAMED = {'step_too_large': 'lr_cut', 'step_too_small': 'lr_boost', 'undertrained': 'steps_up'}
+# A defect of training the diagnosis names, in order, and its own remedies, tried first.
+NAMED = {'step_too_large': ('lr_cut',), 'step_too_small': ('lr_boost',),
+         'over_regularised': ('dropout_cut', 'wd_cut'), 'undertrained': ('steps_up',)}
 
 # The purpose a symptom gives its remedies, completing the hypothesis sentence.
 _WHY = {
@@ -106,6 +108,7 @@ _WHY = {
     'overfitting': 'to curb overfitting',
     'underfitting': 'so the model can fit the training set better',
     'undertrained': 'so training gets further before it stops',
+    'over_regularised': 'so the regulariser stops holding the model back',
     'noisy_end': 'so the evaluated weights settle instead of wandering around the minimum',
     'slow': 'to cut step time',
     'memory': 'to cut peak memory',
@@ -145,8 +148,7 @@ class HeuristicProposer:
     tried = _tried_texts(observation)
     uses = _uses_on_incumbent(observation.history)
     forecast = _forecast(observation, inc)
-    named = next((NAMED[f] for f in NAMED if f in findings), None)
-    if named and not uses[named]:
+    for named in (op for f in NAMED if f in findings for op in NAMED[f] if not uses[op]):
       made = _make(OPERATORS[named], inc, rng, tried, observation.experiment, forecast)
       if made:
         return self._proposal(named, made, findings, observation, forecast)
@@ -390,7 +392,8 @@ def _sweep_due(pick: str, findings: Mapping[str, str], history: Sequence[TrialSu
   learning rate is untried: a batch of rates costs about one trial, and the rate that suited
   the last incumbent (another family, width or depth) is the first thing a researcher
   re-tunes."""
-  if _weights(findings).get(pick, BASE_WEIGHT) >= STRONG or pick in NAMED.values():
+  if (_weights(findings).get(pick, BASE_WEIGHT) >= STRONG
+      or any(pick in remedies for remedies in NAMED.values())):
     return False
   uses = _uses_on_incumbent(history)
   return not any(uses[name] for name in OPERATORS if _traced(OPERATORS[name])

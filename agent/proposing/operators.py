@@ -396,6 +396,16 @@ OPERATORS: dict[str, Operator] = {op.name: op for op in (
         'optimizer.weight_decay', True, (3.0, 10.0), 'raise weight decay {old} -> {new}',
         'to keep the weights small and the function smoother', 'smaller train/val gap; val '
         '{metric} {better} by about 1-3{unit}; train time unchanged', start=1e-4)),
+    Operator('dropout_cut', Move(
+        'model.dropout', False, (3.0, 9.0), 'cut dropout {old} -> {new}',
+        'so most units take part in every step again', 'train loss falls far below its '
+        'level; val {metric} {better} by far if dropout held the model back; train time '
+        'about the same'), requires=frozenset({'over_regularised'})),
+    Operator('wd_cut', Move(
+        'optimizer.weight_decay', False, (10.0, 100.0), 'cut weight decay {old} -> {new}',
+        'so the weights can grow as large as the task needs', 'train loss falls far below '
+        'its level; val {metric} {better} by far if weight decay held the model back; train '
+        'time unchanged'), requires=frozenset({'over_regularised'})),
     Operator('dropout_up', Move(
         'model.dropout', True, (0.05, 0.15), 'raise dropout {old} -> {new}',
         'so units cannot co-adapt to memorise examples', 'higher train loss, smaller '
