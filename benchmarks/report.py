@@ -19,6 +19,7 @@ TITLES = {
     'early_stopping': '5. Early stopping',
     'batches': '6. Candidates per CPU-minute',
     'ray_overhead': '7. Ray overhead per trial',
+    'broken': '8. Broken starting points',
 }
 SHARED_MACHINE = 0.05  # other processes' share of the cores above which the run says so
 

@@ -28,7 +28,7 @@ from benchmarks import machine, report
 from harness.scorecard import json_safe
 
 BENCHMARKS = ('overhead', 'seeds', 'search', 'rigor', 'early_stopping', 'batches',
-              'ray_overhead')
+              'ray_overhead', 'broken')
 
 _QUICK = flags.DEFINE_bool('quick', False, 'Reduced sizes: under 10 minutes on 2 CPU cores.')
 _ONLY = flags.DEFINE_string('only', '', f'Comma-separated subset of: {", ".join(BENCHMARKS)}.')

@@ -22,11 +22,13 @@ import dataclasses
 import hashlib
 import json
 import math
+import statistics
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
+from agent.candidate import BUDGET
 from agent.charter import Charter, load_charter
 from agent.editing import knobs
 from agent.loop import FINAL_FIRST_SEED, BaselineError
@@ -148,19 +150,18 @@ def run_agent(ctx: Context, rep: int, seed: int, budget: Budget, say: Say,
   def execute(spec: TrialSpec, scorer=None, on_curve=None) -> TrialOutcome:
     timeout = budget.timeout(spec.timeout_s)
     if timeout <= 0:
-      return TrialOutcome('timeout', None, [], 0.0, None, spec.workdir / 'trial.log', '',
-                          'no compute budget left to start this run')
-    return budget.charge(trials.execute(dataclasses.replace(spec, timeout_s=timeout), scorer,
-                                        on_curve=on_curve))
+      return _out_of_budget(spec)
+    outcome = trials.execute(dataclasses.replace(spec, timeout_s=timeout), scorer,
+                             on_curve=on_curve)
+    return _budget_edge(budget.charge(outcome), timeout < spec.timeout_s)
 
   def execute_batch(spec: TrialSpec, scorer=None) -> list[TrialOutcome]:
     timeout = budget.timeout(spec.timeout_s)
     if timeout <= 0:
-      return [TrialOutcome('timeout', None, [], 0.0, None, spec.workdir / 'trial.log', '',
-                           'no compute budget left to start this run') for _ in spec.members]
+      return [_out_of_budget(spec) for _ in spec.members]
     outcomes = trials.execute_batch(dataclasses.replace(spec, timeout_s=timeout), scorer)
     budget.charge(outcomes[0])  # one process: its wall time once, whatever the members
-    return outcomes
+    return [_budget_edge(o, timeout < spec.timeout_s) for o in outcomes]
 
   compute = budget.compute_seconds if math.isfinite(budget.compute_seconds) else 0
   choices = Choices(seeds=SEEDS, budget_trials=budget.trials, budget_minutes=24 * 60,
@@ -187,6 +188,20 @@ def run_agent(ctx: Context, rep: int, seed: int, budget: Budget, say: Say,
   journal.close()
   return {'stop_reason': reason, 'points': path.points, 'final_files': files[-1],
           'accepted_changes': changes, 'proposals': proposals, 'saved_estimate': saved}
+
+
+def _out_of_budget(spec: TrialSpec) -> TrialOutcome:
+  return TrialOutcome(BUDGET, None, [], 0.0, None, spec.workdir / 'trial.log', '',
+                      'no compute budget left to start this run')
+
+
+def _budget_edge(outcome: TrialOutcome, cut: bool) -> TrialOutcome:
+  """A timeout the compute budget set is the budget's edge, not the candidate's cost: the
+  loop records the candidate undecided, as it does at its own minute budget's edge."""
+  if not cut or outcome.status != 'timeout':
+    return outcome
+  return dataclasses.replace(outcome, status=BUDGET,
+                             reason=f'{outcome.reason}: the compute budget\'s edge')
 
 
 def _digest(changes: Mapping[str, str | None]) -> str:
@@ -499,8 +514,14 @@ def summary(result: dict[str, Any]) -> list[list[str]]:
   for name, task in result['data']['tasks'].items():
     tests = {m: report.spread([trials.mean(r['final']['test']) for r in _per_method(task, m)],
                               as_pct=True) for m in METHODS if _per_method(task, m)}
-    rows.append([f'3. Search quality, {name}', 'none (reported side by side)',
-                 'final test: ' + '; '.join(f'{m} {v}' for m, v in tests.items()), '-'])
+    medians = {m: statistics.median(trials.mean(r['final']['test'])
+                                    for r in _per_method(task, m))
+               for m in ('agent', 'autoresearch') if _per_method(task, m)}
+    verdict = '-' if len(medians) < 2 else report.verdict(
+        medians['agent'], medians['autoresearch'], at_least=True, fmt='{:.1%}')
+    rows.append([f'3. Search quality, {name}',
+                 "the agent's median final test >= the autoresearch-style loop's",
+                 'final test: ' + '; '.join(f'{m} {v}' for m, v in tests.items()), verdict])
   return rows
 
 

@@ -47,7 +47,7 @@ from harness.datasets import source_paths
 from harness.scorecard import CURVES, SCORECARD
 
 Status = Literal['ok', 'diverged', 'failed', 'bad_input', 'timeout', 'pruned', 'killed',
-                 'invalid']
+                 'invalid', 'budget']  # budget: a timeout the run's budget set (its edge)
 OnCurve = Callable[[list[dict[str, Any]]], str | None]
 
 LOG = 'trial.log'
