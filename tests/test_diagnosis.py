@@ -156,3 +156,12 @@ def test_far_too_strong_regularisation_is_named_and_cut_first(tmp_path: Path):
         observe(HEAVY_DROPOUT, files=files_with(MNIST1D, text), tmp_path=tmp_path))
     assert proposal.operator == 'dropout_cut'
     assert 0.1 <= load_config(proposal.changes[MNIST1D], tmp_path).model.dropout <= 0.3
+  # At chance with a bouncing loss the step size is suspect too; the config names dropout.
+  at_chance = measured([(250, 2.33, 2.31), (500, 2.30, 2.30), (750, 2.32, 2.30)], [5.0] * 3,
+                       1e-2)
+  at_chance['config']['model']['dropout'] = 0.9
+  assert {'step_too_large', 'over_regularised'} <= set(
+      d.diagnose(at_chance, dataset='mnist1d', family='mlp'))
+  proposal = HeuristicProposer(None, 0).propose(
+      observe(at_chance, files=files_with(MNIST1D, text), tmp_path=tmp_path))
+  assert proposal.operator == 'dropout_cut'

@@ -95,9 +95,11 @@ RULES: dict[str, dict[str, float]] = {
     'char_lm_transformer': {'width_up': 0.55, 'depth_up': 0.5, 'lr_up': 0.4, 'lr_down': 0.3},
 }
 
-# A defect of training the diagnosis names, in order, and its own remedies, tried first.
-NAMED = {'step_too_large': ('lr_cut',), 'step_too_small': ('lr_boost',),
-         'over_regularised': ('dropout_cut', 'wd_cut'), 'undertrained': ('steps_up',)}
+# A defect of training the diagnosis names, in order, and its own remedies, tried first. A
+# regulariser the config shows far too strong comes before the step size: it also leaves
+# the loss at chance, and the config is firmer evidence than the curve's shape.
+NAMED = {'over_regularised': ('dropout_cut', 'wd_cut'), 'step_too_large': ('lr_cut',),
+         'step_too_small': ('lr_boost',), 'undertrained': ('steps_up',)}
 
 # The purpose a symptom gives its remedies, completing the hypothesis sentence.
 _WHY = {
