@@ -73,6 +73,16 @@ def load_config(path: Path) -> ml_collections.ConfigDict:
   return module.get_config()
 
 
+def _fresh_log(workdir: Path) -> Path:
+  """The trial's (empty) log in its workdir, which must be new or empty."""
+  workdir.mkdir(parents=True, exist_ok=True)
+  if any(workdir.iterdir()):
+    raise ValueError(f'workdir {workdir} is not empty: each trial needs a fresh one')
+  log_path = workdir / LOG
+  log_path.touch()
+  return log_path
+
+
 def execute(spec: TrialSpec, scorer: Scorer | None = None,
             on_curve: OnCurve | None = None) -> TrialOutcome:
   """agent.safety.executor.run_trial's contract, run in this process when the code allows it
@@ -82,11 +92,7 @@ def execute(spec: TrialSpec, scorer: Scorer | None = None,
       return _sandboxed(spec, on_curve)
     return run_trial(spec, scorer, on_curve=on_curve)
   workdir = Path(spec.workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  if any(workdir.iterdir()):
-    raise ValueError(f'workdir {workdir} is not empty: each trial needs a fresh one')
-  log_path = workdir / LOG
-  log_path.touch()
+  log_path = _fresh_log(workdir)
   points: list[dict[str, Any]] = []
   start = time.monotonic()
   original = scorecard.append_jsonl
@@ -133,11 +139,7 @@ def execute_batch(spec: TrialSpec, scorer: Scorer | None = None) -> list[TrialOu
   if spec.overrides or not runs_here(spec.worktree):
     return run_batch(spec, scorer)
   workdir = Path(spec.workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  if any(workdir.iterdir()):
-    raise ValueError(f'workdir {workdir} is not empty: each trial needs a fresh one')
-  log_path = workdir / LOG
-  log_path.touch()
+  log_path = _fresh_log(workdir)
   curves: dict[Path, list[dict[str, Any]]] = {}
   start = time.monotonic()
   original = scorecard.append_jsonl
