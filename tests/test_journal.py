@@ -202,3 +202,27 @@ def test_a_created_journal_exists_only_with_its_first_record(tmp_path):
   assert sorted(p.name for p in path.parent.iterdir()) == ['journal.sqlite']
   with pytest.raises(FileExistsError):
     Journal.create(path, first)
+
+
+def test_session_clock_counts_killed_sessions_to_their_last_sign_of_life():
+  """An ended session counts what it said; a killed one from its start to its last record,
+  or to the heartbeat when that is its own and later, never past the next session's start."""
+  from agent.recording.journal import Record
+  from agent.recording.state import _SessionClock
+  def at(seq: int, second: float, kind: str, payload: dict) -> Record:
+    ts = f'2026-01-01T00:00:{second:09.6f}+00:00'
+    return Record(seq, ts, kind, None, payload, '', '')
+  data = {'dataset': {}, 'fingerprints': {}}
+  entries = [at(1, 0, 'session_started', {'pid': 1}),  # ended: says 7.5 s
+             at(2, 9, 'session_ended', {'reason': 'done', 'elapsed_seconds': 7.5}),
+             at(3, 10, 'session_started', {'pid': 2}),  # killed: 10 -> 13 (its last record)
+             at(4, 13, 'data', data),
+             at(5, 20, 'session_started', {'pid': 3}),  # killed: 20 -> 31 (its heartbeat)
+             at(6, 21, 'data', data)]
+  for heartbeat, expected in (({'session': 5, 'time': '2026-01-01T00:00:31+00:00'}, 7.5 + 3 + 11),
+                              ({'session': 3, 'time': '2026-01-01T00:00:15+00:00'}, 7.5 + 5 + 1),
+                              ({'session': 3, 'time': '2026-01-01T00:00:59+00:00'}, 7.5 + 10 + 1),
+                              ({}, 7.5 + 3 + 1)):
+    clock = _SessionClock(heartbeat)
+    total = sum(clock.see(record) for record in entries) + clock.close()
+    assert total == pytest.approx(expected), heartbeat

@@ -63,15 +63,16 @@ class _SessionClock:
     now = _seconds(record.ts)
     added = 0.0
     if isinstance(record.body, records.SessionStarted):
-      added = self.close()
+      added = self.close(until=now)
       self.start = (record.seq, now)
     elif isinstance(record.body, records.SessionEnded) and self.start is not None:
       added, self.start = float(record.body.elapsed_seconds), None
     self.last = now
     return added
 
-  def close(self) -> float:
-    """The open session's time, if it never ended (killed, or running now)."""
+  def close(self, until: float | None = None) -> float:
+    """The open session's time, if it never ended (killed, or running now); never past
+    `until`, the next session's start (a heartbeat cannot outlive its session)."""
     if self.start is None:
       return 0.0
     seq, began = self.start
@@ -79,6 +80,8 @@ class _SessionClock:
     end = self.last
     if self.heartbeat.get('session') == seq and isinstance(self.heartbeat.get('time'), str):
       end = max(end, _seconds(self.heartbeat['time']))
+    if until is not None:
+      end = min(end, until)
     return max(0.0, end - began)
 
 
