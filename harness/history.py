@@ -31,6 +31,7 @@ class History:
   last_train_loss: list[float] = dataclasses.field(default_factory=list)
   nonfinite_step: int | None = None
   curve: list[dict] = dataclasses.field(default_factory=list)
+  stopped_at: int | None = None  # a batch member stopped at a rung (harness.rungs)
 
   def __post_init__(self) -> None:
     k = self.num_seeds

@@ -7,7 +7,9 @@ r"""Trains one experiment on K seeds and writes its scorecard.
 
 --members trains several candidates that differ only in the optimiser's traced values
 (learning rate, weight decay, clipping norm) in one compiled program, on the same seeds;
-each writes into DIR/member-<i>/ what a run alone writes into DIR.
+each writes into DIR/member-<i>/ what a run alone writes into DIR. With --rungs=S1,S2
+--rung_dir=RDIR (the agent's judge), at each rung step the members the judge names in
+RDIR/rung-<step>.json stop training (harness.rungs).
 
 Exit codes: 0 finished (status ok or diverged, see the scorecard), 1 the run failed
 while training (the scorecard says so, or is absent when not even that could be written;
@@ -31,6 +33,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from harness import scorecard as sc
+from harness.rungs import FileRungs, parse_steps
 from harness.train import ERROR_LOG, MEMBER, ConfigError, is_output, train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
@@ -47,6 +50,11 @@ _EVAL_TEST = flags.DEFINE_bool('eval_test', False,
 _MEMBERS = flags.DEFINE_string(
     'members', None, 'JSON list of members, each {traced config key: value}; they train '
     'together, each writing into workdir/member-<i>/.')
+_RUNGS = flags.DEFINE_string(
+    'rungs', None, 'With --members and --rung_dir: comma-separated evaluation steps where the '
+    'judge may stop members.')
+_RUNG_DIR = flags.DEFINE_string(
+    'rung_dir', None, 'Where the judge writes rung-<step>.json, {"stop": [member indices]}.')
 _INPUTS = flags.DEFINE_string(
     'inputs', None, 'Run as an agent\'s trial: read the training data and the inputs to '
     'predict from this folder (no labels), write predictions and report.json, no scorecard.')
@@ -179,6 +187,20 @@ def _members() -> list | None:
   return members
 
 
+def _rungs(members: list | None, workdir: Path) -> FileRungs | None:
+  if (_RUNGS.value is None) != (_RUNG_DIR.value is None):
+    fail('--rungs and --rung_dir go together')
+  if _RUNGS.value is None:
+    return None
+  if members is None:
+    fail('--rungs needs --members: only a batch has members to stop')
+  try:
+    steps = parse_steps(_RUNGS.value)
+  except ValueError as e:
+    fail(str(e))
+  return FileRungs(Path(_RUNG_DIR.value).absolute(), steps, workdir)
+
+
 def main(argv: list[str]) -> None:
   library = _LibraryLines()
   logging.get_absl_handler().addFilter(library)
@@ -187,11 +209,12 @@ def main(argv: list[str]) -> None:
   config = _config()
   members = _members()
   workdir = _workdir()
+  rungs = _rungs(members, workdir)
   try:
     inputs = Path(_INPUTS.value).absolute() if _INPUTS.value else None
     card = train_and_evaluate(config, workdir, num_seeds=_SEEDS.value, resume=_RESUME.value,
                               eval_test=_EVAL_TEST.value, inputs_dir=inputs,
-                              overwrite=_OVERWRITE.value, members=members)
+                              overwrite=_OVERWRITE.value, members=members, rungs=rungs)
   except ConfigError as e:
     fail(str(e))
   except Exception as e:  # a crashed run still leaves a scorecard that says so
@@ -202,6 +225,9 @@ def main(argv: list[str]) -> None:
          + (f' (traceback in {log})' if log else ''), code=1)
   for i, result in enumerate(card.get('members', [card])):
     folder = workdir / f'{MEMBER}{i}' if members is not None else workdir
+    if 'stopped_at' in result:
+      print(f"stopped at the rung at step {result['stopped_at']}; predictions in {folder}")
+      continue
     if _INPUTS.value:
       print(f"trained {result['steps_completed']} steps; predictions in {folder}")
       continue

@@ -95,13 +95,29 @@ class SeedRunner:
   def members(self, stacked: Carry) -> Carries:
     return [stacked] if self._vmapped else self._unstack(stacked)
 
-  def predict(self, members: Carries, x: np.ndarray, batch_size: int) -> np.ndarray:
-    """Host copy of the per-member logits for every row of x: (M, N, ...)."""
+  def predict(self, members: Carries, x: np.ndarray, batch_size: int,
+              active: np.ndarray | None = None) -> np.ndarray:
+    """Host copy of the per-member logits for every row of x: (M, N, ...); on CPU the rows
+    of members not `active` are zeros (they are not computed)."""
     batches, n = predict_batches(x, batch_size)
-    logits = jax.device_get([self._predict(self._program.weights(member), batches)
-                             for member in members])
-    logits = logits[0] if self._vmapped else np.stack(logits)
+    run = self._active(active)
+    logits = jax.device_get([self._predict(self._program.weights(members[i]), batches)
+                             for i in run])
+    if self._vmapped:
+      logits = logits[0]
+    else:
+      full = np.zeros((len(members),) + np.shape(logits[0]), np.asarray(logits[0]).dtype)
+      full[list(run)] = np.stack(logits)
+      logits = full
     return logits.reshape((logits.shape[0], -1) + logits.shape[3:])[:, :n]
+
+  def _active(self, active: np.ndarray | None) -> list[int]:
+    """The program calls to make: every member's when vmapped (one call does them all),
+    else those `active` (a member stopped at a rung costs nothing more)."""
+    calls = len(self._keys)
+    if self._vmapped or active is None:
+      return list(range(calls))
+    return [i for i in range(calls) if active[i]]
 
   def _compile(self, member: Carry, length: int):
     key = length if self._scan else 0
@@ -120,30 +136,47 @@ class SeedRunner:
       self._compiled[key] = compiled
     return self._compiled[key]
 
-  def __call__(self, members: Carries, start: int, length: int):
+  def __call__(self, members: Carries, start: int, length: int,
+               active: np.ndarray | None = None):
     """Returns the new carries and host copies of the (length, members) losses and grad
-    norms."""
-    compiled = self._compile(members[0], length)
+    norms; on CPU, members not `active` are left as they are, their losses NaN."""
+    run = self._active(active)
+    compiled = self._compile(members[run[0]], length)
+    members = list(members)
     if self._scan:
       first = jnp.int32(start)
-      results = [compiled(member, keys, first) for member, keys in zip(members, self._keys)]
-      metrics = jax.device_get([m for _, m in results])
-      return [c for c, _ in results], tuple(
-          np.concatenate([np.reshape(m[i], (length, -1)) for m in metrics], axis=1)
-          for i in range(2))
-    members = list(members)
-    states = [self._epoch_state(keys.data, jnp.int32(start)) for keys in self._keys]
+      results = {i: compiled(members[i], self._keys[i], first) for i in run}
+      for i in run:
+        members[i] = results[i][0]
+      metrics = jax.device_get([results[i][1] for i in run])
+      return members, tuple(self._full(len(members), run, [np.reshape(m[k], (length, -1))
+                                                           for m in metrics])
+                            for k in range(2))
+    states = {i: self._epoch_state(self._keys[i].data, jnp.int32(start)) for i in run}
     losses, norms = [], []
     for step in range(start, start + length):
       index = np.int32(step)  # host scalar: a device array per step cost ~90 us
       if step % self._program.steps_per_epoch == 0:
-        states = [self._epoch_state(keys.data, index) for keys in self._keys]
-      for i, keys in enumerate(self._keys):
-        members[i], (loss, norm) = compiled(members[i], keys, index, states[i])
+        states = {i: self._epoch_state(self._keys[i].data, index) for i in run}
+      for i in run:
+        members[i], (loss, norm) = compiled(members[i], self._keys[i], index, states[i])
         losses.append(loss)
         norms.append(norm)
     losses, norms = jax.device_get((losses, norms))
-    return members, (np.reshape(losses, (length, -1)), np.reshape(norms, (length, -1)))
+    shape = (length, -1)
+    return members, (self._full(len(members), run, [np.reshape(losses, shape)]),
+                     self._full(len(members), run, [np.reshape(norms, shape)]))
+
+  def _full(self, calls: int, run: list[int], parts: list[np.ndarray]) -> np.ndarray:
+    """(length, all members) from the columns of the calls made, NaN for the rest."""
+    got = np.concatenate(parts, axis=1)
+    if len(run) == calls:
+      return got
+    per_call = got.shape[1] // len(run)
+    full = np.full((got.shape[0], calls * per_call), np.nan, got.dtype)
+    for j, i in enumerate(run):
+      full[:, i * per_call:(i + 1) * per_call] = got[:, j * per_call:(j + 1) * per_call]
+    return full
 
   def cost_info(self, members: Carries) -> dict[str, Any]:
     """FLOPs of one step (XLA's cost analysis, all members) and the compiled memory footprint

@@ -36,6 +36,7 @@ from harness.history import History
 from harness.optimizers import TRACED, hyperparams, make_optimizer
 from harness.regimen import Regimen
 from harness.runners import SeedRunner, vmap_seeds
+from harness.rungs import Rungs
 from harness.steps import SeedKeys, build_program
 from harness.tb_writer import MetricsWriter
 
@@ -192,7 +193,8 @@ def _save_predictions(folder: Path, name: str, logits: np.ndarray, kind: str) ->
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
                        num_seeds: int = 1, resume: bool = False, eval_test: bool = False,
                        inputs_dir: Path | None = None, overwrite: bool = False,
-                       members: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+                       members: Sequence[Mapping[str, Any]] | None = None,
+                       rungs: Rungs | None = None) -> dict[str, Any]:
   """Trains `num_seeds` seeds (train.seed, train.seed+1, ...), writes predictions and the
   report; by hand (no `inputs_dir`) also scores them and returns the scorecard, else the
   report. `overwrite` clears an earlier run's output, once the config is known to be good.
@@ -200,8 +202,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
   With `members` (a list of {traced key: value}), each member trains on the same seeds in
   the same compiled program and writes its outputs to workdir/member-<i>/, as a run alone
   would into its workdir; then {'members': [each member's result]} is returned. A member
-  that diverges
-  stops writing where a run alone would stop; the others go on.
+  that diverges stops writing where a run alone would stop; the others go on. With `rungs`,
+  the members it names at a rung step stop there (harness.rungs): no more training, no final
+  outputs, and their result says `stopped_at`.
   """
   workdir = Path(workdir).absolute()
   seeds = [int(config.train.seed) + i for i in range(num_seeds)]
@@ -239,16 +242,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
   val = inputs.predict['val']
   total = int(config.train.steps)
   every = int(config.train.eval_every)
-  live = lambda: [m for m in group if not m.history.diverged and m.history.step < total]
+  live = lambda: [m for m in group if not m.history.diverged and m.history.step < total
+                  and m.history.stopped_at is None]
   try:
     while live():
       training = live()
       length = min(every, total - step)
       compile_before = runner.compile_seconds
       start = time.perf_counter()
-      carry, (losses, grad_norms) = runner(carry, step, length)
+      active = _active(training, len(group), num_seeds)
+      carry, (losses, grad_norms) = runner(carry, step, length, active)
       seconds = time.perf_counter() - start - (runner.compile_seconds - compile_before)
-      logits = runner.predict(carry, val.x, val.batch_size)
+      logits = runner.predict(carry, val.x, val.batch_size, active)
       step += length
       for member in training:
         columns = member.columns(num_seeds)
@@ -262,6 +267,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
         else:
           logging.info('%sstep %d: train loss %.4f', _label(member, batched), step,
                        np.mean(member.history.last_train_loss))
+      if rungs is not None and step in rungs.steps and batched:
+        _stop_at_rung(rungs, step, [m for m in training if not m.history.diverged])
       if (step % int(config.train.checkpoint_every) == 0
           and not all(m.history.diverged for m in group)):
         ckpt.save(step, runner.stacked(carry), {'members': [m.history.to_json() for m in group]})
@@ -293,11 +300,13 @@ def _finish(runner: SeedRunner, carry, group: list[Member], inputs: trial_inputs
   """After training: the other prediction sets, each member's report and (by hand) its
   scorecard; returns each member's scorecard (by hand) or report."""
   num_seeds = len(seeds)
+  finished = [m for m in group if m.history.stopped_at is None]
   for name, predict_set in inputs.predict.items():
-    if name == 'val' or all(m.history.diverged for m in group):
+    if name == 'val' or all(m.history.diverged for m in finished):
       continue
-    logits = runner.predict(carry, predict_set.x, predict_set.batch_size)
-    for member in group:
+    logits = runner.predict(carry, predict_set.x, predict_set.batch_size,
+                            _active(finished, len(group), num_seeds))
+    for member in finished:
       if not member.history.diverged:
         _save_predictions(member.folder, f'{name}.npy', logits[member.columns(num_seeds)],
                           inputs.kind)
@@ -305,6 +314,9 @@ def _finish(runner: SeedRunner, carry, group: list[Member], inputs: trial_inputs
   params = jax.eval_shape(runner.stacked, carry)[0]
   results = []
   for member in group:
+    if member.history.stopped_at is not None:
+      results.append({'stopped_at': member.history.stopped_at})
+      continue
     report = _report(member.config, inputs, seeds, member.history, cost_info, params, total,
                      share=1 / len(group))
     sc.write_json(member.folder / scoring.REPORT, report)
@@ -321,6 +333,23 @@ def _finish(runner: SeedRunner, carry, group: list[Member], inputs: trial_inputs
         sc.write_json(member.folder / sc.TEST_SCORECARD,
                       scoring.test_scorecard(scorer, member.folder, card))
   return results
+
+
+def _active(members: Sequence[Member], size: int, num_seeds: int) -> np.ndarray:
+  """The member columns to compute (candidate-major, as `Member.columns`)."""
+  active = np.zeros(size * num_seeds, bool)
+  for member in members:
+    active[member.columns(num_seeds)] = True
+  return active
+
+
+def _stop_at_rung(rungs: Rungs, step: int, training: Sequence[Member]) -> None:
+  """Asks who stops at this rung and stops them (they keep what they wrote so far)."""
+  stopped = rungs.stopped(step, [m.index for m in training])
+  for member in training:
+    if member.index in stopped:
+      member.history.stopped_at = step
+      logging.info('member %d: stopped at the rung at step %d', member.index, step)
 
 
 def _label(member: Member, batched: bool) -> str:

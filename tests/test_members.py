@@ -122,3 +122,33 @@ def test_the_binary_takes_members_as_json_and_refuses_bad_ones_in_one_line(tmp_p
   not_json = run_binary('--config=experiments/mnist1d_mlp.py', f'--workdir={tmp_path / "v"}',
                         '--members={lr: 1}')
   assert not_json.returncode == 2 and 'not JSON' in not_json.stderr.splitlines()[-1]
+
+
+class _StopAtFirstRung:
+  """The judge's answer, in process: member 1 stops at step 20 (a rung of the tiny run)."""
+  steps = (20,)
+
+  def __init__(self):
+    self.asked: list[tuple[int, list[int]]] = []
+
+  def stopped(self, step, training):
+    self.asked.append((step, list(training)))
+    return {1}
+
+
+def test_a_member_stopped_at_a_rung_trains_no_further_and_the_others_are_untouched(
+    tmp_path, mnist1d_tiny, batch):
+  workdir, result = batch
+  rungs = _StopAtFirstRung()
+  stopped = train_and_evaluate(mnist1d_tiny, tmp_path, num_seeds=2, members=MEMBERS,
+                               eval_test=True, rungs=rungs)['members']
+  assert rungs.asked == [(20, [0, 1])]
+  assert stopped[1] == {'stopped_at': 20}
+  folder = tmp_path / 'member-1'
+  assert scoring.val_steps(folder) == [20]  # what it wrote before the rung stays
+  assert not (folder / sc.SCORECARD).exists() and not (folder / scoring.REPORT).exists()
+  assert not (folder / scoring.PREDICTIONS / 'test.npy').exists()
+  # the member that went on is exactly what it was without a rung
+  assert stopped[0]['val_metric'] == result['members'][0]['val_metric']
+  assert all(np.array_equal(a, b) for a, b in
+             zip(_logits(tmp_path / 'member-0'), _logits(workdir / 'member-0'), strict=True))
