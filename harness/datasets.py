@@ -151,10 +151,12 @@ def load_charlm(config: ml_collections.ConfigDict) -> Task:
 
 
 def source_paths() -> tuple[Path, ...]:
-  """Where the data comes from (generator packages, shipped files): a trial's sandbox hides
-  these, so candidate code can neither regenerate nor read the held-out splits."""
+  """Where the data comes from (generator packages, shipped files) and where it is kept (the
+  data cache): a trial's sandbox hides these, so candidate code can neither regenerate nor
+  read the held-out splits, wherever the harness is installed (a cache inside an installed
+  package would otherwise be mounted with the Python installation)."""
   import importlib.util
-  found = [charlm_path().parent]
+  found = [charlm_path().parent, DATA_CACHE]
   for package in ('sklearn', 'mnist1d'):
     spec = importlib.util.find_spec(package)
     if spec is not None and spec.submodule_search_locations:

@@ -37,7 +37,7 @@ import numpy as np
 import pytest
 
 from agent.charter import Trial
-from agent.safety import confine, monitor, preflight
+from agent.safety import confine, installed, monitor, preflight
 from agent.safety import sandbox as fs_sandbox
 from agent.safety.executor import TrialOutcome, TrialSpec, run_trial, trial_env
 from agent.safety.preflight import dataset_config, import_check
@@ -206,7 +206,7 @@ def test_command_is_the_harness_contract(tmp_path):
       f'--workdir={tmp_path / "out" / "output"}', '--seeds=3', '--config.train.seed=7',
       f'--inputs={tmp_path / "in"}', '--config.train.steps=5', '--eval_test']
   mounts = spec.mounts()
-  assert mounts.read_only == (tmp_path / 'wt', tmp_path / 'in')
+  assert mounts.read_only == (tmp_path / 'wt', tmp_path / 'in', *installed.read_only())
   assert mounts.writable == (tmp_path / 'out' / 'output',)  # not the workdir: the scorecard
   assert mounts.chdir == tmp_path / 'wt'
 
@@ -580,7 +580,9 @@ def test_the_trial_sees_only_the_allow_listed_environment_and_its_limits(fake, m
   assert env.get('PWD', str(spec.worktree)) == str(spec.worktree)
   assert not {'FAKE_API_KEY', 'GITHUB_TOKEN', 'AWS_SECRET_ACCESS_KEY', 'HTTPS_PROXY',
               'http_proxy', 'PYTHONSTARTUP'} & set(env)
-  assert env['PYTHONPATH'] == str(spec.worktree) and env['PYTHONHASHSEED'] == '0'
+  assert env['PYTHONPATH'] == installed.pythonpath(spec.worktree)
+  assert env['PYTHONPATH'].split(os.pathsep)[0] == str(spec.worktree)
+  assert env['PYTHONHASHSEED'] == '0'
   assert env['JAX_PLATFORMS'] == 'cpu'
   assert seen['limits']['RLIMIT_CPU'][0] == 30
   assert seen['limits']['RLIMIT_DATA'] == [512 << 20, 512 << 20]
@@ -592,7 +594,7 @@ def test_trial_env_is_an_allow_list(tmp_path):
   parent = {'PATH': '/bin', 'OPENAI_API_KEY': 'k', 'no_proxy': '*', 'XLA_FLAGS': '--x',
             'PYTHONPATH': '/elsewhere'}
   assert trial_env(spec, parent) == {
-      'PATH': '/bin', 'XLA_FLAGS': '--x', 'PYTHONPATH': str(spec.worktree),
+      'PATH': '/bin', 'XLA_FLAGS': '--x', 'PYTHONPATH': installed.pythonpath(spec.worktree),
       'PYTHONHASHSEED': '0', 'PYTHONUNBUFFERED': '1', 'TF_CPP_MIN_LOG_LEVEL': '1'}
 
 

@@ -39,7 +39,7 @@ from typing import Any, Callable, Literal, Mapping
 
 from agent import charter
 from agent.recording import vcs
-from agent.safety import confine, monitor
+from agent.safety import confine, installed, monitor
 from agent.safety import sandbox as fs_sandbox
 from harness import scorecard as sc
 from harness import scoring
@@ -126,7 +126,8 @@ class TrialSpec:
   def mounts(self, cache: Path | None = None) -> fs_sandbox.Mounts:
     """What the trial sees: its code read-only, its inputs read-only, its output (and its
     code's compilation cache folder, `code_cache`) writable."""
-    read_only = (self.worktree, *([self.inputs] if self.inputs else []))
+    read_only = (self.worktree, *([self.inputs] if self.inputs else []),
+                 *installed.read_only())
     writable = (self.output, *([cache] if cache else []))
     return fs_sandbox.Mounts(read_only, writable, source_paths(), chdir=self.worktree)
 
@@ -151,8 +152,10 @@ def trial_env(spec: TrialSpec, parent: Mapping[str, str] = os.environ,
               cache: Path | None = None) -> dict[str, str]:
   """The trial's whole environment: an allow-list, never the parent's environment minus a few;
   with `cache`, JAX's persistent compilation cache there, for every program (JAX's default
-  keeps only those that took over a second to compile)."""
+  keeps only those that took over a second to compile). `harness` is the installed one
+  unless the worktree carries its own (agent.safety.installed)."""
   env = confine.env_for(spec.worktree, parent)
+  env['PYTHONPATH'] = installed.pythonpath(spec.worktree)
   if cache is not None:
     env |= {'JAX_COMPILATION_CACHE_DIR': str(cache),
             'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0'}

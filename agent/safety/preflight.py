@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import charter
-from agent.safety import confine, monitor
+from agent.safety import confine, installed, monitor
 from agent.safety import sandbox as fs_sandbox
 from harness.datasets import source_paths
 
@@ -80,11 +80,13 @@ def _run_code(worktree: Path, code_and_args: list[str], timeout_s: float,
               limits: charter.Trial) -> tuple[int | None, str]:
   """Runs `python -c code args` from the worktree in the sandbox, nothing writable; returns
   its exit code (None when it timed out) and the tail of its output."""
-  env = {**confine.env_for(worktree), 'PYTHONDONTWRITEBYTECODE': '1'}  # leave no __pycache__
+  env = {**confine.env_for(worktree), 'PYTHONPATH': installed.pythonpath(worktree),
+         'PYTHONDONTWRITEBYTECODE': '1'}  # leave no __pycache__
   with tempfile.TemporaryDirectory(prefix='agent-code-') as folder:
     log = monitor.CappedLog(Path(folder) / 'output.log', IMPORT_OUTPUT_BYTES)
     try:
-      mounts = fs_sandbox.Mounts((worktree,), (), source_paths(), chdir=worktree)
+      mounts = fs_sandbox.Mounts((worktree, *installed.read_only()), (), source_paths(),
+                                 chdir=worktree)
       proc, iso = confine.start([sys.executable, '-c', *code_and_args], worktree, env, limits,
                                 mounts)
     except BaseException:
