@@ -117,11 +117,25 @@ class Pruning:
   enabled: bool = True
   min_fraction: float = 0.3
   margin_multiplier: float = 3.0
+  # a batch's successive halving (agent.judging.rungs): fractions of the training steps where
+  # its candidates are ranked against the incumbent trained alongside; () = none
+  rungs: tuple[float, ...] = (0.25, 0.5)
+  rung_keep: float = 0.5  # the share of a rung's candidates that train on (at least one)
+
+
+@dataclasses.dataclass(frozen=True)
+class Transfer:
+  """Other experiments a kept change must not lose on (agent.judging.transfer): a winner is
+  also run there, paired with the incumbent on the same seeds. mode 'reject': a loss beyond
+  the noise floor on any of them rejects it; 'report': the losses are only reported."""
+  experiments: tuple[str, ...] = ()
+  mode: str = 'reject'
 
 
 _SECTIONS: dict[str, type] = {
     'objective': Objective, 'scope': Scope, 'trial': Trial, 'budget': Budget, 'stop': Stop,
-    'acceptance': Acceptance, 'tradeoffs': Tradeoffs, 'pruning': Pruning}
+    'acceptance': Acceptance, 'tradeoffs': Tradeoffs, 'pruning': Pruning,
+    'transfer': Transfer}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +149,7 @@ class Charter:
   acceptance: Acceptance = dataclasses.field(default_factory=Acceptance)
   tradeoffs: Tradeoffs = dataclasses.field(default_factory=Tradeoffs)
   pruning: Pruning = dataclasses.field(default_factory=Pruning)
+  transfer: Transfer = dataclasses.field(default_factory=Transfer)
   path: str = 'WORKSPACE.md'
   prose: str = ''
 
@@ -179,6 +194,12 @@ def _valid_globs(globs: tuple[str, ...]) -> bool:
   return True
 
 
+def _valid_experiments(paths: tuple[str, ...]) -> bool:
+  """Distinct config files inside the workspace: relative POSIX paths ending in .py."""
+  return len(set(paths)) == len(paths) and all(
+      _path_parts(p) is not None and p.endswith('.py') for p in paths)
+
+
 # Range checks: (predicate, what the value must be).
 _Rule = tuple[Callable[[Any], bool], str]
 _NONNEG: _Rule = (lambda v: v >= 0, '>= 0')
@@ -218,6 +239,11 @@ _RULES: dict[str, _Rule] = {
     'tradeoffs.max_latency_ratio': _POSITIVE,
     'pruning.min_fraction': (lambda v: 0 < v <= 1, 'in (0, 1]'),
     'pruning.margin_multiplier': _NONNEG,
+    'pruning.rungs': (lambda v: all(0 < f < 1 for f in v), 'a list of fractions in (0, 1)'),
+    'pruning.rung_keep': (lambda v: 0 < v <= 1, 'in (0, 1]'),
+    'transfer.experiments': (_valid_experiments, 'a list of distinct experiment config files '
+                             'relative to the workspace, e.g. ["experiments/digits_mlp.py"]'),
+    'transfer.mode': (lambda v: v in ('reject', 'report'), "'reject' or 'report'"),
 }
 
 
@@ -357,5 +383,8 @@ def _convert(expected: Any, value: Any) -> tuple[Any, str]:
     return (float(value) if ok else None), 'a finite number'
   if expected is str:
     return (value if isinstance(value, str) else None), 'a string'
+  if expected == tuple[float, ...]:
+    ok = isinstance(value, list) and all(_convert(float, v)[0] is not None for v in value)
+    return (tuple(float(v) for v in value) if ok else None), 'a list of numbers'
   ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
   return (tuple(value) if ok else None), 'a list of strings'

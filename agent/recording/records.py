@@ -179,6 +179,39 @@ class FinalArm:
   seeds: list[int] | None = _omitted()
 
 
+@dataclasses.dataclass(frozen=True)
+class TransferArm:
+  """One arm on a transfer experiment (charter [transfer]): its run, and the settings of the
+  run's own experiment it carried there (`--config.a.b=v`: what the arm's config changed
+  from the start commit's, where the transfer experiment has the same knob)."""
+  arm: ArmRecord
+  overrides: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferResult:
+  """A kept candidate against the incumbent on one transfer experiment (agent.judging.
+  transfer): the outcome, and the arms it follows from (an arm is None where it did not
+  finish; `reason` then says why)."""
+  outcome: str  # 'gained' | 'held' | 'lost' | 'failed'
+  metric: str = ''
+  gain: float = NAN
+  noise_floor: float = NAN
+  incumbent: TransferArm | None = None
+  candidate: TransferArm | None = None
+  reason: str = ''
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferFinal:
+  """The start commit and the final incumbent on one transfer experiment, once, on fresh
+  seeds and its test split."""
+  baseline: FinalArm
+  final: FinalArm
+  overrides: list[str] = dataclasses.field(default_factory=list)  # the final arm's
+  metric: str = ''
+
+
 # ---- the records, in the order a run writes them ---------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class RunStarted(_Record):
@@ -215,6 +248,16 @@ class Baseline(_Record):
   arm: ArmRecord
   wall_seconds: float = 0.0
   sandbox: str = ''
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferBaseline(_Record):
+  """The start commit on one transfer experiment, on the search's seeds: the first
+  incumbent's arm there, and a check that the experiment trains at all."""
+  KIND = 'transfer_baseline'
+  experiment: str
+  arm: TransferArm
+  wall_seconds: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,6 +357,7 @@ class Verdict(_Record):
   confirm_arms: dict[str, ArmRecord] | None = _omitted()
   looks: list[dict[str, ArmRecord]] | None = _omitted()  # each look after the screen's, its arms
   elsewhere: dict[str, str] | None = _omitted()  # experiment -> 'held' or why it failed
+  transfer: dict[str, TransferResult] | None = _omitted()  # charter [transfer], by experiment
   awaiting_review: bool = _omitted(False)  # a winner waiting for a person (accepted False)
 
   @classmethod
@@ -359,6 +403,7 @@ class FinalEval(_Record):
   baseline: FinalArm
   final: FinalArm
   commit: dict[str, str]  # 'baseline', 'final' -> the commit evaluated
+  transfer: dict[str, TransferFinal] | None = _omitted()  # charter [transfer], by experiment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -368,10 +413,12 @@ class RunFinished(_Record):
 
 
 KINDS: dict[str, type[_Record]] = {cls.KIND: cls for cls in (
-    RunStarted, SessionStarted, SessionEnded, DataPinned, Baseline, BaselineFailed, Proposed,
+    RunStarted, SessionStarted, SessionEnded, DataPinned, Baseline, TransferBaseline,
+    BaselineFailed, Proposed,
     FailedProposal, GuardRejected, TrialStarted, TrialFinished, ConfirmFinished, Verdict, Review,
     LlmUsage, FinalEval, RunFinished)}
-Body = (RunStarted | SessionStarted | SessionEnded | DataPinned | Baseline | BaselineFailed
+Body = (RunStarted | SessionStarted | SessionEnded | DataPinned | Baseline | TransferBaseline
+        | BaselineFailed
         | Proposed | FailedProposal | GuardRejected | TrialStarted | TrialFinished
         | ConfirmFinished | Verdict | Review | LlmUsage | FinalEval | RunFinished)
 
