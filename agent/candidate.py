@@ -80,6 +80,7 @@ class CandidateJudge:
     self.screen_seconds = 0.0  # the judged candidate's screen run, alone (0: in a batch)
     # (incumbent commit, first seed) -> its arm on a later look's seeds, shared by candidates
     self.incumbent_looks: dict[tuple[str, int], ArmRecord] = {}
+    self.transfer = None  # agent.transfer.TransferCheck: the charter's [transfer], if any
 
   def judge(self, trial: int, commit: str, diff: str, direction: str, metric: str
             ) -> tuple[decide_lib.Verdict, ArmRecord | None, dict[str, Any]]:
@@ -209,12 +210,15 @@ class CandidateJudge:
              verdict: decide_lib.Verdict, candidate: ArmRecord, extra: dict[str, Any],
              policy: decide_lib.AcceptancePolicy) -> decide_lib.Verdict:
     """A candidate the screen kept or left undecided (in the worktree): given more seeds
-    while undecided, then, if kept, judged wherever else its code runs."""
+    while undecided, then, if kept, judged wherever else its code runs and on the charter's
+    transfer experiments."""
     if verdict.undecided:
       verdict = self._more_seeds(trial, commit, diff, metric, direction, candidate, extra,
                                  policy, verdict)
     if verdict.accepted:
       verdict = self._judge_elsewhere(trial, commit, verdict, extra)
+    if verdict.accepted and self.transfer is not None and self.transfer.experiments:
+      verdict = self.transfer.judge(trial, commit, self.worktree, verdict, extra)
     return verdict
 
   def _more_seeds(self, trial: int, commit: str, diff: str, metric: str, direction: str,

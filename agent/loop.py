@@ -28,6 +28,7 @@ from agent.recording.state import Heartbeat, RunState
 from agent.safety import guard
 from agent.safety.executor import TrialOutcome, TrialSpec, run_batch, run_trial
 from agent.safety.preflight import dataset_config, import_check
+from agent.transfer import TransferCheck, TransferError
 from agent.untrusted import one_line, terminal_safe
 from harness import scoring, trial_inputs
 from harness.scorecard import SCORECARD, TEST_SCORECARD, read_json
@@ -78,6 +79,9 @@ class Loop:
                                 lambda text: self.say(text),
                                 Budget(self._timeout, self.search_left,
                                        lambda: self._measured_runs()[1]))
+    self.transfer = TransferCheck(repo, run_dir, charter, state, journal, self._run,
+                                  self._other_data, lambda text: self.say(text))
+    self.judge.transfer = self.transfer
 
   def _check_repository(self, after: str) -> None:
     """Stops the run if the repository's git settings (config, hooks, attributes) changed
@@ -123,15 +127,21 @@ class Loop:
     self.data[experiment] = (folder, targets)
     return task.fingerprints()
 
-  def _other_data(self, experiment: str) -> None:
-    """Another shipped experiment's data, pinned from the start commit like the run's own."""
-    if experiment in self.data:
+  def _other_data(self, experiment: str, final: bool = False) -> None:
+    """Another shipped experiment's data, pinned from the start commit like the run's own;
+    `final`: with its test inputs, for the final evaluation, and the same data as pinned."""
+    if experiment in self.data and not final:
       return
     start = vcs.create_detached(self.repo, self.run_dir / 'start', self.config.start_commit)
     dataset = dataset_config(start, experiment, self.charter.trial)
-    fingerprints = self._write_inputs(experiment, dataset, final=False)
-    self.journal.write(records.DataPinned(dataset=dataset, fingerprints=fingerprints,
-                                          experiment=experiment))
+    fingerprints = self._write_inputs(experiment, dataset, final=final)
+    pinned = [d for d in self.journal.read(records.DataPinned) if d.experiment == experiment]
+    if final and pinned and pinned[-1].fingerprints != fingerprints:
+      raise BaselineError(f'the data of {experiment} changed since the run pinned it: '
+                          f'fingerprints {fingerprints} vs recorded {pinned[-1].fingerprints}')
+    if not final:
+      self.journal.write(records.DataPinned(dataset=dataset, fingerprints=fingerprints,
+                                            experiment=experiment))
 
   # ---- budget -------------------------------------------------------------------------
   def elapsed(self) -> float:
@@ -150,7 +160,7 @@ class Loop:
   def final_reserve(self) -> float:
     """Seconds kept out of the search for the final evaluation: its two runs, as measured,
     times FINAL_RESERVE_FACTOR."""
-    return FINAL_RESERVE_FACTOR * sum(self._measured_runs())
+    return FINAL_RESERVE_FACTOR * (sum(self._measured_runs()) + self.transfer.final_seconds)
 
   def search_left(self) -> float:
     """Seconds of the minute budget the search may still spend (the final evaluation's
@@ -183,7 +193,7 @@ class Loop:
   # ---- running --------------------------------------------------------------------------
   def _run(self, workdir: Path, first_seed: int, *, on_curve=None,
            worktree: Path | None = None, experiment: str | None = None,
-           timeout_s: float | None = None) -> TrialOutcome:
+           timeout_s: float | None = None, overrides: tuple[str, ...] = ()) -> TrialOutcome:
     if workdir.exists():  # an interrupted attempt: keep it beside, never overwrite it
       workdir.rename(workdir.with_name(f'{workdir.name}.interrupted-{int(time.time())}'))
     experiment = experiment or self.config.experiment
@@ -191,7 +201,8 @@ class Loop:
     spec = TrialSpec(worktree=worktree or self.worktree.path, experiment=experiment,
                      workdir=workdir, seeds=self.config.seeds, first_seed=first_seed,
                      timeout_s=timeout_s or self._timeout(), limits=self.charter.trial,
-                     inputs=inputs, compile_cache=self.run_dir.parent / COMPILE_CACHE)
+                     inputs=inputs, compile_cache=self.run_dir.parent / COMPILE_CACHE,
+                     overrides=overrides)
     scorer = scoring.Scorer(targets, self.config.seeds)
     outcome = self.execute(spec, scorer=scorer, on_curve=on_curve)
     self._check_repository(f'the trial in {workdir}')
@@ -215,6 +226,10 @@ class Loop:
     self._prepare_data()
     if self.state.incumbent is None:
       self._baseline()
+    try:
+      self.transfer.prepare()
+    except TransferError as e:
+      raise BaselineError(str(e)) from None
     self.worktree.reset_to(self.state.incumbent.commit)
     self.direction = self._direction()
     while True:
@@ -433,8 +448,11 @@ class Loop:
       outcome = self._run(self.run_dir / 'final' / name, FINAL_FIRST_SEED, worktree=tree,
                           timeout_s=timeout_s)
       arms[name] = _final_arm(outcome)
+    transfer = self.transfer.final(start_tree, self.worktree.path, FINAL_FIRST_SEED, timeout_s,
+                                   _final_arm)
     results = records.FinalEval(**arms, commit={'baseline': self.config.start_commit,
-                                                'final': final.commit})
+                                                'final': final.commit},
+                                transfer=transfer or None)
     self.journal.write(results)
     return results
 

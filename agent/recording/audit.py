@@ -8,6 +8,10 @@ records against what the chain cannot vouch for:
   candidate, and every later look's pair on fresh seeds, look by look, as the sequential
   test took them. A flipped `accepted`, another reason code, a rewritten rationale, other
   numbers, or more or fewer looks than the test needed contradict the recomputation;
+- each transfer outcome (charter [transfer]) is recomputed from its recorded arms with
+  agent.judging.transfer, every kept verdict has one for each named experiment, the
+  incumbent's arm there is the one the journal last kept, and the settings each candidate
+  arm carried are those its commit changed;
 - every arm matches its scorecard file (whose sha256 is recorded), every scorecard's summary
   (mean, std) matches its per-seed values, and the final scorecards match `final_eval`;
 - git: every trial's commit changes exactly the recorded diff on top of the incumbent it was
@@ -31,9 +35,11 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from agent.charter import Acceptance, Charter, Objective, Tradeoffs, Trial
+from agent import transfer as transfer_lib
+from agent.charter import Acceptance, Charter, Objective, Tradeoffs, Transfer, Trial
 from agent.editing import diffs
 from agent.judging import decide as decide_lib
+from agent.judging import transfer as transfer_rule
 from agent.recording import pooled_noise
 from agent.recording import records as records_lib
 from agent.recording import vcs
@@ -100,7 +106,8 @@ class Rule:
       objective = Objective(**settings['objective'])
       charter = Charter(trial=Trial(**settings['trial']), objective=objective,
                         acceptance=Acceptance(**settings['acceptance']),
-                        tradeoffs=Tradeoffs(**settings['tradeoffs']))
+                        tradeoffs=Tradeoffs(**settings['tradeoffs']),
+                        transfer=Transfer(**settings.get('transfer', {})))
     except (KeyError, TypeError) as e:
       raise Inconsistency(f'the charter settings in run_started do not parse: {e}') from None
     return cls(charter, objective)
@@ -134,6 +141,7 @@ def _checks(repo: Path, records: list[Record], run_dir: Path) -> Iterator[tuple[
   if settings and isinstance(settings.get('trial'), dict):  # looks are of the run's seeds
     settings = {**settings, 'trial': {**settings['trial'], 'seeds': config.seeds}}
   incumbent = _Incumbent(config.start_commit)
+  transfer_arms: dict[str, records_lib.TransferArm] = {}  # the incumbent's, by experiment
   started: dict[int, records_lib.TrialStarted] = {}
   finished: dict[int, records_lib.TrialFinished] = {}
   confirmed: dict[int, list[records_lib.ConfirmFinished]] = {}
@@ -147,6 +155,9 @@ def _checks(repo: Path, records: list[Record], run_dir: Path) -> Iterator[tuple[
     elif isinstance(body, records_lib.Baseline):
       yield where, functools.partial(_arm_matches_scorecard, body.arm, incumbent.commit)
       incumbent = _Incumbent(body.arm.commit, body.arm)
+    elif isinstance(body, records_lib.TransferBaseline):
+      yield where, functools.partial(_transfer_baseline_fits, repo, config, body)
+      transfer_arms[body.experiment] = body.arm
     elif isinstance(body, records_lib.TrialStarted):
       started[trial], in_progress = body, body.commit
     elif isinstance(body, records_lib.TrialFinished):
@@ -161,15 +172,19 @@ def _checks(repo: Path, records: list[Record], run_dir: Path) -> Iterator[tuple[
       yield from ((where, check) for check in _verdict_checks(
           repo, config.run_id, settings, incumbent, body, trial, started.get(trial),
           finished.get(trial), confirmed.get(trial, []), pooled))
+      yield where, functools.partial(_transfer_fits, repo, config, settings, body,
+                                     incumbent.commit, dict(transfer_arms))
       if body.awaiting_review:
         waiting[trial] = body
       elif body.accepted:
         incumbent = _Incumbent(body.candidate.commit, body.candidate)
+        transfer_arms = transfer_lib.kept_arms(body)
     elif isinstance(body, records_lib.Review):
       verdict = waiting.pop(trial, None)
       yield where, functools.partial(_review_fits, repo, config.run_id, body, verdict)
       if verdict is not None and body.approved:
         incumbent = _Incumbent(verdict.candidate.commit, verdict.candidate)
+        transfer_arms = transfer_lib.kept_arms(verdict)
     elif isinstance(body, records_lib.FinalEval):
       yield where, functools.partial(_final_matches, run_dir, body, incumbent.commit,
                                      config.start_commit)
@@ -304,7 +319,71 @@ def _recompute(rule: Rule, incumbent: _Incumbent, verdict: records_lib.Verdict, 
   failures = [f for f in (verdict.elsewhere or {}).values() if f != 'held']
   if failures:
     return _Expected(False, 'breaks_elsewhere', failures[0])
+  if verdict.transfer:  # the transfer check (agent.transfer), each outcome redone
+    for experiment, recorded in verdict.transfer.items():
+      _transfer_outcome_holds(experiment, recorded)
+    return _Expected.of(transfer_lib.transferred(result, verdict.transfer,
+                                                 rule.charter.transfer.mode))
   return _Expected.of(result)
+
+
+# ---- the transfer check ---------------------------------------------------------------------
+def _transfer_outcome_holds(experiment: str, recorded: records_lib.TransferResult) -> None:
+  """The rule's outcome on the recorded arms; a failure (an arm missing) for its form."""
+  if recorded.incumbent is None or recorded.candidate is None:
+    expected = records_lib.TransferResult(transfer_rule.FAILED)
+  else:
+    expected = transfer_lib.result_of(recorded.incumbent, recorded.candidate)
+  if recorded.outcome != expected.outcome or not all(
+      _close(getattr(recorded, f), getattr(expected, f)) for f in ('gain', 'noise_floor')):
+    raise Inconsistency(f'the transfer outcome on {experiment} is {recorded.outcome} (gain '
+                        f'{recorded.gain}), the rule on the recorded arms gives '
+                        f'{expected.outcome} (gain {expected.gain})')
+
+
+def _carried(repo: Path, config: records_lib.RunConfig, commit: str, experiment: str) -> list[str]:
+  """The settings an arm of `commit` carries to `experiment` (agent.judging.transfer)."""
+  text = lambda sha, path: vcs.file_at(repo, sha, path) or ''
+  return transfer_rule.overrides(text(config.start_commit, config.experiment),
+                                 text(commit, config.experiment), text(commit, experiment))
+
+
+def _transfer_arm_fits(repo: Path, config: records_lib.RunConfig,
+                       arm: records_lib.TransferArm, commit: str, experiment: str) -> None:
+  _arm_matches_scorecard(arm.arm, commit)
+  if arm.overrides != _carried(repo, config, commit, experiment):
+    raise Inconsistency(f'the arm in {arm.arm.workdir} carried {arm.overrides} to '
+                        f'{experiment}, but its commit changed '
+                        f'{_carried(repo, config, commit, experiment)}')
+
+
+def _transfer_baseline_fits(repo: Path, config: records_lib.RunConfig,
+                            baseline: records_lib.TransferBaseline) -> None:
+  _transfer_arm_fits(repo, config, baseline.arm, config.start_commit, baseline.experiment)
+
+
+def _transfer_fits(repo: Path, config: records_lib.RunConfig, settings: dict[str, Any] | None,
+                   verdict: records_lib.Verdict, incumbent: str,
+                   incumbent_arms: dict[str, records_lib.TransferArm]) -> None:
+  """A kept verdict was checked on every transfer experiment the charter named; each arm
+  matches its scorecard and carried what its commit changed; the incumbent's arm is the one
+  the journal last kept for it."""
+  named = [e for e in ((settings or {}).get('transfer') or {}).get('experiments') or []
+           if e != config.experiment]
+  if (verdict.accepted or verdict.awaiting_review) and sorted(verdict.transfer or {}) != sorted(named):
+    raise Inconsistency(f'a kept verdict was checked on the transfer experiments '
+                        f'{sorted(verdict.transfer or {})}, the charter names {sorted(named)}')
+  for experiment, result in (verdict.transfer or {}).items():
+    if result.candidate is not None:
+      _transfer_arm_fits(repo, config, result.candidate, verdict.ran_commit, experiment)
+    if result.incumbent is None:
+      continue
+    if experiment in incumbent_arms:
+      if result.incumbent != incumbent_arms[experiment]:
+        raise Inconsistency(f'the incumbent\'s arm on {experiment} is not the one the journal '
+                            f'kept for it ({incumbent_arms[experiment].arm.workdir})')
+    else:
+      _transfer_arm_fits(repo, config, result.incumbent, result.incumbent.arm.commit, experiment)
 
 
 # ---- files ----------------------------------------------------------------------------------
@@ -333,16 +412,23 @@ def _final_matches(run_dir: Path, final: records_lib.FinalEval, incumbent: str,
     raise Inconsistency(f'the final evaluation ran {commits}, not the start commit '
                         f'{start[:10]} and the incumbent {incumbent[:10]}')
   for name in ('baseline', 'final'):
-    result: records_lib.FinalArm = getattr(final, name)
-    if result.status != 'ok':
-      continue
-    for file, key, recorded in ((SCORECARD, 'val_metric', result.val),
-                                (TEST_SCORECARD, 'test_metric', result.test)):
-      path = run_dir / 'final' / name / file
-      summary = read_json(path)[key]
-      _summary_holds(summary, f'{path}: {key}')
-      for field in ('per_seed', 'mean', 'std'):
-        _same(recorded[field], summary[field], f'{path}: {key}.{field}')
+    _final_arm_matches(getattr(final, name), run_dir / 'final' / name)
+  for experiment, transfer in (final.transfer or {}).items():
+    folder = run_dir / 'final' / 'transfer' / Path(experiment).stem
+    for name in ('baseline', 'final'):
+      _final_arm_matches(getattr(transfer, name), folder / name)
+
+
+def _final_arm_matches(result: records_lib.FinalArm, folder: Path) -> None:
+  if result.status != 'ok':
+    return
+  for file, key, recorded in ((SCORECARD, 'val_metric', result.val),
+                              (TEST_SCORECARD, 'test_metric', result.test)):
+    path = folder / file
+    summary = read_json(path)[key]
+    _summary_holds(summary, f'{path}: {key}')
+    for field in ('per_seed', 'mean', 'std'):
+      _same(recorded[field], summary[field], f'{path}: {key}.{field}')
 
 
 def _summary_holds(summary: dict[str, Any], what: str) -> None:

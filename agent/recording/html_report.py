@@ -56,6 +56,7 @@ class TrialRow:
   diff: str = ''
   candidate: float | None = None  # the candidate's mean on the screen seeds
   confirm_seeds: list[int] = dataclasses.field(default_factory=list)
+  transfer: dict[str, records.TransferResult] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -103,6 +104,7 @@ class _Walk:
     if isinstance(body, records.Verdict):
       row.noise_floor, row.p_value, row.commit = body.noise_floor, body.p_value, body.commit
       row.confirm_seeds = body.confirm_seeds or []
+      row.transfer = body.transfer or {}
       self.compute_saved += body.compute_saved_seconds or 0.0
       if body.candidate is not None:
         row.candidate = _mean_std(body.candidate)[0]
@@ -239,7 +241,7 @@ def _final(journal: Journal) -> dict[str, Any] | None:
   if final is None:
     return None
   arms = {name: getattr(final, name) for name in ('baseline', 'final')}
-  return {'arms': arms, 'commit': final.commit}
+  return {'arms': arms, 'commit': final.commit, 'transfer': final.transfer or {}}
 
 
 def context(repo: Path, journal: Journal) -> dict[str, Any]:

@@ -69,6 +69,29 @@ def status(journal: Journal) -> str:
   return '\n'.join(lines)
 
 
+def transfer_table(final: records.FinalEval) -> list[str]:
+  """Baseline vs final on each transfer experiment (charter [transfer]), test once each."""
+  if not final.transfer:
+    return []
+  lines = ['', 'Transfer, evaluated once at the end on fresh seeds (test split touched once '
+           'per dataset):']
+  for experiment, result in final.transfer.items():
+    arms = (result.baseline, result.final)
+    if all(a.status == 'ok' for a in arms):
+      change = result.final.test['mean'] - result.baseline.test['mean']
+      lines.append(f"  {_text(experiment)}: {_text(result.metric) or 'metric'} test "
+                   f"{_mean(result.baseline.test)} -> {_mean(result.final.test)} "
+                   f"({change:+.4f}); val {_mean(result.baseline.val)} -> "
+                   f"{_mean(result.final.val)}")
+    else:
+      lines.append(f"  {_text(experiment)}: did not run: " + '; '.join(
+          f'{n} {_text(a.status)}: {_text(a.reason)}' for n, a in zip(('baseline', 'final'), arms)
+          if a.status != 'ok'))
+    if result.overrides:
+      lines.append(f"    final carried {_text(' '.join(result.overrides))}")
+  return lines
+
+
 def _proposals(journal: Journal) -> dict[int, records.Proposed]:
   return {r.trial: r.body for r in journal.records(records.Proposed)}
 
@@ -106,6 +129,7 @@ def summary(journal: Journal, branch: str, run_dir: str) -> str:
                      f"test {_mean(r.test)}   seeds {r.seeds[0]}..{r.seeds[-1]}")
       else:
         lines.append(f"  {name:8s} did not run: {_text(r.status)}: {_text(r.reason)}")
+    lines += transfer_table(final)
   proposals = _proposals(journal)
   chain = kept(journal)
   lines.append('')

@@ -1,0 +1,221 @@
+"""The charter's transfer check, run: a kept change on the other experiments it names.
+
+Why: a win on one dataset may be a win only there. The charter's `[transfer] experiments`
+are run for every candidate the sequential test would keep: the candidate's code with the
+transfer experiment's config (plus the settings the candidate changed in the run's own
+config, where that config has them: agent.judging.transfer.overrides), paired with the
+incumbent on the search's screen seeds, scored from outside the trial with that
+experiment's own labels (the loop's `_run`). agent.judging.transfer decides each; a loss
+rejects unless the charter says `mode = "report"`. At the end the start commit and the
+final incumbent are evaluated once on each, on fresh seeds and its test split.
+
+The incumbent's arm on each transfer experiment is never run twice: the start commit's is
+the run's transfer baseline, and a kept candidate's own arm becomes the next incumbent's,
+both read back from the journal, so a resumed run has them too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from agent.charter import Charter
+from agent.judging import decide as decide_lib
+from agent.judging import transfer as rule
+from agent.recording import records, vcs
+from agent.recording.journal import Journal
+from agent.recording.records import ArmRecord, TransferArm, TransferResult
+from agent.recording.state import RunState
+from agent.safety.executor import TrialOutcome
+from harness.scorecard import SCORECARD, read_json
+
+FIRST_SEED = 0  # the search's screen seeds (agent.candidate.SCREEN_FIRST_SEED)
+
+
+class TransferError(RuntimeError):
+  """A transfer experiment cannot be run at the start commit: nothing to compare against."""
+
+
+def incumbent_arms(journal: Journal) -> dict[str, TransferArm]:
+  """The current incumbent's arm on each transfer experiment, from the journal: the transfer
+  baselines, replaced by a kept candidate's arms whenever one becomes the incumbent."""
+  arms: dict[str, TransferArm] = {}
+  waiting: dict[int, records.Verdict] = {}
+  for record in journal.records():
+    body = record.body
+    if isinstance(body, records.TransferBaseline):
+      arms[body.experiment] = body.arm
+    elif isinstance(body, records.Verdict) and body.awaiting_review:
+      waiting[record.trial] = body
+    elif isinstance(body, records.Review) and body.approved and body.trial in waiting:
+      arms = kept_arms(waiting.pop(body.trial))
+    elif isinstance(body, records.Verdict) and body.accepted:
+      arms = kept_arms(body)
+  return arms
+
+
+def kept_arms(verdict: records.Verdict) -> dict[str, TransferArm]:
+  """A kept candidate's arms on the transfer experiments: the new incumbent's there."""
+  return {e: r.candidate for e, r in (verdict.transfer or {}).items() if r.candidate}
+
+
+class TransferCheck:
+  """Runs the transfer check of one run (`run` is the loop's `_run`; `data(experiment,
+  final)` pins and writes an experiment's inputs)."""
+
+  def __init__(self, repo: Path, run_dir: Path, charter: Charter, state: RunState,
+               journal: Journal, run: Callable[..., TrialOutcome],
+               data: Callable[[str, bool], None], say: Callable[[str], None]):
+    self.repo, self.run_dir, self.charter, self.state = repo, run_dir, charter, state
+    self.journal, self.run, self.data, self.say = journal, run, data, say
+    self.config = state.config
+    self.experiments = [e for e in charter.transfer.experiments if e != self.config.experiment]
+    self.final_seconds = 0.0  # what the final evaluation's transfer runs take, as measured
+
+  def _overrides(self, tree: Path, experiment: str) -> list[str]:
+    start = vcs.file_at(self.repo, self.config.start_commit, self.config.experiment) or ''
+    return rule.overrides(start, (tree / self.config.experiment).read_text(),
+                          (tree / experiment).read_text())
+
+  def _arm(self, workdir: Path, tree: Path, commit: str, experiment: str,
+           **kwargs) -> tuple[TransferArm | None, TrialOutcome]:
+    """One arm: `tree`'s code on `experiment` with the settings it carries there."""
+    overrides = self._overrides(tree, experiment)
+    outcome = self.run(workdir, FIRST_SEED, worktree=tree, experiment=experiment,
+                       overrides=tuple(overrides), **kwargs)
+    self.state.compute_seconds += outcome.wall_seconds
+    if outcome.status != 'ok' or outcome.scorecard is None:
+      return None, outcome
+    return TransferArm(ArmRecord.from_scorecard(commit, workdir, outcome.scorecard),
+                       overrides), outcome
+
+  def prepare(self) -> None:
+    """Pins each transfer experiment's data and runs the start commit on it once (the
+    transfer baseline); raises TransferError where it does not train."""
+    if not self.experiments:
+      return
+    have = {b.experiment for b in self.journal.read(records.TransferBaseline)}
+    start = vcs.create_detached(self.repo, self.run_dir / 'start', self.config.start_commit)
+    for experiment in self.experiments:
+      try:
+        self.data(experiment, False)
+      except (OSError, ValueError) as e:
+        raise TransferError(f'transfer experiment {experiment}: {e}') from None
+      if experiment in have:
+        continue
+      self.say(f'[transfer baseline] {experiment} at {self.config.start_commit[:10]}')
+      workdir = self.run_dir / 'transfer_baseline' / Path(experiment).stem
+      arm, outcome = self._arm(workdir, start, self.config.start_commit, experiment)
+      if arm is None:
+        raise TransferError(f'transfer experiment {experiment} does not run at the start '
+                            f'commit: {outcome.status}: {outcome.reason} (log: '
+                            f'{outcome.log_path})')
+      self.journal.write(records.TransferBaseline(experiment=experiment, arm=arm,
+                                                  wall_seconds=outcome.wall_seconds))
+    self.final_seconds = 2 * sum(b.wall_seconds for b in self.journal.read(
+        records.TransferBaseline) if b.experiment in self.experiments)
+
+  def judge(self, trial: int, commit: str, worktree: Path, verdict: decide_lib.Verdict,
+            extra: dict) -> decide_lib.Verdict:
+    """A candidate the test would keep (in `worktree`, at `commit`), on every transfer
+    experiment: the verdict says how it did on each, and rejects a loss unless the charter
+    only reports them."""
+    incumbent = self.state.incumbent
+    changed = set(vcs.changed_files(self.repo, incumbent.commit, commit))
+    known = incumbent_arms(self.journal)
+    results: dict[str, TransferResult] = {}
+    for experiment in self.experiments:
+      results[experiment] = self._judge_one(trial, commit, worktree, experiment, changed,
+                                            known.get(experiment))
+      result = results[experiment]
+      self.say(f'[trial {trial}] transfer: ' + rule.words(
+          experiment, _outcome(result), result.metric or 'metric', result.reason))
+    extra['transfer'] = results
+    return transferred(verdict, results, self.charter.transfer.mode)
+
+  def _judge_one(self, trial: int, commit: str, worktree: Path, experiment: str,
+                 changed: set[str], incumbent: TransferArm | None) -> TransferResult:
+    if experiment in changed:
+      return TransferResult(rule.FAILED, incumbent=incumbent, reason=(
+          'the change edits this transfer experiment\'s own config, which the check must run '
+          'as the charter named it'))
+    folder = self.run_dir / 'trials' / str(trial) / 'transfer' / Path(experiment).stem
+    self.data(experiment, False)
+    wall, statuses = 0.0, {'incumbent': 'ok'}
+    if incumbent is None:  # a transfer experiment the incumbent has no arm on yet
+      tree = vcs.create_detached(self.repo, self.run_dir / 'incumbent', self.state.incumbent.commit)
+      incumbent, ran = self._arm(folder / 'incumbent', tree, self.state.incumbent.commit,
+                                 experiment)
+      wall, statuses['incumbent'] = ran.wall_seconds, ran.status
+      if incumbent is None:
+        self._confirmed(trial, experiment, wall, 'not run', ran.status)
+        return TransferResult(rule.FAILED, reason=f'the incumbent did not finish there '
+                              f'({ran.status}: {ran.reason})')
+    candidate, ran = self._arm(folder / 'candidate', worktree, commit, experiment)
+    self._confirmed(trial, experiment, wall + ran.wall_seconds, ran.status,
+                    statuses['incumbent'])
+    if candidate is None:
+      return TransferResult(rule.FAILED, incumbent=incumbent,
+                            reason=f'the candidate {ran.status}: {ran.reason}')
+    return result_of(incumbent, candidate)
+
+  def _confirmed(self, trial: int, experiment: str, wall: float, candidate: str,
+                 incumbent: str) -> None:
+    self.journal.write(records.ConfirmFinished(wall_seconds=wall, experiment=experiment,
+                                               candidate=candidate, incumbent=incumbent),
+                       trial=trial)
+
+  def final(self, start: Path, final: Path, first_seed: int,
+            timeout_s: float, final_arm: Callable[[TrialOutcome], records.FinalArm]
+            ) -> dict[str, records.TransferFinal]:
+    """The start commit and the final incumbent on every transfer experiment, once, on
+    fresh seeds and its test split."""
+    results = {}
+    for experiment in self.experiments:
+      self.data(experiment, True)
+      folder = self.run_dir / 'final' / 'transfer' / Path(experiment).stem
+      arms, overrides, metric = {}, {}, ''
+      for name, tree in (('baseline', start), ('final', final)):
+        self.say(f'[final] {experiment}: the {name} on fresh seeds and the test split')
+        overrides[name] = self._overrides(tree, experiment)
+        outcome = self.run(folder / name, first_seed, worktree=tree, experiment=experiment,
+                           timeout_s=timeout_s, overrides=tuple(overrides[name]))
+        arms[name] = final_arm(outcome)
+        metric = metric or (outcome.scorecard or {}).get('metric', {}).get('name', '')
+      results[experiment] = records.TransferFinal(
+          baseline=arms['baseline'], final=arms['final'], overrides=overrides['final'],
+          metric=metric)
+    return results
+
+
+def result_of(incumbent: TransferArm, candidate: TransferArm) -> TransferResult:
+  """The rule's outcome on two finished arms, with the metric their scorecards name."""
+  name, direction = metric_of(incumbent.arm)
+  outcome = rule.judge(incumbent.arm.per_seed, candidate.arm.per_seed, direction)
+  return TransferResult(outcome.outcome, name, outcome.gain, outcome.noise_floor,
+                        incumbent, candidate)
+
+
+def metric_of(arm: ArmRecord) -> tuple[str, str]:
+  """(metric name, direction) as the arm's scorecard states them."""
+  metric = read_json(Path(arm.workdir) / SCORECARD)['metric']
+  return metric['name'], 'min' if metric['direction'] == 'min' else 'max'
+
+
+def _outcome(result: TransferResult) -> rule.Outcome:
+  return rule.Outcome(result.outcome, result.gain, result.noise_floor)
+
+
+def transferred(verdict: decide_lib.Verdict, results: dict[str, TransferResult],
+                mode: str) -> decide_lib.Verdict:
+  """The kept verdict with the transfer sentence added, or the rejection a loss makes (its
+  numbers stay the run's own experiment's): what `verify` recomputes."""
+  reject, sentence = rule.summary({e: _outcome(r) for e, r in results.items()},
+                                  {e: r.metric or 'metric' for e, r in results.items()}, mode,
+                                  {e: r.reason for e, r in results.items()})
+  if reject:
+    return decide_lib.Verdict(False, rule.REASON, f'{sentence} On its own experiment: '
+                              f'{verdict.rationale}', verdict.gain, verdict.noise_floor,
+                              verdict.p_value, verdict.checks)
+  return decide_lib.Verdict(True, verdict.reason_code, f'{verdict.rationale} {sentence}',
+                            verdict.gain, verdict.noise_floor, verdict.p_value, verdict.checks)

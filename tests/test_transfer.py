@@ -1,0 +1,158 @@
+"""The transfer check: the charter's [transfer] section, the shuffled MNIST-1D task a change
+can fail to transfer to, the per-dataset rule, and a kept change rejected for losing on a
+transfer experiment with `verify` redoing the verdict from the journal."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from agent.charter import CharterError, parse_charter
+from agent.editing import config_edit, knobs
+from agent.judging import transfer as rule
+from agent.recording import audit, records
+from agent.recording import html_report
+from agent.recording import report as report_lib
+from agent.safety.executor import TrialOutcome
+from harness import datasets
+from harness.scorecard import TEST_SCORECARD, summarize
+from tests.agent_workspace import TINY_EXPERIMENT, fake_scorecard, write_scorecard
+from tests.conftest import ROOT, load_experiment
+from tests.test_agent_loop import ScriptedProposer, SimulatedRunner, make_loop, set_lr
+from tests.test_audit import _forge
+from tests.test_charter import charter, error_of
+
+SHUFFLED = 'experiments/mnist1d_shuffled_mlp.py'
+
+
+# ---- the charter --------------------------------------------------------------------------
+def test_transfer_section_parses_with_reject_as_the_default_mode():
+  loaded = parse_charter(charter(f'[transfer]\nexperiments = ["{SHUFFLED}", '
+                                 f'"experiments/digits_mlp.py"]\n'))
+  assert loaded.transfer.experiments == (SHUFFLED, 'experiments/digits_mlp.py')
+  assert loaded.transfer.mode == 'reject'
+  assert parse_charter(charter('[transfer]\nmode = "report"\n')).transfer.mode == 'report'
+  assert parse_charter(charter('')).transfer.experiments == ()
+
+
+@pytest.mark.parametrize('toml, line, message', [
+    ('[transfer]\nmode = "warn"\n', 11, "'transfer.mode' must be 'reject' or 'report'"),
+    ('[transfer]\nexperiments = "experiments/digits_mlp.py"\n', 11,
+     "'transfer.experiments' must be a list of strings"),
+    ('[transfer]\n\nexperiments = ["../outside.py"]\n', 12,
+     "'transfer.experiments' must be a list of distinct experiment config files"),
+    ('[transfer]\nexperiments = ["a.py", "a.py"]\n', 11, 'distinct'),
+    ('[transfer]\nexperiments = ["experiments/digits_mlp.yaml"]\n', 11, 'config files'),
+    ('[transfer]\nexprmnts = []\n', 11, "unknown key 'transfer.exprmnts'"),
+])
+def test_a_malformed_transfer_section_is_one_line_naming_its_line(toml, line, message):
+  error = error_of(charter(toml))
+  assert str(error).startswith(f'WORKSPACE.md:{line}: ') and message in str(error)
+
+
+# ---- the shuffled task -----------------------------------------------------------------------
+def test_shuffled_mnist1d_is_one_fixed_permutation_of_mnist1ds_time_steps():
+  plain = datasets.load_task(load_experiment('mnist1d_mlp').dataset)
+  shuffled = datasets.load_task(load_experiment('mnist1d_shuffled_mlp').dataset)
+  order = np.random.default_rng(datasets.SHUFFLE_SEED).permutation(40)
+  assert sorted(order) == list(range(40)) and list(order) != list(range(40))
+  for name in ('train', 'val', 'test'):
+    a, b = getattr(plain, name), getattr(shuffled, name)
+    np.testing.assert_array_equal(b.x, a.x[:, order])  # every example, the same permutation
+    np.testing.assert_array_equal(b.y, a.y)
+    assert a.fingerprint != b.fingerprint
+  assert (shuffled.name, shuffled.input_shape, shuffled.metric_name) == (
+      'mnist1d_shuffled', (40, 1), 'accuracy')
+  again = datasets.load_task(load_experiment('mnist1d_shuffled_mlp').dataset, cache=None)
+  assert again.fingerprints() == shuffled.fingerprints()  # deterministic, cached or not
+
+
+# ---- the rule --------------------------------------------------------------------------------
+def test_the_rule_says_gained_held_or_lost_against_the_noise_floor():
+  incumbent = [0.80, 0.81, 0.82]
+  assert rule.judge(incumbent, [0.85, 0.86, 0.87], 'max').outcome == rule.GAINED
+  assert rule.judge(incumbent, [0.80, 0.812, 0.82], 'max').outcome == rule.HELD
+  assert rule.judge(incumbent, [0.70, 0.71, 0.72], 'max').outcome == rule.LOST
+  assert rule.judge([2.0, 2.1, 2.2], [1.5, 1.6, 1.7], 'min').outcome == rule.GAINED
+  assert rule.judge(incumbent, [0.8, float('nan'), 0.8], 'max').outcome == rule.FAILED
+  lost = {'e.py': rule.judge(incumbent, [0.70, 0.71, 0.72], 'max')}
+  assert rule.summary(lost, {}, 'reject')[0] and not rule.summary(lost, {}, 'report')[0]
+
+
+def test_a_change_carries_the_settings_it_changed_where_the_transfer_config_has_them():
+  main, other = (ROOT / TINY_EXPERIMENT).read_text(), (ROOT / SHUFFLED).read_text()
+  changed = config_edit.set_value(main, 'optimizer.learning_rate', 0.03)
+  changed = config_edit.set_value(changed, 'dataset.split_seed', 7)  # data stays pinned
+  assert rule.overrides(main, changed, other) == ['--config.optimizer.learning_rate=0.03']
+  same = config_edit.set_value(main, 'optimizer.learning_rate', 1e-2)  # shuffled's own value
+  assert rule.overrides(main, same, other) == [] == rule.overrides(main, main, other)
+
+
+# ---- in the loop -----------------------------------------------------------------------------
+class TransferRunner(SimulatedRunner):
+  """The learning rate's effect depends on the experiment; a transfer arm's learning rate
+  is the one its overrides carry, else its own config's."""
+
+  def __init__(self, effects):
+    super().__init__(independent=0.0)
+    self.effects = effects
+
+  def __call__(self, spec, scorer=None, on_curve=None):
+    self.calls += 1
+    values = {k.path: k.value for k in knobs.inventory(spec.worktree / spec.experiment)}
+    for override in spec.overrides:
+      key, _, value = override.removeprefix('--config.').partition('=')
+      values[key] = float(value)
+    lr = values['optimizer.learning_rate']
+    seeds = range(spec.first_seed, spec.first_seed + spec.seeds)
+    per_seed = [0.8 + self.effects.get((spec.experiment, lr), 0.0)
+                + 0.01 * np.random.default_rng(s).standard_normal() for s in seeds]
+    card = fake_scorecard(per_seed)
+    write_scorecard(spec.workdir, card)
+    if 'final' in spec.workdir.parts:  # the scorer's test scorecard, at the end only
+      test = [v - 0.01 for v in per_seed]
+      (spec.workdir / TEST_SCORECARD).write_text(json.dumps({'test_metric': summarize(test)}))
+    return TrialOutcome('ok', card, card['curve'], 1.0, 0, spec.workdir / 'trial.log', '', 'ok')
+
+
+def transfer_charter(mode):
+  return lambda text: text.replace('[pruning]', f'[transfer]\nexperiments = ["{SHUFFLED}"]\n'
+                                   f'mode = "{mode}"\n\n[pruning]')
+
+
+@pytest.mark.parametrize('mode', ['reject', 'report'])
+def test_a_win_that_loses_on_a_transfer_dataset_is_rejected_and_verify_agrees(tmp_path, mode):
+  """lr 3e-2 wins clearly on digits and loses clearly on shuffled MNIST-1D: rejected for it
+  (kept, with the loss said, in report mode); `verify` redoes every outcome, and a forged one
+  contradicts it; the final evaluation and the summary carry the transfer table."""
+  runner = TransferRunner({(TINY_EXPERIMENT, 3e-2): 0.06, (SHUFFLED, 3e-2): -0.1})
+  repo, loop, journal = make_loop(tmp_path, ScriptedProposer([('lr_up', set_lr(3e-2))]),
+                                  runner, trials=1, charter_text=transfer_charter(mode))
+  loop.run()
+  loop.final_evaluation()
+  verdict = journal.latest(records.Verdict)
+  result = verdict.transfer[SHUFFLED]
+  assert result.outcome == rule.LOST and result.gain < -result.noise_floor
+  assert result.candidate.overrides == ['--config.optimizer.learning_rate=0.03']
+  assert result.incumbent == journal.latest(records.TransferBaseline).arm
+  assert f'{SHUFFLED} lost (accuracy' in verdict.rationale
+  if mode == 'reject':
+    assert not verdict.accepted and verdict.reason_code == rule.REASON
+    assert loop.state.incumbent.commit == loop.config.start_commit
+  else:
+    assert verdict.accepted and 'Transfer (report only)' in verdict.rationale
+  assert audit.verify_run(repo, journal) is None
+
+  final = journal.latest(records.FinalEval).transfer[SHUFFLED]
+  assert final.baseline.status == final.final.status == 'ok'
+  assert final.final.test['mean'] > 0 and final.baseline.test['mean'] > 0
+  summary = report_lib.summary(journal, 'agent/r1', str(loop.run_dir))
+  assert 'Transfer, evaluated once at the end' in summary and SHUFFLED in summary
+  page = html_report.render(repo, journal)
+  assert 'id="transfer"' in page and SHUFFLED in page and 'run verified' in page
+
+  forged = _forge(journal, 'verdict', 1, lambda payload: {**payload, 'transfer': {
+      e: {**r, 'outcome': rule.HELD} for e, r in payload['transfer'].items()}})
+  assert 'transfer' in audit.verify_run(repo, forged)
