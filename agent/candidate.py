@@ -23,7 +23,7 @@ from typing import Any, Callable, Protocol
 from agent.charter import Charter
 from agent.editing import diffs, knobs
 from agent.judging import decide as decide_lib
-from agent.judging import uses
+from agent.judging import rungs, uses
 from agent.recording import pooled_noise, records, vcs
 from agent.recording.journal import Journal
 from agent.recording.records import ArmRecord, mean_of
@@ -50,8 +50,8 @@ class RunArm(Protocol):
 class RunBatch(Protocol):
   """Runs members with these traced values together on the incumbent's code (`_run_batch`)."""
 
-  def __call__(self, workdir: Path, first_seed: int,
-               values: list[dict[str, float]]) -> list[TrialOutcome]: ...
+  def __call__(self, workdir: Path, first_seed: int, values: list[dict[str, float]],
+               rule: rungs.Rule | None = None) -> list[TrialOutcome]: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +116,18 @@ class CandidateJudge:
     """Whether a run started now gets less than the charter's time because of the budget."""
     return self.budget.timeout() < self.charter.trial.timeout_minutes * 60
 
+  def _rung_rule(self, direction: str, candidates: int) -> rungs.Rule | None:
+    """The batch's successive halving (charter [pruning] rungs), the incumbent trained
+    alongside as member 0; a clear loser is one behind it by the pruner's margin."""
+    p, incumbent = self.charter.pruning, self.state.incumbent
+    steps = rungs.rung_steps([int(s) for s, _ in incumbent.curve], incumbent.steps, p.rungs)
+    if not (p.enabled and steps and candidates >= 2 and len(incumbent.per_seed) >= 2):
+      return None
+    noise = decide_lib.noise_floor(incumbent.per_seed, 1.0,
+                                   min_std=math.sqrt(self.pooled_variance / 2))
+    return rungs.Rule(steps, incumbent.steps, 0, direction, p.rung_keep,
+                      p.margin_multiplier * noise)
+
   def _pruner(self, candidate_steps: int, direction: str):
     """Prunes against the incumbent's seed noise, or the run's pooled noise if larger (a
     paired-gain variance v is a per-arm spread of sqrt(v / 2) in `noise_floor`'s terms)."""
@@ -148,18 +160,24 @@ class CandidateJudge:
     policy = decide_lib.AcceptancePolicy.of(self.charter, self.config.seeds).batch(len(trials))
     workdir = self.run_dir / 'trials' / str(trials[0]) / 'screen'
     cut = self._budget_cuts()
-    outcomes = [_budget_status(o, cut) for o in self.run_batch(workdir, SCREEN_FIRST_SEED, values)]
+    rule = self._rung_rule(direction, len(trials))
+    alongside = [{}] if rule else []  # the incumbent as member 0: its own values
+    outcomes = [_budget_status(o, cut)
+                for o in self.run_batch(workdir, SCREEN_FIRST_SEED, alongside + values, rule)]
     self.screen_seconds = 0.0  # the batch's: a member alone costs what the incumbent does
     wall = outcomes[0].wall_seconds
     self.state.compute_seconds += wall
+    outcomes = outcomes[len(alongside):]
     screened = []
     for index, (trial, outcome) in enumerate(zip(trials, outcomes, strict=True)):
-      folder = workdir / f'member-{index}'
+      folder = workdir / f'member-{index + len(alongside)}'
       self.journal.write(records.TrialFinished(
           status=outcome.status, reason=outcome.reason, wall_seconds=wall / len(trials),
           workdir=str(folder), sandbox=outcome.sandbox, batch=list(trials)), trial=trial)
       screened.append(self._screen(commits[index], diff_texts[index], direction, metric, outcome,
                                    folder, incumbent.steps, policy))
+    for rung in outcomes[0].rungs:  # the judge's numbers, in trials, for `verify` to redo
+      self.journal.write(records.RungDecided.of(rung, trials), trial=trials[0])
     alive = [i for i, (verdict, _, _) in enumerate(screened)
              if verdict.accepted or verdict.undecided]
     best = max(alive, key=lambda i: screened[i][0].gain) if alive else None

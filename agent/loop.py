@@ -20,6 +20,7 @@ from agent.candidate import BUDGET, SCREEN_FIRST_SEED, Budget, CandidateJudge
 from agent.charter import Charter
 from agent.editing import batching, knobs
 from agent.judging import decide as decide_lib
+from agent.judging import rungs
 from agent.proposing.proposal import NoProposal, Observation, Proposal, ProposalFailed, Proposer
 from agent.recording import records, vcs
 from agent.recording.journal import Journal
@@ -208,16 +209,18 @@ class Loop:
     self._check_repository(f'the trial in {workdir}')
     return outcome
 
-  def _run_batch(self, workdir: Path, first_seed: int,
-                 values: list[dict[str, float]]) -> list[TrialOutcome]:
+  def _run_batch(self, workdir: Path, first_seed: int, values: list[dict[str, float]],
+                 rule: rungs.Rule | None = None) -> list[TrialOutcome]:
     """Members with these traced values, trained together on the worktree's (the
-    incumbent's) code."""
+    incumbent's) code; with a `rule`, ranked at its rungs and the trailing ones stopped."""
     inputs, targets = self.data[self.config.experiment]
     spec = TrialSpec(worktree=self.worktree.path, experiment=self.config.experiment,
                      workdir=workdir, seeds=self.config.seeds, first_seed=first_seed,
                      timeout_s=self._timeout(), limits=self.charter.trial, inputs=inputs,
-                     compile_cache=self.run_dir.parent / COMPILE_CACHE, members=tuple(values))
-    outcomes = self.execute_batch(spec, scorer=scoring.Scorer(targets, self.config.seeds))
+                     compile_cache=self.run_dir.parent / COMPILE_CACHE, members=tuple(values),
+                     rungs=rule.steps if rule else ())
+    outcomes = self.execute_batch(spec, scorer=scoring.Scorer(targets, self.config.seeds),
+                                  rule=rule)
     self._check_repository(f'the trial in {workdir}')
     return outcomes
 

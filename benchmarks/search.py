@@ -155,11 +155,11 @@ def run_agent(ctx: Context, rep: int, seed: int, budget: Budget, say: Say,
                              on_curve=on_curve)
     return _budget_edge(budget.charge(outcome), timeout < spec.timeout_s)
 
-  def execute_batch(spec: TrialSpec, scorer=None) -> list[TrialOutcome]:
+  def execute_batch(spec: TrialSpec, scorer=None, rule=None) -> list[TrialOutcome]:
     timeout = budget.timeout(spec.timeout_s)
     if timeout <= 0:
       return [_out_of_budget(spec) for _ in spec.members]
-    outcomes = trials.execute_batch(dataclasses.replace(spec, timeout_s=timeout), scorer)
+    outcomes = trials.execute_batch(dataclasses.replace(spec, timeout_s=timeout), scorer, rule)
     budget.charge(outcomes[0])  # one process: its wall time once, whatever the members
     return [_budget_edge(o, timeout < spec.timeout_s) for o in outcomes]
 

@@ -30,6 +30,7 @@ from unittest import mock
 import ml_collections
 
 from agent.editing import config_edit
+from agent.judging import rungs
 from agent.safety.executor import LOG, OnCurve, TrialOutcome, TrialSpec, run_batch, run_trial
 from harness import scorecard, trial_inputs
 from harness.datasets import load_task
@@ -132,17 +133,44 @@ def execute(spec: TrialSpec, scorer: Scorer | None = None,
   return outcome(card['status'], card, f'finished: {card["status"]}', 0)
 
 
-def execute_batch(spec: TrialSpec, scorer: Scorer | None = None) -> list[TrialOutcome]:
+class _InProcessRungs:
+  """harness.rungs.Rungs for a batch trained here: the judge's rule applied to the members'
+  curves as this process scores them (the same numbers the executor's judge would read)."""
+
+  def __init__(self, rule: rungs.Rule, curves: dict[Path, list[dict[str, Any]]], workdir: Path):
+    self.rule, self.curves, self.workdir = rule, curves, workdir
+    self.steps = frozenset(rule.steps)
+    self.decided: list[rungs.Rung] = []
+
+  def stopped(self, step: int, training) -> set[int]:
+    scores = {}
+    for member in training:
+      folder = member_folder(self.workdir, member, batched=True)
+      point = next((p for p in self.curves.get(folder, []) if p['step'] == step), None)
+      if point is not None:
+        scores[member] = [float(v) for v in point['val_metric']]
+    if self.rule.incumbent not in scores:
+      return set()
+    rung = self.rule.decide(step, scores)
+    self.decided.append(rung)
+    last = step == self.rule.steps[-1]
+    return set(rung.stopped) | ({self.rule.incumbent} if last else set())
+
+
+def execute_batch(spec: TrialSpec, scorer: Scorer | None = None,
+                  rule: rungs.Rule | None = None) -> list[TrialOutcome]:
   """agent.safety.executor.run_batch's contract, run in this process when the code allows
   it: one outcome per member, each with the whole batch's wall time (charge it once). A
-  timeout is every member's, as in one process."""
+  timeout is every member's, as in one process. With a `rule`, the rungs stop members here
+  as the executor's judge would."""
   if spec.overrides or not runs_here(spec.worktree):
-    return run_batch(spec, scorer)
+    return run_batch(spec, scorer, rule=rule)
   workdir = Path(spec.workdir)
   log_path = _fresh_log(workdir)
   curves: dict[Path, list[dict[str, Any]]] = {}
   start = time.monotonic()
   original = scorecard.append_jsonl
+  control = _InProcessRungs(rule, curves, workdir.absolute()) if rule and spec.rungs else None
 
   def every(status: str, reason: str, code: int | None) -> list[TrialOutcome]:
     return [TrialOutcome(status, None, [], time.monotonic() - start, code, log_path, '', reason,
@@ -165,7 +193,8 @@ def execute_batch(spec: TrialSpec, scorer: Scorer | None = None) -> list[TrialOu
     try:
       with_test = spec.eval_test or bool(spec.inputs and (spec.inputs / 'predict_test.npy').exists())
       cards = train_and_evaluate(config, workdir, num_seeds=spec.seeds, eval_test=with_test,
-                                 members=[dict(m) for m in spec.members])['members']
+                                 members=[dict(m) for m in spec.members],
+                                 rungs=control)['members']
     except _Stop as stop:
       return every(stop.status, stop.reason, None)
     except ConfigError as e:
@@ -173,12 +202,23 @@ def execute_batch(spec: TrialSpec, scorer: Scorer | None = None) -> list[TrialOu
     except Exception as e:
       return every('failed', ' '.join(str(e).split())[:300] or type(e).__name__, 1)
   wall = time.monotonic() - start
+  decided = tuple(control.decided) if control else ()
+  stops = {m: rung for rung in decided for m in rung.stopped}
   outcomes = []
   for index, (values, card) in enumerate(zip(spec.members, cards, strict=True)):
-    card['batch'] = {'size': len(spec.members), 'member': index, 'values': dict(values)}
     folder = member_folder(workdir.absolute(), index, batched=True)
+    if 'stopped_at' in card:
+      reason = (stops[index].reason(index) if index in stops else
+                f'the incumbent, trained alongside to rank the candidates until step '
+                f'{card["stopped_at"]}')
+      outcomes.append(TrialOutcome('pruned', None, curves.get(folder, []), wall, 0, log_path, '',
+                                   reason, card['stopped_at'], rungs=decided,
+                                   sandbox=IN_PROCESS))
+      continue
+    card['batch'] = {'size': len(spec.members), 'member': index, 'values': dict(values)}
     outcomes.append(TrialOutcome(card['status'], card, curves.get(folder, []), wall, 0, log_path,
-                                 '', f'finished: {card["status"]}', sandbox=IN_PROCESS))
+                                 '', f'finished: {card["status"]}', rungs=decided,
+                                 sandbox=IN_PROCESS))
   return outcomes
 
 

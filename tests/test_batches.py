@@ -17,6 +17,7 @@ from agent.proposing.proposal import Observation, Proposal
 from agent.recording.audit import verify_run
 from agent.recording.state import RunState, TrialSummary
 from agent.safety.executor import TrialOutcome, run_batch
+from harness import scoring
 from tests.agent_workspace import TINY_EXPERIMENT, fake_scorecard, git, write_scorecard
 from tests.test_agent_loop import SEED_NOISE, ScriptedProposer, SimulatedRunner, make_loop, set_lr
 
@@ -59,7 +60,7 @@ class SimulatedBatch:
   def __init__(self, effect_per_lr):
     self.effect_per_lr, self.calls = effect_per_lr, []
 
-  def __call__(self, spec, scorer=None) -> list[TrialOutcome]:
+  def __call__(self, spec, scorer=None, rule=None) -> list[TrialOutcome]:
     self.calls.append(spec)
     outcomes = []
     for index, values in enumerate(spec.members):
@@ -117,7 +118,7 @@ def test_an_interrupted_batch_resumes_its_candidates_one_by_one_alone(tmp_path):
   proposer = BatchProposer([('lr_up', set_lr(lr)) for lr in effects])
   repo, loop, journal = make_loop(tmp_path, proposer, SimulatedRunner(effects), trials=2)
 
-  def killed(spec, scorer=None):
+  def killed(spec, scorer=None, rule=None):
     raise KeyboardInterrupt
   loop.execute_batch = killed
   with pytest.raises(KeyboardInterrupt):
@@ -166,20 +167,33 @@ def test_the_heuristic_sweeps_a_traced_knob_and_proposes_anything_else_alone(tmp
 
 
 def test_a_real_batch_trains_in_one_sandboxed_process_and_verifies(tmp_path):
-  """Through the real executor and harness: each member's scorecard, written by the trusted
-  side, says it trained in a batch, and the run verifies."""
-  proposer = BatchProposer([('lr_up', set_lr(lr)) for lr in (1e-3, 1e-2)])
+  """Through the real executor and harness: the incumbent trains alongside as member 0 to the
+  last rung; at the first rung (step 20 of 60) the trailing candidate of two stops there,
+  judged from outside; each scored member's scorecard, written by the trusted side, says it
+  trained in a batch; the journal holds the rungs and the run verifies."""
+  proposer = BatchProposer([('lr_up', set_lr(lr)) for lr in (1e-4, 1e-2)])
   repo, loop, journal = make_loop(tmp_path, proposer, None, trials=2)
   from agent.safety.executor import run_trial
   loop.execute = run_trial
   loop.execute_batch = run_batch
   loop.run()
-  finished = journal.records('trial_finished')
-  assert [r.payload['batch'] for r in finished] == [[1, 2], [1, 2]]
-  for index, record in enumerate(finished):
-    card = json.loads((loop.run_dir / 'trials/1/screen' / f'member-{index}' /
-                       'scorecard.json').read_text())
-    assert card['batch']['member'] == index and card['status'] == 'ok'
-    assert card['config']['optimizer']['learning_rate'] == (1e-3, 1e-2)[index]
-  assert len(journal.records('verdict')) == 2
+  finished = {r.trial: r.payload for r in journal.records('trial_finished')}
+  assert [finished[t]['batch'] for t in (1, 2)] == [[1, 2], [1, 2]]
+  rungs = [r.payload for r in journal.records('rung')]
+  assert [(r['step'], r['total_steps']) for r in rungs] == [(20, 60), (40, 60)]
+  first = rungs[0]
+  assert sorted(first['kept'] + first['stopped']) == [1, 2] and len(first['stopped']) == 1
+  assert first['gains'][str(first['kept'][0])] > first['gains'][str(first['stopped'][0])]
+  stopped, kept = first['stopped'][0], first['kept'][0]
+  assert finished[stopped]['status'] == 'pruned'
+  verdicts = {r.trial: r.payload for r in journal.records('verdict')}
+  assert verdicts[stopped]['reason_code'] == 'pruned'
+  assert 'rung at step 20 of 60' in verdicts[stopped]['rationale']
+  screen = loop.run_dir / 'trials/1/screen'
+  assert not (screen / f'member-{stopped}' / 'scorecard.json').exists()
+  card = json.loads((screen / f'member-{kept}' / 'scorecard.json').read_text())
+  assert card['batch']['member'] == kept and card['status'] == 'ok'
+  assert card['config']['optimizer']['learning_rate'] == (1e-4, 1e-2)[kept - 1]
+  # the incumbent's member trained to the last rung only, and nothing of it was scored
+  assert scoring.val_steps(screen / 'output/member-0') == [20, 40]
   assert verify_run(repo, journal) is None

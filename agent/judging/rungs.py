@@ -24,15 +24,14 @@ from typing import Any
 from agent.judging.decide import Direction
 
 
-def rung_steps(total_steps: int, eval_every: int, fractions: Sequence[float]) -> tuple[int, ...]:
-  """The evaluation steps nearest above each fraction of training (predictions exist only
-  there), strictly before the last step, without repeats."""
-  if total_steps <= 0 or eval_every <= 0:
-    return ()
+def rung_steps(eval_steps: Sequence[int], total_steps: int,
+               fractions: Sequence[float]) -> tuple[int, ...]:
+  """For each fraction, the first evaluation step at or past it (predictions exist only
+  there), strictly before the last step; without repeats."""
   steps = set()
   for fraction in fractions:
-    step = math.ceil(fraction * total_steps / eval_every) * eval_every
-    if 0 < step < total_steps:
+    step = next((s for s in sorted(eval_steps) if s >= fraction * total_steps), None)
+    if step is not None and 0 < step < total_steps:
       steps.add(step)
   return tuple(sorted(steps))
 
@@ -67,6 +66,21 @@ class Rung:
             'kept': list(self.kept), 'stopped': list(self.stopped)}
 
 
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """A batch's rungs as the judge applies them: where, against which member, how many on."""
+  steps: tuple[int, ...]
+  total_steps: int
+  incumbent: int  # the batch index of the incumbent trained alongside
+  direction: Direction
+  keep: float
+  margin: float
+
+  def decide(self, step: int, scores: Mapping[int, Sequence[float]]) -> Rung:
+    return decide(step, self.total_steps, scores, self.incumbent, self.direction, self.keep,
+                  self.margin)
+
+
 def _promoted(alive: int, keep: float) -> int:
   return max(1, math.ceil(alive * keep - 1e-9))
 
@@ -94,7 +108,7 @@ def redo(record: Mapping[str, Any]) -> Rung:
   """The rung a journal record describes, decided again from its own gains: what `verify`
   compares with what was recorded."""
   gains = {int(m): float(g) for m, g in record['gains'].items()}
-  return _ranked(int(record['step']), int(record['total_steps']), int(record['incumbent']),
+  return _ranked(int(record['step']), int(record['total_steps']), int(record.get('incumbent', 0)),
                  float(record['keep']), float(record['margin']), gains)
 
 

@@ -39,6 +39,7 @@ from agent import transfer as transfer_lib
 from agent.charter import Acceptance, Charter, Objective, Tradeoffs, Transfer, Trial
 from agent.editing import diffs
 from agent.judging import decide as decide_lib
+from agent.judging import rungs
 from agent.judging import transfer as transfer_rule
 from agent.recording import pooled_noise
 from agent.recording import records as records_lib
@@ -146,6 +147,7 @@ def _checks(repo: Path, records: list[Record], run_dir: Path) -> Iterator[tuple[
   finished: dict[int, records_lib.TrialFinished] = {}
   confirmed: dict[int, list[records_lib.ConfirmFinished]] = {}
   waiting: dict[int, records_lib.Verdict] = {}
+  rung_stops: dict[int, int] = {}  # trial -> the step of the rung that stopped it
   in_progress = ''  # the commit of a trial that started and has no verdict yet
   for index, record in enumerate(records):
     body, where, trial = record.body, _where(record), record.trial
@@ -165,6 +167,9 @@ def _checks(repo: Path, records: list[Record], run_dir: Path) -> Iterator[tuple[
       confirmed.pop(trial, None)  # an interrupted attempt's looks are not this attempt's
     elif isinstance(body, records_lib.ConfirmFinished) and body.first_seed is not None:
       confirmed.setdefault(trial, []).append(body)
+    elif isinstance(body, records_lib.RungDecided):
+      yield where, functools.partial(_rung_holds, body)
+      rung_stops.update({t: body.step for t in body.stopped})
     elif isinstance(body, records_lib.Verdict):
       in_progress = ''
       first = min((finished[trial].batch or [trial]) if trial in finished else [trial])
@@ -174,6 +179,9 @@ def _checks(repo: Path, records: list[Record], run_dir: Path) -> Iterator[tuple[
           finished.get(trial), confirmed.get(trial, []), pooled))
       yield where, functools.partial(_transfer_fits, repo, config, settings, body,
                                      incumbent.commit, dict(transfer_arms))
+      if trial in rung_stops:
+        yield where, functools.partial(_stopped_at_rung, body, finished.get(trial),
+                                       rung_stops[trial])
       if body.awaiting_review:
         waiting[trial] = body
       elif body.accepted:
@@ -384,6 +392,23 @@ def _transfer_fits(repo: Path, config: records_lib.RunConfig, settings: dict[str
                             f'kept for it ({incumbent_arms[experiment].arm.workdir})')
     else:
       _transfer_arm_fits(repo, config, result.incumbent, result.incumbent.arm.commit, experiment)
+
+
+def _rung_holds(recorded: records_lib.RungDecided) -> None:
+  """The rung's decision is the rule's on its own numbers (agent.judging.rungs)."""
+  redone = rungs.redo(dataclasses.asdict(recorded))
+  _same(sorted(recorded.kept), list(redone.kept), f'the rung at step {recorded.step}: kept')
+  _same(sorted(recorded.stopped), list(redone.stopped),
+        f'the rung at step {recorded.step}: stopped')
+
+
+def _stopped_at_rung(verdict: records_lib.Verdict, finished: records_lib.TrialFinished | None,
+                     step: int) -> None:
+  """A candidate a rung stopped was neither kept nor judged on anything after it."""
+  if verdict.accepted or verdict.reason_code != 'pruned' or (
+      finished is not None and finished.status != 'pruned'):
+    raise Inconsistency(f'stopped at the rung at step {step} but recorded as '
+                        f'{verdict.reason_code}')
 
 
 # ---- files ----------------------------------------------------------------------------------

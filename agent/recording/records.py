@@ -323,6 +323,30 @@ class TrialFinished(_Record):
 
 
 @dataclasses.dataclass(frozen=True)
+class RungDecided(_Record):
+  """One rung of a batch's successive halving (agent.judging.rungs), in trials: the mean
+  paired gain of each candidate still in over the incumbent trained alongside, and who went
+  on; `verify` decides it again from these numbers."""
+  KIND = 'rung'
+  batch: list[int]
+  step: int
+  total_steps: int
+  keep: float
+  margin: float
+  gains: dict[str, float]  # trial -> gain ('-inf' for a non-finite score)
+  kept: list[int]
+  stopped: list[int]
+
+  @classmethod
+  def of(cls, rung: Any, trials: list[int]) -> RungDecided:
+    """From a rungs.Rung whose members are batch indices, the incumbent's being 0."""
+    trial = lambda member: trials[member - 1]
+    return cls(batch=list(trials), step=rung.step, total_steps=rung.total_steps, keep=rung.keep,
+               margin=rung.margin, gains={str(trial(m)): g for m, g in rung.gains.items()},
+               kept=[trial(m) for m in rung.kept], stopped=[trial(m) for m in rung.stopped])
+
+
+@dataclasses.dataclass(frozen=True)
 class ConfirmFinished(_Record):
   """A pair of runs beyond the screen: one look on fresh seeds (`first_seed`; an incumbent
   arm an earlier candidate's look already ran is reused, its wall time not counted again), or
@@ -415,11 +439,12 @@ class RunFinished(_Record):
 KINDS: dict[str, type[_Record]] = {cls.KIND: cls for cls in (
     RunStarted, SessionStarted, SessionEnded, DataPinned, Baseline, TransferBaseline,
     BaselineFailed, Proposed,
-    FailedProposal, GuardRejected, TrialStarted, TrialFinished, ConfirmFinished, Verdict, Review,
+    FailedProposal, GuardRejected, TrialStarted, TrialFinished, RungDecided, ConfirmFinished,
+    Verdict, Review,
     LlmUsage, FinalEval, RunFinished)}
 Body = (RunStarted | SessionStarted | SessionEnded | DataPinned | Baseline | TransferBaseline
         | BaselineFailed
-        | Proposed | FailedProposal | GuardRejected | TrialStarted | TrialFinished
+        | Proposed | FailedProposal | GuardRejected | TrialStarted | TrialFinished | RungDecided
         | ConfirmFinished | Verdict | Review | LlmUsage | FinalEval | RunFinished)
 
 

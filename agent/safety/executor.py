@@ -39,7 +39,8 @@ from typing import Any, Callable, Literal, Mapping
 
 from agent import charter
 from agent.recording import vcs
-from agent.safety import confine, installed, monitor
+from agent.judging import rungs as rungs_lib
+from agent.safety import confine, installed, monitor, rung_judge
 from agent.safety import sandbox as fs_sandbox
 from harness import scorecard as sc
 from harness import scoring
@@ -76,6 +77,7 @@ class TrialSpec:
   compile_cache: Path | None = None  # the workspace's JAX compilation cache (`code_cache`)
   # candidates trained together (harness.main --members): each one's traced values
   members: tuple[Mapping[str, float], ...] = ()
+  rungs: tuple[int, ...] = ()  # a batch's rung steps, where the judge may stop members
 
   def __post_init__(self) -> None:
     worktree, workdir = Path(self.worktree).absolute(), Path(self.workdir).absolute()
@@ -99,6 +101,9 @@ class TrialSpec:
     if bad:
       raise ValueError(f'overrides must look like --config.a.b=v: {bad}')
     object.__setattr__(self, 'members', tuple(dict(m) for m in self.members))
+    object.__setattr__(self, 'rungs', tuple(int(s) for s in self.rungs))
+    if self.rungs and len(self.members) < 2:
+      raise ValueError('rungs rank the members of a batch: they need at least two')
     if not all(isinstance(k, str) and isinstance(v, float) for m in self.members
                for k, v in m.items()):
       raise ValueError(f'members map config keys to floats: {self.members}')
@@ -115,7 +120,14 @@ class TrialSpec:
             f'--workdir={self.output}', f'--seeds={self.seeds}',
             f'--config.train.seed={self.first_seed}', *inputs, *self.overrides,
             *(['--eval_test'] if self.eval_test else []),
-            *([f'--members={json.dumps(self.members)}'] if self.members else [])]
+            *([f'--members={json.dumps(self.members)}'] if self.members else []),
+            *([f'--rungs={",".join(map(str, self.rungs))}', f'--rung_dir={self.answers}']
+              if self.rungs else [])]
+
+  @property
+  def answers(self) -> Path:
+    """Where the judge answers at the rungs (rung_judge): beside output/, read-only inside."""
+    return self.workdir / rung_judge.RUNGS
 
   def member(self, index: int) -> tuple[Path, Path]:
     """A member's (output folder, trusted folder): where the trial writes its predictions,
@@ -127,7 +139,7 @@ class TrialSpec:
     """What the trial sees: its code read-only, its inputs read-only, its output (and its
     code's compilation cache folder, `code_cache`) writable."""
     read_only = (self.worktree, *([self.inputs] if self.inputs else []),
-                 *installed.read_only())
+                 *([self.answers] if self.rungs else []), *installed.read_only())
     writable = (self.output, *([cache] if cache else []))
     return fs_sandbox.Mounts(read_only, writable, source_paths(), chdir=self.worktree)
 
@@ -144,6 +156,7 @@ class TrialOutcome:
   log_tail: str
   reason: str
   pruned_at_step: int | None = None
+  rungs: tuple[rungs_lib.Rung, ...] = ()  # a batch's rungs, the same on every member's
   sandbox: str = ''  # the isolation the trial ran under, in words (see `isolation`)
   trusted: dict[str, float] | None = None  # wall and CPU seconds, peak RSS, as the parent saw
 
@@ -226,6 +239,8 @@ def prepare_workdir(spec: TrialSpec) -> None:
   if any(spec.workdir.iterdir()):
     raise ValueError(f'workdir {spec.workdir} is not empty: each trial needs a fresh one')
   spec.output.mkdir()
+  if spec.rungs:
+    spec.answers.mkdir()
 
 
 def _classify(spec: TrialSpec, returncode: int, tail: str) -> tuple[Status, str]:
@@ -388,35 +403,55 @@ def judge(spec: TrialSpec, scorer: scoring.Scorer, curves: ScoredCurve,
                       trusted=ended.trusted)
 
 
-def run_batch(spec: TrialSpec, scorer: scoring.Scorer, poll_s: float = 0.5) -> list[TrialOutcome]:
+def run_batch(spec: TrialSpec, scorer: scoring.Scorer, poll_s: float = 0.5,
+              rule: rungs_lib.Rule | None = None) -> list[TrialOutcome]:
   """Runs a trial of several members (`spec.members`) and scores each member's outputs as a
   trial of its own: one outcome per member, in order. The process's end (a timeout, a crash)
   is every member's; a finished process's members are judged one by one. Each member's
   scorecard says it trained in a batch (`batch`: size, index, values), and its wall time is
-  the whole process's. No pruning: members share the process."""
+  the whole process's. With a `rule` and `spec.rungs`, the rungs are judged as the batch runs
+  and the members they stop stop training; `judge_batch` decides them again at the end."""
   if not spec.members:
     raise ValueError('run_batch needs members')
-  return judge_batch(spec, scorer, execute(spec, ScoredCurve(scorer, spec.output / 'member-0'),
-                                           None, poll_s))
+  curves = ScoredCurve(scorer, spec.member(0)[0])
+  if rule is not None and spec.rungs:
+    curves = rung_judge.RungWatch(curves, rule, spec.output, spec.answers,
+                                  lambda m: spec.member(m)[0], scorer)
+  return judge_batch(spec, scorer, execute(spec, curves, None, poll_s), rule)
 
 
-def judge_batch(spec: TrialSpec, scorer: scoring.Scorer, ended: Ended) -> list[TrialOutcome]:
-  """`judge` for a trial of several members: one outcome per member, in order."""
+def judge_batch(spec: TrialSpec, scorer: scoring.Scorer, ended: Ended,
+                rule: rungs_lib.Rule | None = None) -> list[TrialOutcome]:
+  """`judge` for a trial of several members: one outcome per member, in order. With a
+  `rule`, a member a rung stopped is 'pruned' there (decided from its predictions on disk,
+  whatever the trial did after), the incumbent trained alongside is 'pruned' after the last
+  rung, and every outcome carries the rungs."""
   log_path = spec.workdir / LOG
   if ended.stopped is not None:
     status, reason = ended.stopped
   else:
     status, reason = _classify(spec, ended.returncode, ended.tail)
+  decided = (rung_judge.decide_rungs(rule, lambda m: spec.member(m)[0], len(spec.members), scorer)
+             if rule is not None and status == 'ok' else [])
+  stops = {m: rung for rung in decided for m in rung.stopped}
+  if decided:
+    stops.setdefault(rule.incumbent, decided[-1])
   outcomes = []
   for index, values in enumerate(spec.members):
     card = None
-    member_status, member_reason = status, reason
-    if ended.stopped is None and status == 'ok':
+    member_status, member_reason, at = status, reason, None
+    if index in stops:
+      at = stops[index].step
+      member_status, member_reason = 'pruned', (
+          stops[index].reason(index) if index != rule.incumbent else
+          f'the incumbent, trained alongside to rank the candidates until step {at}')
+    elif ended.stopped is None and status == 'ok':
       output, folder = spec.member(index)
       batch = {'size': len(spec.members), 'member': index, 'values': values}
       member_status, member_reason, card = _score(spec, scorer, ended.trusted, output, folder,
                                                   batch)
     outcomes.append(TrialOutcome(member_status, card, card['curve'] if card else [],
                                  ended.wall_seconds, ended.returncode, log_path, ended.tail,
-                                 member_reason, sandbox=ended.sandbox, trusted=ended.trusted))
+                                 member_reason, pruned_at_step=at, rungs=tuple(decided),
+                                 sandbox=ended.sandbox, trusted=ended.trusted))
   return outcomes

@@ -45,6 +45,7 @@ import ray
 import ray.exceptions
 
 from agent import charter
+from agent.judging import rungs
 from agent.recording import vcs
 from agent.safety import confine, executor
 from agent.safety.executor import Ended, ScoredCurve, TrialOutcome, TrialSpec
@@ -177,15 +178,18 @@ class RayExecutor:
     curves.poll()
     return _noted(executor.judge(spec, scorer, curves, ended), submitted)
 
-  def run_batch(self, spec: TrialSpec, scorer: scoring.Scorer,
-                poll_s: float = 0.5) -> list[TrialOutcome]:
-    """`executor.run_batch` on the cluster: one outcome per member, in order."""
+  def run_batch(self, spec: TrialSpec, scorer: scoring.Scorer, poll_s: float = 0.5,
+                rule: rungs.Rule | None = None) -> list[TrialOutcome]:
+    """`executor.run_batch` on the cluster: one outcome per member, in order. The head
+    cannot answer a node's trial at its rungs, so every member trains to the end there and
+    the rungs are decided afterwards from the same predictions (the verdicts are the same,
+    the compute is not saved)."""
     del poll_s
     if not spec.members:
       raise ValueError('run_batch needs members')
-    submitted = self.submit(spec)
+    submitted = self.submit(dataclasses.replace(spec, rungs=()))
     ended = self.wait(submitted)
-    return [_noted(o, submitted) for o in executor.judge_batch(spec, scorer, ended)]
+    return [_noted(o, submitted) for o in executor.judge_batch(spec, scorer, ended, rule)]
 
   # ---- shipping ---------------------------------------------------------------------------
   def _start(self, spec: TrialSpec) -> ray.ObjectRef:
