@@ -118,8 +118,12 @@ class TransferRunner(SimulatedRunner):
 
 
 def transfer_charter(mode):
-  return lambda text: text.replace('[pruning]', f'[transfer]\nexperiments = ["{SHUFFLED}"]\n'
-                                   f'mode = "{mode}"\n\n[pruning]')
+  """The shipped charter's [transfer] section, naming shuffled MNIST-1D."""
+  def edit(text):
+    assert 'experiments = []' in text and 'mode = "reject"' in text
+    return text.replace('experiments = []', f'experiments = ["{SHUFFLED}"]').replace(
+        'mode = "reject"', f'mode = "{mode}"')
+  return edit
 
 
 @pytest.mark.parametrize('mode', ['reject', 'report'])
