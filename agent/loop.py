@@ -184,7 +184,8 @@ class Loop:
       return (f'trial {s.awaiting_review.trial} won and awaits review: python -m agent.main '
               f'review --run_id={c.run_id}')
     if s.since_accept >= self.charter.stop.patience:
-      return f'{s.since_accept} trials in a row without an accepted change'
+      return (f'{s.since_accept} tries in a row (a batch trained together is one) without an '
+              'accepted change')
     return None
 
   def _timeout(self) -> float:
@@ -394,11 +395,11 @@ class Loop:
     for i in order:
       trial, proposal, commit, _, _ = started[i]
       self.worktree.reset_to(commit)
-      self._conclude(trial, proposal, commit, *judged[i])
+      self._conclude(trial, proposal, commit, *judged[i], batch=[s[0] for s in started])
 
   def _conclude(self, trial: int, proposal: Proposal, candidate_commit: str,
                 verdict: decide_lib.Verdict, candidate: ArmRecord | None,
-                extra: dict[str, Any]) -> None:
+                extra: dict[str, Any], batch: list[int] | None = None) -> None:
     """Records a judged candidate, the worktree's HEAD: its commit message gets the verdict;
     a loser (or a winner awaiting review) is kept on its own ref and the worktree goes back
     to the incumbent; the journal, the run state and the proposer learn the verdict."""
@@ -417,7 +418,8 @@ class Loop:
     elif not verdict.accepted:
       self.worktree.keep_ref(f'refs/agent/{self.config.run_id}/rejected/{trial}', final_commit)
       self.worktree.reset_to(incumbent.commit)
-    self.state.count(self.journal.write(record, trial=trial), proposal)
+    self.state.count(self.journal.write(record, trial=trial), proposal,
+                     batch if len(batch or []) > 1 else None)
     self.proposer.learn(proposal, verdict.accepted, verdict.gain)
     word = ('WON, awaiting review' if review else 'ACCEPTED' if verdict.accepted else
             'undecided (out of budget)' if verdict.reason_code == BUDGET else 'rejected')

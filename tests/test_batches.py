@@ -197,3 +197,13 @@ def test_a_real_batch_trains_in_one_sandboxed_process_and_verifies(tmp_path):
   # the incumbent's member trained to the last rung only, and nothing of it was scored
   assert scoring.val_steps(screen / 'output/member-0') == [20, 40]
   assert verify_run(repo, journal) is None
+
+
+def test_a_batch_is_one_try_for_patience_live_and_on_replay(tmp_path):
+  effects = {2e-3: -0.05, 5e-3: -0.05, 8e-3: -0.05}
+  proposer = BatchProposer([('lr_up', set_lr(lr)) for lr in effects])
+  repo, loop, journal = make_loop(tmp_path, proposer, SimulatedRunner(effects), trials=3)
+  loop.execute_batch = SimulatedBatch(effects)
+  loop.run()
+  assert not any(r.payload['accepted'] for r in journal.records('verdict'))
+  assert loop.state.since_accept == RunState.replay(journal).since_accept == 1

@@ -13,7 +13,7 @@ import json
 import signal
 import threading
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from agent.recording import records
 from agent.recording.journal import Journal, Record
@@ -124,7 +124,7 @@ class RunState:
   config: RunConfig
   incumbent: ArmRecord | None = None
   trials_done: int = 0
-  since_accept: int = 0
+  since_accept: int = 0  # tries (a trial, or a batch trained together) since a kept change
   compute_seconds: float = 0.0
   elapsed_before: float = 0.0  # wall seconds spent in earlier sessions of this run
   history: list[TrialSummary] = dataclasses.field(default_factory=list)
@@ -143,6 +143,7 @@ class RunState:
       raise ValueError(f'{journal.path} does not start with a run_started record')
     state = cls(entries[0].body.config)
     proposals: dict[int, Record] = {}
+    batches: dict[int, list[int] | None] = {}  # trial -> its batch, as its last screen ran
     clock = _SessionClock(heartbeat_of(journal.path.parent))
     for record in entries:
       body = record.body
@@ -153,11 +154,13 @@ class RunState:
         state.incumbent = body.arm
       if isinstance(body, (records.TrialFinished, records.ConfirmFinished, records.Baseline)):
         state.compute_seconds += body.wall_seconds
+      if isinstance(body, records.TrialFinished):
+        batches[record.trial] = body.batch
       if isinstance(body, records.Proposed):
         proposals[record.trial] = record
       elif isinstance(body, records.TRIAL_ENDS):
         proposal = proposals.pop(record.trial, None)
-        state.count(record, proposal.body if proposal else None)
+        state.count(record, proposal.body if proposal else None, batches.get(record.trial))
       elif isinstance(body, records.Review):
         state.reviewed(body)
       elif isinstance(body, records.LlmUsage):
@@ -169,16 +172,20 @@ class RunState:
     state.pending, state.later = (waiting[0], waiting[1:]) if waiting else (None, [])
     return state
 
-  def count(self, end: Record, proposed: records.Proposed | None) -> None:
+  def count(self, end: Record, proposed: records.Proposed | None,
+            batch: Sequence[int] | None = None) -> None:
     """Folds one finished trial (its verdict, guard rejection or failed proposal) into the
-    state; `proposed` is the trial's proposal, if it had one."""
+    state; `proposed` is the trial's proposal, if it had one. The trials of a `batch` are one
+    try for patience: a sweep of four rates is one idea tested, not four."""
     verdict: records.TrialEnd = end.body
     self.trials_done += 1
     awaiting = isinstance(verdict, records.Verdict) and verdict.awaiting_review
     if awaiting:
       self.awaiting_review = end
-    else:
-      self.since_accept = 0 if verdict.accepted else self.since_accept + 1
+    elif verdict.accepted:
+      self.since_accept = 0
+    elif not batch or end.trial == min(batch):
+      self.since_accept += 1
     if verdict.accepted:
       self.incumbent = verdict.candidate
     self.history.append(TrialSummary(
