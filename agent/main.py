@@ -8,6 +8,7 @@ r"""The research agent's command line.
   python -m agent.main approve N --run_id=ID
   python -m agent.main reject N --why="..." --run_id=ID
   python -m agent.main tensorboard --run_id=ID   # writes runs/<id>/tensorboard/ again
+  python -m agent.main init DIR   # makes the git repository at DIR a workspace (--workspace=DIR)
 
 Runs live in <workspace>/runs/<run-id>/: the journal, the git worktree of branch
 agent/<run-id>, and one folder per trial (scorecards, TensorBoard events, checkpoints).
@@ -27,7 +28,7 @@ from typing import TextIO
 
 from absl import app, flags
 
-from agent import start
+from agent import start, workspace
 from agent.charter import CharterError, load_charter
 from agent.loop import BaselineError, Loop, RunHalted
 from agent.proposing.llm_client import LLMFatalError
@@ -39,7 +40,7 @@ from agent.untrusted import terminal_safe
 from harness.datasets import DataCacheError
 
 COMMANDS = ('run', 'resume', 'status', 'log', 'verify', 'review', 'report', 'approve',
-            'reject', 'tensorboard')
+            'reject', 'tensorboard', 'init')
 
 _EXPERIMENT = flags.DEFINE_string('experiment', None, 'Experiment config, relative to the '
                                   'workspace (run only).')
@@ -258,16 +259,27 @@ def _decide(argv: list[str], approved: bool) -> int:
   return 0
 
 
+def cmd_init(argv: list[str]) -> int:
+  if len(argv) != 3:
+    raise UsageError('usage: init DIR (DIR: an existing git repository)')
+  for line in workspace.init(Path(argv[2])):
+    show(line)
+  return 0
+
+
 def main(argv: list[str]) -> None:
   try:
     if len(argv) < 2 or argv[1] not in COMMANDS:
       raise UsageError(f'expected one command of {", ".join(COMMANDS)}, got {argv[1:]}')
+    if argv[1] == 'init':
+      sys.exit(cmd_init(argv))
     if argv[1] in ('approve', 'reject'):
       sys.exit(_decide(argv, approved=argv[1] == 'approve'))
     if len(argv) != 2:
       raise UsageError(f'{argv[1]} takes no arguments besides flags, got {argv[2:]}')
     sys.exit(globals()[f'cmd_{argv[1]}']())
-  except (UsageError, CharterError, vcs.VcsError, review.ReviewError) as e:
+  except (UsageError, CharterError, vcs.VcsError, review.ReviewError,
+          workspace.InitError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
 

@@ -243,10 +243,11 @@ def _loop(repo: Path, run_dir: Path, journal: Journal, charter: Charter, state: 
           proposer: Proposer | None, execute: Executor, execute_batch: BatchExecutor,
           say: Callable[[str], None]) -> Loop:
   """The loop over the run's journal, from the state it replays; an LLM proposer books its
-  usage into the run's budget."""
+  usage into the run's budget and reads the editable files from the run's worktree."""
   proposer = proposer or make_proposer(state.config, repo)
   loop = Loop(repo, run_dir, charter, proposer, journal, state, execute=execute,
               execute_batch=execute_batch, print_fn=say)
   if isinstance(proposer, LLMProposer):
     proposer.on_usage = loop.record_usage
+    proposer.worktree = loop.worktree.path  # it shows the model every editable file there
   return loop

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from typing import Callable, Iterable
 
 from agent.editing.config_edit import Scalar, literal_code
 
@@ -150,10 +150,44 @@ TRACED = tuple(d.path for d in DIMS if d.traced)
 # Knobs are matched by key as well, wherever a config puts them; `name` only by path.
 _BY_KEY = {d.key: d for d in DIMS if d.key != 'name'}
 
+# What a model of the user's own may call a model knob declared above: a residual MLP's
+# `hidden` is a width and its `blocks` a depth. Matched as whole `model.<key>` names, and
+# only where the model has no key of the declared name (`roles`).
+ALIASES: dict[str, tuple[str, ...]] = {
+    'model.width': ('hidden', 'hidden_dim', 'hidden_size', 'hidden_units', 'units',
+                    'features', 'num_features', 'd_model', 'embed_dim', 'dim', 'mlp_dim',
+                    'n_embd'),
+    'model.channels': ('filters', 'num_filters', 'num_channels', 'base_channels'),
+    'model.depth': ('blocks', 'num_blocks', 'n_blocks', 'layers', 'num_layers', 'n_layers',
+                    'n_layer'),
+    'model.dropout': ('dropout_rate', 'drop_rate', 'p_drop', 'dropout_prob', 'drop'),
+    'model.activation': ('act', 'act_fn', 'activation_fn', 'nonlinearity'),
+    'model.normalization': ('norm', 'use_norm', 'layer_norm', 'layernorm', 'use_layernorm',
+                            'use_layer_norm', 'normalize'),
+    'model.residual': ('skip', 'use_skip', 'skips', 'use_residual', 'residuals'),
+}
+_BY_ALIAS = {alias: BY_PATH[path] for path, names in ALIASES.items() for alias in names}
+
 
 def dim(path: str) -> Dim | None:
-  """The knob's declaration: by path, else by key (a `name` only by path)."""
-  return BY_PATH.get(path) or _BY_KEY.get(path.rpartition('.')[2])
+  """The knob's declaration: by path, else by key (a `name` only by path), else for a
+  `model.<key>` by the names a model of one's own gives it (ALIASES)."""
+  section, _, key = path.rpartition('.')
+  found = BY_PATH.get(path) or _BY_KEY.get(key)
+  return found or (_BY_ALIAS.get(key) if section == 'model' else None)
+
+
+def roles(model_keys: Iterable[str]) -> dict[str, str]:
+  """Declared model path -> the model's own path for it, for a model that names a knob its
+  own way ({'model.width': 'model.hidden'}); the first of several names wins, and a model
+  that has the declared key itself keeps it."""
+  keys = list(model_keys)
+  found: dict[str, str] = {}
+  for key in keys:
+    declared = _BY_ALIAS.get(key)
+    if declared and declared.key not in keys and declared.path not in found:
+      found[declared.path] = f'model.{key}'
+  return found
 
 
 def _is_int(value: object) -> bool:

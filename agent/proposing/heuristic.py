@@ -7,6 +7,11 @@ the rules lead and experience corrects them. Numeric values are drawn around the
 incumbent from a generator seeded by (seed, trial): a run replays exactly, and repeated
 tries do not walk a fixed grid.
 
+A model of the user's own is read the same way: its constructor's arguments (from the
+registry's class, with libcst) and the config's model keys, each matched to the declared
+knob it plays (`hidden` a width, `blocks` a depth: agent.editing.space.roles), so the
+operators edit what the model has under its own names.
+
 Every edit goes through agent.editing.config_edit (or agent.editing.source_edit for model
 code) so that the diff a reviewer reads is exactly the change. Only knobs in the tunable
 categories are touched (never data, never train.seed), the declared space's bounds keep
@@ -246,9 +251,11 @@ class HeuristicProposer:
     head, signature = constructor(observation.files, families, family)
     device = observation.scorecard.get('device')
     platform = str(device.get('platform', 'cpu')) if isinstance(device, Mapping) else 'cpu'
+    model_keys = [p.partition('.')[2] for p in values if p.startswith('model.')]
     return Incumbent(observation.files[observation.experiment], values, family, signature,
                      observation.files, start, families, head, platform=platform,
-                     input_kind=input_kind(observation.scorecard))
+                     input_kind=input_kind(observation.scorecard),
+                     roles=space.roles([*model_keys, *signature]))
 
 
 def _diagnosis(observation: Observation, inc: Incumbent) -> tuple[str, dict[str, str]]:

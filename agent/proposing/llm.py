@@ -7,16 +7,28 @@ attempt ends as ProposalFailed (the loop records a failed trial and goes on). A 
 model was not shown and may not edit still becomes a change, so that the guard rejects it
 and the journal names it. Every HTTP attempt is reported through `on_usage`, which the
 loop books into the journal's budget ledger.
+
+The model sees every file the charter lets it edit (its [scope]), read from the run's
+worktree where the proposer is given it, not only the experiment and models/*.py: a team's
+code keeps its layers, losses and helpers wherever it likes.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import subprocess
+from pathlib import Path
 from typing import Callable, TypedDict
+
+from agent.charter import Charter
 
 from agent.proposing import prompts
 from agent.proposing.edit_formats import Answer, EditFormatError, parse_answer
 from agent.proposing.llm_client import ChatResult, FailedAttempt, LLMClient, LLMUnavailable
 from agent.proposing.proposal import Observation, Proposal, ProposalFailed
+from agent.recording import vcs
+
+MAX_FILE_CHARS = 40_000  # a larger file (data, generated code) is not shown
 
 
 class Usage(TypedDict):
@@ -31,8 +43,10 @@ class Usage(TypedDict):
 
 
 class LLMProposer:
-  """Proposes through `client`; `on_usage` (set by the CLI) hears of every HTTP attempt."""
+  """Proposes through `client`; `on_usage` (set by the CLI) hears of every HTTP attempt;
+  with `worktree` (set by agent.start) the prompt shows every editable file in it."""
   name = 'llm'
+  worktree: Path | None = None
 
   def __init__(self, client: LLMClient, on_usage: Callable[[Usage], None] | None = None, *,
                max_format_retries: int = 2, input_price_per_mtok: float | None = None,
@@ -54,6 +68,9 @@ class LLMProposer:
     unavailable; LLMFatalError (a wrong key, model or URL) is left to stop the run.
     """
     attempts = 0
+    if self.worktree is not None:
+      observation = dataclasses.replace(observation, files={
+          **observation.files, **scoped_files(self.worktree, observation.charter)})
 
     def report(outcome: str, input_tokens: int = 0, output_tokens: int = 0) -> None:
       nonlocal attempts
@@ -113,3 +130,22 @@ class LLMProposer:
     if price_in is None and price_out is None:
       return None
     return (input_tokens * (price_in or 0.0) + output_tokens * (price_out or 0.0)) / 1e6
+
+
+def scoped_files(root: Path, charter: Charter) -> dict[str, str]:
+  """Every file git tracks in `root` that the charter lets the agent edit, as text, sorted;
+  files that are not UTF-8 text, are links, or are larger than MAX_FILE_CHARS are left out."""
+  listing = subprocess.run(['git', 'ls-files', '-z'], cwd=root, env=vcs.git_environment(root),
+                           capture_output=True, text=True, check=True).stdout
+  files = {}
+  for path in sorted(p for p in listing.split('\0') if p and charter.is_editable(p)):
+    full = root / path
+    if full.is_symlink() or not full.is_file():
+      continue
+    try:
+      text = full.read_text(encoding='utf-8')
+    except (OSError, UnicodeDecodeError):
+      continue
+    if len(text) <= MAX_FILE_CHARS:
+      files[path] = text
+  return files

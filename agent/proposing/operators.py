@@ -10,6 +10,7 @@ a seed replays; a None is "not applicable here".
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
 import math
@@ -36,6 +37,8 @@ class Incumbent:
   channels: tuple[int, ...] = (16, 32)  # a family switch draws its channel count from these
   platform: str = 'cpu'  # where the incumbent trained (its scorecard's device)
   input_kind: str = 'unknown'  # what one example is: 'signal', 'image', 'text' (scorecard's)
+  # A model of one's own names knobs its own way: declared path -> its path (space.roles).
+  roles: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,12 +140,15 @@ class Switch:
   expected: str
 
   def __call__(self, inc: Incumbent, rng: np.random.Generator) -> Change | None:
-    old = _current(inc, self.path)
-    if old is None or old == self.value or type(old) is not type(self.value):
+    old, new = _current(inc, self.path), self.value
+    choices = space.BY_PATH[self.path].choices
+    if isinstance(old, bool) and isinstance(new, str) and 'none' in choices:
+      new = new != 'none'  # a model's own on/off switch for it (use_norm: bool)
+    if old is None or old == new or type(old) is not type(new) or not _spoken(inc, self.path, new):
       return None
-    return Change(f'{self.what} ({self.path} {literal_code(old)} -> '
-                  f'{literal_code(self.value)})', self.why, self.expected,
-                  (_edit(inc, self.path, self.value),))
+    return Change(f'{self.what} ({inc.roles.get(self.path, self.path)} {literal_code(old)} -> '
+                  f'{literal_code(new)})', self.why, self.expected,
+                  (_edit(inc, self.path, new),))
 
 
 _MORE_CAPACITY = ('lower train loss; val {metric} {better} by about 1-3{unit} if capacity was '
@@ -319,9 +325,12 @@ def _init_he(inc: Incumbent, rng: np.random.Generator) -> Change | None:
   if text is None or _current(inc, 'model.activation') not in _RELU_LIKE:
     return None
   block = next((b for b in _HIDDEN_LAYERS if re.search(rf'^class {b}\b', text, re.M)), None)
+  callee = _HIDDEN_LAYERS.get(block or '')
+  if block is None and _unseen(inc):  # its first class, not the head's, with layers
+    block, callee = next(((c, layer) for c, layer, _ in _layer_calls(text) if c != inc.head),
+                         (None, None))
   if block is None:
     return None
-  callee = _HIDDEN_LAYERS[block]
   new = source_edit.replace_call_keyword(text, block, callee, 'kernel_init',
                                          'nnx.initializers.he_normal()')
   return Change(f'initialise the hidden {callee} layers of {block} in {path} He-normal '
@@ -333,8 +342,8 @@ def _init_he(inc: Incumbent, rng: np.random.Generator) -> Change | None:
 
 def _head_zero_init(inc: Incumbent, rng: np.random.Generator) -> Change | None:
   path, text = _model_file(inc)
-  if text is None or not inc.head:
-    return None
+  if text is None or (inc.head, 'Linear', 1) not in _layer_calls(text):
+    return None  # no head, or its class has other Linear layers (an input projection)
   new = source_edit.replace_call_keyword(text, inc.head, 'Linear', 'kernel_init',
                                          'nnx.initializers.zeros_init()')
   return Change(f'zero-initialise the output head of {inc.head} in {path}',
@@ -506,6 +515,32 @@ OPERATORS: dict[str, Operator] = {op.name: op for op in (
 # ----------------------------------------------------------------------------- helpers
 
 
+def _unseen(inc: Incumbent) -> bool:
+  """Whether the incumbent's model is one of the user's own, not a family this checkout
+  ships (whose names and blocks the operators know)."""
+  where = inc.families.get(inc.family)
+  return where is not None and where not in knobs.checkout_families().values()
+
+
+@functools.lru_cache(maxsize=32)
+def _layer_calls(text: str) -> tuple[tuple[str, str, int], ...]:
+  """(class, layer, calls) for each class of a model file that calls nnx.Linear or nnx.Conv
+  (by those names), in file order; () for a file that does not parse."""
+  try:
+    module = ast.parse(text)
+  except SyntaxError:
+    return ()
+  found = []
+  for cls in (n for n in module.body if isinstance(n, ast.ClassDef)):
+    calls = [c.func for c in ast.walk(cls) if isinstance(c, ast.Call)]
+    for layer in ('Linear', 'Conv'):
+      count = sum(1 for f in calls if (f.attr if isinstance(f, ast.Attribute) else
+                                        getattr(f, 'id', None)) == layer)
+      if count:
+        found.append((cls.name, layer, count))
+  return tuple(found)
+
+
 def run_families(files: Mapping[str, str]) -> dict[str, tuple[str, str]]:
   """The run's model registry (models/__init__.py as observed, else the checkout's)."""
   registry = files.get(f'models/{knobs.REGISTRY}')
@@ -550,19 +585,32 @@ def _model_file(inc: Incumbent) -> tuple[str, str | None]:
 
 
 def _current(inc: Incumbent, path: str) -> Scalar | None:
-  """The knob's value: the config's, else for a model key the constructor's literal default,
-  else the harness's default for a key a config may leave out (space.Dim.default)."""
+  """The knob's value (under the model's own name for it, `inc.roles`): the config's, else
+  for a model key the constructor's literal default, else the harness's default for a key a
+  config may leave out (space.Dim.default)."""
+  dim = space.BY_PATH.get(path)
+  path = inc.roles.get(path, path)
   if path in inc.values:
     return inc.values[path]
   section, _, key = path.rpartition('.')
-  dim = space.BY_PATH.get(path)
   default = inc.signature.get(key) if section == 'model' else dim and dim.default
   return default if isinstance(default, (bool, int, float, str)) else None
 
 
 def _edit(inc: Incumbent, path: str, value: Scalar) -> ConfigEdit:
-  """Set the line if the experiment has it; add it (a model key left at its default) if not."""
+  """Set the line if the experiment has it; add it (a model key left at its default) if not;
+  under the model's own name for it (`inc.roles`)."""
+  path = inc.roles.get(path, path)
   return ConfigEdit(path, value, op='set' if path in inc.values else 'add')
+
+
+def _spoken(inc: Incumbent, path: str, value: Scalar) -> bool:
+  """A string a model knob is set to must appear as a literal in the observed model source
+  ('gelu' in an activation table): a model of one's own may know other names than ours."""
+  if not (path.startswith('model.') and isinstance(value, str) and _unseen(inc)):
+    return True
+  texts = [text for path, text in inc.files.items() if path.startswith('models/')]
+  return not texts or any(f"'{value}'" in t or f'"{value}"' in t for t in texts)
 
 
 def _fill(template: str, words: Mapping[str, str]) -> str:

@@ -110,7 +110,7 @@ def user_prompt(observation: Observation) -> str:
   card = without_test_split(observation.scorecard)
   parts = [
       f'# Trial {observation.trial}: propose one change to {observation.experiment}'
-      ' or the model source',
+      ' or another editable file',
       _charter(observation),
       _incumbent(card, observation.direction),
       _diagnosis(card, observation),
