@@ -15,6 +15,7 @@ TITLES = {
     'overhead': '1. Harness overhead',
     'seeds': '2. Seed replication cost',
     'search': '3. Search quality at equal budget',
+    'search_large': '3b. Search at a larger budget',
     'rigor': '4. Rigor: false acceptances and replication',
     'early_stopping': '5. Early stopping',
     'batches': '6. Candidates per CPU-minute',

@@ -3,7 +3,7 @@ r"""Runs the benchmarks and writes BENCHMARKS.md (tables, machine, commands) and
   python -m benchmarks.run [--quick] [--only=NAME[,NAME...]] [--out=BENCHMARKS.md]
       [--results_dir=benchmarks/results] [--render_only]
 
-Benchmarks, in order: overhead, seeds, search, rigor (re-runs changes the search kept, so it
+Benchmarks, in order: overhead, seeds, search, search_large, rigor (re-runs changes the search kept, so it
 needs search results), early_stopping, batches, ray_overhead. Each writes results_dir/NAME.json (raw numbers, the
 machine, the load) and its plots; the document is then rendered from every JSON there.
 Exit codes: 0 done, 2 bad input (one `error:` line).
@@ -27,7 +27,7 @@ from absl import app, flags, logging
 from benchmarks import machine, report
 from harness.scorecard import json_safe
 
-BENCHMARKS = ('overhead', 'seeds', 'search', 'rigor', 'early_stopping', 'batches',
+BENCHMARKS = ('overhead', 'seeds', 'search', 'search_large', 'rigor', 'early_stopping', 'batches',
               'ray_overhead', 'broken')
 
 _QUICK = flags.DEFINE_bool('quick', False, 'Reduced sizes: under 10 minutes on 2 CPU cores.')

@@ -67,6 +67,7 @@ class Size:
   train: Mapping[str, Mapping[str, int]]  # per task: the shortened train.* values
   trial_cap_fraction: float = 1 / 2
   max_seeds: int | None = None  # the charter's acceptance.max_seeds, cut for toy runs
+  methods: tuple[str, ...] = METHODS
 
 
 def _train(steps: int, every: int) -> dict[str, int]:
@@ -368,7 +369,7 @@ def run(size: Size, work: Path, say: Say, previous: dict[str, Any]) -> dict[str,
     baseline = ctx.evaluate(ctx.base, FINAL_FIRST_SEED, FINAL_SEEDS, test=True)
     runs = []
     for rep in range(size.reps):
-      for method in METHODS:
+      for method in size.methods:
         say(f'[search] {name} rep {rep + 1}/{size.reps} {method}: budget {size.trials} trials, '
             f'{compute:.0f} compute s')
         budget = Budget(size.trials, compute, compute * size.trial_cap_fraction)
@@ -441,7 +442,11 @@ def _unfinished(run: dict[str, Any]) -> int:
 
 def render(result: dict[str, Any], plots: list[str]) -> str:
   data = result['data']
-  lines = [
+  return '\n'.join(_intro(data) + task_tables(data, plots))
+
+
+def _intro(data: dict[str, Any]) -> list[str]:
+  return [
       'Each method starts from the shipped experiment and spends the same budget: a number of '
       'trials and a number of compute seconds (trial wall time, baseline and confirmation runs '
       'included), stopping at whichever runs out first; no single run may take more than '
@@ -454,7 +459,9 @@ def render(result: dict[str, Any], plots: list[str]) -> str:
       '',
       '- **agent**: `agent.loop.Loop` with the heuristic proposer and the charter\'s acceptance '
       'rule (a sequential paired test: the screen\'s 3 seeds, then 3 fresh seeds a look while '
-      'undecided, up to the charter\'s max_seeds; pruning on, patience 6).',
+      'undecided, up to the charter\'s max_seeds; pruning on; learning-rate sweeps of 4 '
+      'trained together and halved at 1/4 and 1/2 of training against the incumbent trained '
+      'alongside; patience 6 tries, a batch counting once).',
       '- **autoresearch**: the same proposer, 1 seed, keep if strictly better (karpathy/'
       'autoresearch\'s rule).',
       '- **random**: random search over the knobs below, 3 seeds per trial, mean validation.',
@@ -467,6 +474,11 @@ def render(result: dict[str, Any], plots: list[str]) -> str:
       'the per-run cap or the end of the budget (or failed) and taught the method nothing. '
       'Cells: median [min, max] over repetitions.',
   ]
+
+
+def task_tables(data: dict[str, Any], plots: list[str]) -> list[str]:
+  """Per task: the budget, the methods' table, why runs ended, their trials, the plot."""
+  lines = []
   for name, task in data['tasks'].items():
     budget = task['budget']
     train = task['train']
@@ -474,7 +486,7 @@ def render(result: dict[str, Any], plots: list[str]) -> str:
     lines += ['', f'### {name} (`{task["experiment"]}`)', '',
               f'Budget per method: {budget["trials"]} trials or {budget["compute_seconds"]:.0f} '
               f'compute seconds (one run at most {budget["trial_cap_seconds"]:.0f} s); training '
-              f'shortened to {train["steps"]} steps, evaluated every {train["eval_every"]}.', '']
+              f'{train["steps"]} steps, evaluated every {train["eval_every"]}.', '']
     rows = [['start (no search)', '-', '-', '-', report.pct(trials.mean(base['val'])),
              report.pct(trials.mean(base['test'])), '-', '-', '-']]
     for method in METHODS:
@@ -525,7 +537,7 @@ def summary(result: dict[str, Any]) -> list[list[str]]:
   return rows
 
 
-def plot(result: dict[str, Any], out_dir: Path) -> list[str]:
+def plot(result: dict[str, Any], out_dir: Path, prefix: str = 'search') -> list[str]:
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
@@ -554,7 +566,7 @@ def plot(result: dict[str, Any], out_dir: Path) -> list[str]:
     axes[0].legend(handles[::-1], labels[::-1])
     fig.suptitle(f'{name}: best-so-far, each repetition (method\'s own measure)')
     fig.tight_layout()
-    path = out_dir / f'search_{name}.png'
+    path = out_dir / f'{prefix}_{name}.png'
     fig.savefig(path, dpi=110)
     plt.close(fig)
     paths.append(path.name)
