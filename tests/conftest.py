@@ -65,6 +65,8 @@ MODULE_SECONDS = {
     'test_hostile_proposals.py': 60,
     'test_llm_e2e.py': 55,
     'test_models.py': 50,
+    'test_workspace.py': 45,
+    'test_unseen_model.py': 40,
     'test_ray_executor.py': 50,
     'test_regimen.py': 40,
     'test_mesh.py': 30,
