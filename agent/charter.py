@@ -99,6 +99,9 @@ class Acceptance:
   power: float = 0.8
   min_effect: float = 0.02
   max_seeds: int = 24
+  # min_effect shrinks to this share of the incumbent's remaining error when that is smaller
+  # (1 - accuracy; a loss itself): +1 point matters at 97%, not at 60%. 0: min_effect alone.
+  min_effect_of_error: float = 0.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,6 +236,7 @@ _RULES: dict[str, _Rule] = {
     'acceptance.power': (lambda v: 0.5 <= v < 1, 'in [0.5, 1)'),
     'acceptance.min_effect': _POSITIVE,
     'acceptance.max_seeds': (lambda v: v >= 2, '>= 2 (a paired test needs two seeds)'),
+    'acceptance.min_effect_of_error': (lambda v: 0 <= v <= 1, 'in [0, 1]'),
     'tradeoffs.max_time_ratio': _POSITIVE,
     'tradeoffs.time_ratio_min_gain': _NONNEG,
     'tradeoffs.max_memory_mb': _NONNEG,

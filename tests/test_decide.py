@@ -250,3 +250,27 @@ def test_the_looks_are_groups_of_the_runs_seeds_not_the_charters():
   from agent.charter import Charter
   assert AcceptancePolicy.of(Charter(), 2).design.group == 2
   assert AcceptancePolicy.of(Charter()).design.group == Charter().trial.seeds
+
+
+def test_near_the_top_min_effect_shrinks_to_a_share_of_the_remaining_error():
+  """At 97% a gain of a point is a third of what is left: futile against the absolute 0.02,
+  worth more seeds (then kept) against a quarter of the error; at 80% nothing changes."""
+  import dataclasses
+  from agent.charter import Acceptance
+  top = (0.970, 0.972, 0.968)
+  screen = results(shifted([0.010, 0.011, 0.009], top), top)
+  assert POLICY.acceptance.min_effect_of_error == 0.25  # the charter's default
+  absolute = dataclasses.replace(POLICY, acceptance=Acceptance(min_effect_of_error=0.0))
+  assert decide(screen, 'max', absolute).reason_code == 'futile'
+  relative = POLICY
+  assert relative.at(screen, 'max').acceptance.min_effect == pytest.approx(0.25 * 0.03)
+  first = decide(screen, 'max', relative)
+  assert first.undecided and 'below min_effect 0.0075' in first.rationale
+  fresh_top = (0.969, 0.971, 0.990)
+  pooled = pool([screen, results(shifted([0.011, 0.010, 0.010], fresh_top), fresh_top),
+                 results(shifted([0.010, 0.011, 0.009], top), top)])
+  assert relative.at(pooled, 'max').acceptance.min_effect == pytest.approx(0.0075)  # the screen's
+  assert decide(pooled, 'max', relative).accepted
+  low = results(shifted([0.005, 0.005, 0.004]))  # at 80%: a quarter of 20 points is above 0.02
+  assert relative.at(low, 'max') is relative
+  assert decide(low, 'max', relative).reason_code == 'futile'

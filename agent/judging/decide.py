@@ -89,6 +89,24 @@ class AcceptancePolicy:
     return dataclasses.replace(self, acceptance=dataclasses.replace(
         a, false_accept=a.false_accept / members))
 
+  def at(self, results: SeedResults, direction: Direction) -> AcceptancePolicy:
+    """The terms for a comparison with this incumbent: min_effect, or min_effect_of_error
+    times the incumbent's remaining error on the screen's seeds where that is smaller (an
+    accuracy-like metric in [0, 1] when maximised, a loss when minimised), so the test stays
+    powered for the gains that still exist near the top. The same at every look."""
+    share = self.acceptance.min_effect_of_error
+    screen = results.incumbent.per_seed[:results.fresh_from or None]
+    mean = float(np.mean(screen)) if screen else math.nan
+    error = 1 - mean if direction == 'max' else mean
+    if not share or not math.isfinite(mean) or not 0 <= error <= (1 if direction == 'max' else
+                                                                   math.inf):
+      return self
+    bar = min(self.acceptance.min_effect, share * error)
+    if bar <= 0 or bar == self.acceptance.min_effect:
+      return self
+    return dataclasses.replace(self, acceptance=dataclasses.replace(self.acceptance,
+                                                                    min_effect=bar))
+
   @property
   def design(self) -> sequential.Design:
     a = self.acceptance
@@ -364,6 +382,7 @@ def decide(results: SeedResults, direction: Direction, policy: AcceptancePolicy,
   rejected = _nonfinite_verdict(results, policy)
   if rejected:
     return rejected
+  policy = policy.at(results, direction)
   ev = _evidence(results, direction, policy, diff_lines - incumbent_diff_lines,
                  pooled_variance)
   words = _Words(results, direction, policy)

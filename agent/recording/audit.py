@@ -106,7 +106,8 @@ class Rule:
     try:
       objective = Objective(**settings['objective'])
       charter = Charter(trial=Trial(**settings['trial']), objective=objective,
-                        acceptance=Acceptance(**settings['acceptance']),
+                        acceptance=Acceptance(**{'min_effect_of_error': 0.0,  # before it was
+                                                 **settings['acceptance']}),
                         tradeoffs=Tradeoffs(**settings['tradeoffs']),
                         transfer=Transfer(**settings.get('transfer', {})))
     except (KeyError, TypeError) as e:
