@@ -66,3 +66,24 @@ def test_verify_redoes_a_rung_from_its_record_and_catches_an_edited_decision():
   forged = records.RungDecided(**{**stored.to_record(), 'kept': [8], 'stopped': [7, 9]})
   with pytest.raises(Inconsistency, match='kept'):
     _rung_holds(forged)
+
+
+def test_the_benchmarks_in_process_batch_stops_members_at_rungs_as_the_judge_would(tmp_path):
+  """benchmarks.trials.execute_batch applies the same rule in process: the incumbent (member
+  0) and the leading candidate train on, the trailing one stops at step 10 of 30."""
+  from agent.safety.executor import TrialSpec
+  from benchmarks import trials
+  experiment = 'experiments/digits_mlp.py'
+  repo = trials.make_workspace(tmp_path / 'ws', experiment,
+                               {'steps': 30, 'eval_every': 10, 'checkpoint_every': 30})
+  members = ({}, {'optimizer.learning_rate': 1e-5}, {'optimizer.learning_rate': 3e-3})
+  rule = rungs.Rule((10, 20), 30, 0, 'max', 0.5, 1.0)
+  spec = TrialSpec(worktree=repo, experiment=experiment, workdir=tmp_path / 'batch', seeds=2,
+                   first_seed=0, timeout_s=300, members=members, rungs=rule.steps)
+  incumbent, slow, fast = trials.execute_batch(spec, rule=rule)
+  first, second = fast.rungs
+  assert first.step == 10 and first.kept == (2,) and first.stopped == (1,)
+  assert second.step == 20 and second.kept == (2,)
+  assert slow.status == 'pruned' and slow.pruned_at_step == 10 and 'ranked 2 of 2' in slow.reason
+  assert incumbent.status == 'pruned' and incumbent.pruned_at_step == 20
+  assert fast.status == 'ok' and fast.scorecard['steps_completed'] == 30
