@@ -12,6 +12,10 @@ for a key a config may leave out (the training extras of harness/regimen.py, all
 an operator can add the line to an experiment that lacks it. `traced` marks the knobs the
 harness keeps out of the compiled program (harness.optimizers.TRACED): candidates that
 differ only in them train together in one program (agent.editing.batching).
+
+A model of the user's own names its knobs its own way; ALIASES says which declared knob
+each of its names plays (`hidden` a width, `blocks` a depth), and `roles` maps them for one
+model, so the same Dims bound and step its knobs.
 """
 
 from __future__ import annotations
