@@ -386,8 +386,8 @@ def test_vmapped_functional_init_apply_and_remat(name):
 
   Also checks that remat=True is really checkpointed, and gives the same
   outputs and gradients as remat=False for the same parameters. Everything
-  runs in one jitted function because XLA compilation dominates the run time;
-  depth=1 for the same reason.
+  runs in one jitted function, without XLA's backend optimizations, because
+  compilation dominates the run time; depth=1 for the same reason.
   """
   num_seeds = 3
   input_shape = DEFAULT_SHAPE[name]
@@ -405,7 +405,9 @@ def test_vmapped_functional_init_apply_and_remat(name):
   def loss_and_grad(graphdef, params, key):
     return jax.value_and_grad(functional_loss, argnums=1, has_aux=True)(graphdef, params, x, key)
 
-  @jax.jit
+  # XLA's backend optimizations take most of this program's compile time and matter to
+  # none of what is checked (the numbers are compared within tolerances).
+  @functools.partial(jax.jit, compiler_options={'xla_backend_optimization_level': 0})
   def init_and_grads(seeds, dropout_keys):
     params = jax.vmap(lambda key: init(False, key)[1])(seeds)
     results = {
