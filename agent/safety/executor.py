@@ -156,9 +156,9 @@ class TrialOutcome:
   log_tail: str
   reason: str
   pruned_at_step: int | None = None
-  rungs: tuple[rungs_lib.Rung, ...] = ()  # a batch's rungs, the same on every member's
   sandbox: str = ''  # the isolation the trial ran under, in words (see `isolation`)
   trusted: dict[str, float] | None = None  # wall and CPU seconds, peak RSS, as the parent saw
+  rungs: tuple[rungs_lib.Rung, ...] = ()  # a batch's rungs, the same on every member's
 
 
 def trial_env(spec: TrialSpec, parent: Mapping[str, str] = os.environ,
@@ -393,7 +393,8 @@ def judge(spec: TrialSpec, scorer: scoring.Scorer, curves: ScoredCurve,
       reason += f' at step {last_step}' if last_step is not None else ' before the first eval'
     return TrialOutcome(status, None, curves.points, ended.wall_seconds, ended.returncode,
                         log_path, ended.tail, reason,
-                        last_step if status == 'pruned' else None, ended.sandbox, ended.trusted)
+                        last_step if status == 'pruned' else None, sandbox=ended.sandbox,
+                        trusted=ended.trusted)
   status, reason = _classify(spec, ended.returncode, ended.tail)
   card = None
   if status == 'ok':
