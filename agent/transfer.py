@@ -26,8 +26,8 @@ from agent.recording import records, vcs
 from agent.recording.journal import Journal
 from agent.recording.records import ArmRecord, TransferArm, TransferResult
 from agent.recording.state import RunState
+from agent.recording.transfer_results import kept_arms, outcome_of, result_of, transferred
 from agent.safety.executor import TrialOutcome
-from harness.scorecard import SCORECARD, read_json
 
 FIRST_SEED = 0  # the search's screen seeds (agent.candidate.SCREEN_FIRST_SEED)
 
@@ -52,11 +52,6 @@ def incumbent_arms(journal: Journal) -> dict[str, TransferArm]:
     elif isinstance(body, records.Verdict) and body.accepted:
       arms = kept_arms(body)
   return arms
-
-
-def kept_arms(verdict: records.Verdict) -> dict[str, TransferArm]:
-  """A kept candidate's arms on the transfer experiments: the new incumbent's there."""
-  return {e: r.candidate for e, r in (verdict.transfer or {}).items() if r.candidate}
 
 
 class TransferCheck:
@@ -129,7 +124,7 @@ class TransferCheck:
                                             known.get(experiment))
       result = results[experiment]
       self.say(f'[trial {trial}] transfer: ' + rule.words(
-          experiment, _outcome(result), result.metric or 'metric', result.reason))
+          experiment, outcome_of(result), result.metric or 'metric', result.reason))
     extra['transfer'] = results
     return transferred(verdict, results, self.charter.transfer.mode)
 
@@ -186,36 +181,3 @@ class TransferCheck:
           baseline=arms['baseline'], final=arms['final'], overrides=overrides['final'],
           metric=metric)
     return results
-
-
-def result_of(incumbent: TransferArm, candidate: TransferArm) -> TransferResult:
-  """The rule's outcome on two finished arms, with the metric their scorecards name."""
-  name, direction = metric_of(incumbent.arm)
-  outcome = rule.judge(incumbent.arm.per_seed, candidate.arm.per_seed, direction)
-  return TransferResult(outcome.outcome, name, outcome.gain, outcome.noise_floor,
-                        incumbent, candidate)
-
-
-def metric_of(arm: ArmRecord) -> tuple[str, str]:
-  """(metric name, direction) as the arm's scorecard states them."""
-  metric = read_json(Path(arm.workdir) / SCORECARD)['metric']
-  return metric['name'], 'min' if metric['direction'] == 'min' else 'max'
-
-
-def _outcome(result: TransferResult) -> rule.Outcome:
-  return rule.Outcome(result.outcome, result.gain, result.noise_floor)
-
-
-def transferred(verdict: decide_lib.Verdict, results: dict[str, TransferResult],
-                mode: str) -> decide_lib.Verdict:
-  """The kept verdict with the transfer sentence added, or the rejection a loss makes (its
-  numbers stay the run's own experiment's): what `verify` recomputes."""
-  reject, sentence = rule.summary({e: _outcome(r) for e, r in results.items()},
-                                  {e: r.metric or 'metric' for e, r in results.items()}, mode,
-                                  {e: r.reason for e, r in results.items()})
-  if reject:
-    return decide_lib.Verdict(False, rule.REASON, f'{sentence} On its own experiment: '
-                              f'{verdict.rationale}', verdict.gain, verdict.noise_floor,
-                              verdict.p_value, verdict.checks)
-  return decide_lib.Verdict(True, verdict.reason_code, f'{verdict.rationale} {sentence}',
-                            verdict.gain, verdict.noise_floor, verdict.p_value, verdict.checks)

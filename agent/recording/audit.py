@@ -35,13 +35,13 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from agent import transfer as transfer_lib
 from agent.charter import Acceptance, Charter, Objective, Tradeoffs, Transfer, Trial
 from agent.editing import diffs
 from agent.judging import decide as decide_lib
 from agent.judging import rungs
 from agent.judging import transfer as transfer_rule
 from agent.recording import pooled_noise
+from agent.recording import transfer_results as transfer_lib
 from agent.recording import records as records_lib
 from agent.recording import vcs
 from agent.recording.journal import Journal, Record
