@@ -24,7 +24,7 @@ from agent.recording.records import RunConfig
 from agent.recording.state import RunState
 from harness import scorecard as sc
 from tests.agent_workspace import git
-from tests.conftest import ROOT, load_experiment, run_binary, tiny
+from tests.conftest import ROOT, cached_env, load_experiment, run_binary, tiny
 from tests.test_agent_loop import ScriptedProposer, SimulatedRunner, make_loop, touch
 from tests.test_train import temporary_files
 
@@ -84,7 +84,8 @@ def test_a_run_killed_after_its_first_checkpoint_resumes_to_the_same_result(tmp_
   overrides = ['--config.train.steps=2000', '--config.train.eval_every=100',
                '--config.train.checkpoint_every=200', '--seeds=2']
   killed = tmp_path / 'killed'
-  env = {**os.environ, 'PYTHONPATH': str(ROOT)}
+  # The session's compilation cache: the resumed and the straight run load what it compiled.
+  env = {**cached_env(), 'PYTHONPATH': str(ROOT)}
   proc = subprocess.Popen([sys.executable, '-m', 'harness.main', EXPERIMENT,
                            f'--workdir={killed}', *overrides], cwd=ROOT, env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -176,7 +177,7 @@ def test_a_failed_write_after_the_scorecard_leaves_no_ok_scorecard(tmp_path):
   result = subprocess.run(
       [sys.executable, '-c', ENOSPC_AT, f'{sc.TEST_SCORECARD}:1,{sc.SCORECARD}:2', EXPERIMENT,
        f'--workdir={workdir}', '--eval_test', *TINY], cwd=ROOT, capture_output=True, text=True,
-      env={**os.environ, 'PYTHONPATH': str(ROOT)}, timeout=300)
+      env={**cached_env(), 'PYTHONPATH': str(ROOT)}, timeout=300)
   assert result.returncode == 1, result.stderr
   line = assert_one_error_line(result.stderr, progress=True)
   assert 'No space left on device' in line and sc.TEST_SCORECARD in line
