@@ -56,7 +56,7 @@ class Size:
 SIZES = {
     'full': Size(tuple(k.name for k in KINDS), 6, 180, search.SIZES['full'].train['mnist1d']),
     'quick': Size(tuple(k.name for k in KINDS), 3, 60, search.SIZES['quick'].train['mnist1d']),
-    'toy': Size((KINDS[0].name,), 1, 60, search.SIZES['toy'].train['mnist1d'], max_seeds=6),
+    'toy': Size((KINDS[0].name,), 1, 60, search.SIZES['toy'].train['mnist1d'], max_seeds=3),
 }
 
 

@@ -32,7 +32,7 @@ class Size:
 SIZES = {
     'full': Size('mnist1d', (0, 1), 5, search.SIZES['full'].train['mnist1d']),
     'quick': Size('mnist1d', (0,), 2, search.SIZES['quick'].train['mnist1d']),
-    'toy': Size('mnist1d', (0,), 1, search.SIZES['toy'].train['mnist1d'], max_seeds=6),
+    'toy': Size('mnist1d', (0,), 1, search.SIZES['toy'].train['mnist1d'], max_seeds=3),
 }
 
 

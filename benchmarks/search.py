@@ -79,8 +79,8 @@ SIZES = {
                  {'mnist1d': _train(600, 60), 'digits': _train(500, 50)}),
     'quick': Size(('mnist1d', 'digits'), 1, 4, {'mnist1d': 20, 'digits': 10},
                   {'mnist1d': _train(600, 60), 'digits': _train(500, 50)}),
-    'toy': Size(('mnist1d',), 1, 1, {'mnist1d': 120}, {'mnist1d': _train(30, 10)},
-                max_seeds=6),
+    'toy': Size(('mnist1d',), 1, 1, {'mnist1d': 120}, {'mnist1d': _train(20, 10)},
+                max_seeds=3),
 }
 
 
