@@ -518,7 +518,7 @@ def task_tables(data: dict[str, Any], plots: list[str]) -> list[str]:
         f'`{p}` {d}' for p, d in task['space'].items()) + '. Left out: ' + '; '.join(
         f'{", ".join(paths)} ({why})' for why, paths in left_out.items()) + '.']
     lines += ['', *(f'![best-so-far on {name}]({p})' for p in plots if name in p)]
-  return '\n'.join(lines)
+  return lines
 
 
 def summary(result: dict[str, Any]) -> list[list[str]]:
