@@ -56,7 +56,7 @@ HEAVY_DROPOUT = 0.5  # dropout at or above this, or ...
 HEAVY_DECAY = 0.1  # ... weight decay at or above this, with a high train loss: over-regularised
 
 # Outputs per task (harness.datasets: Task.num_outputs), for scorecards that do not say.
-NUM_OUTPUTS = {'mnist1d': 10, 'digits': 10, 'charlm': 256}
+NUM_OUTPUTS = {'mnist1d': 10, 'mnist1d_shuffled': 10, 'digits': 10, 'charlm': 256}
 SLOW_STEP_MS = 50.0
 HIGH_MEMORY_MB = 8192.0  # when the charter sets no memory cap
 MEMORY_CAP_FRACTION = 0.8
