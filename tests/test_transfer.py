@@ -88,6 +88,10 @@ def test_a_change_carries_the_settings_it_changed_where_the_transfer_config_has_
   assert rule.overrides(main, changed, other) == ['--config.optimizer.learning_rate=0.03']
   same = config_edit.set_value(main, 'optimizer.learning_rate', 1e-2)  # shuffled's own value
   assert rule.overrides(main, same, other) == [] == rule.overrides(main, main, other)
+  # a family switch reshapes model.*: none of it carries (the old family's keys would stay)
+  switched = config_edit.set_value(changed, 'model.name', 'cnn1d')
+  switched = switched.replace('  config.model.width = ', '  config.model.channels = ')
+  assert rule.overrides(main, switched, other) == ['--config.optimizer.learning_rate=0.03']
 
 
 # ---- in the loop -----------------------------------------------------------------------------

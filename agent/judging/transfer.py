@@ -96,11 +96,15 @@ def overrides(start: str, arm: str, transfer: str) -> list[str]:
   the run's own config (source `arm`) whose value differs from the start commit's (`start`)
   and which the transfer experiment's config (`transfer`) has, with a value of the same
   type, and holds at another value. Both arms are run so, so the pair differs by exactly the
-  candidate's change: its code, and the settings it changed."""
+  candidate's change: its code, and the settings it changed. A section the arm reshaped
+  (keys added or removed: a switch of model family) does not carry: overrides cannot remove
+  the old family's keys, and half of a switch would only crash there."""
   before, after, there = _knobs(start), _knobs(arm), _knobs(transfer)
+  reshaped = {_section(p) for p in set(before) ^ set(after)}
   carried = []
   for path, value in after.items():
-    if (path.startswith(NOT_CARRIED) or before.get(path, _ABSENT) == value
+    if (path.startswith(NOT_CARRIED) or _section(path) in reshaped
+        or before.get(path, _ABSENT) == value
         or path not in there or there[path] == value or not _same_type(there[path], value)):
       continue
     carried.append(f'--config.{path}={value}')
@@ -108,6 +112,10 @@ def overrides(start: str, arm: str, transfer: str) -> list[str]:
 
 
 _ABSENT = object()
+
+
+def _section(path: str) -> str:
+  return path.rsplit('.', 1)[0]
 
 
 def _knobs(source: str) -> dict[str, object]:
