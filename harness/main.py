@@ -187,18 +187,19 @@ def _members() -> list | None:
   return members
 
 
-def _rungs(members: list | None, workdir: Path) -> FileRungs | None:
+def _rung_steps(members: list | None) -> tuple[int, ...]:
+  """--rungs, checked before the workdir is touched."""
   if (_RUNGS.value is None) != (_RUNG_DIR.value is None):
     fail('--rungs and --rung_dir go together')
   if _RUNGS.value is None:
-    return None
+    return ()
   if members is None:
     fail('--rungs needs --members: only a batch has members to stop')
   try:
     steps = parse_steps(_RUNGS.value)
   except ValueError as e:
     fail(str(e))
-  return FileRungs(Path(_RUNG_DIR.value).absolute(), steps, workdir)
+  return steps
 
 
 def main(argv: list[str]) -> None:
@@ -208,8 +209,9 @@ def main(argv: list[str]) -> None:
     fail(f'unexpected arguments: {" ".join(argv[1:])}')
   config = _config()
   members = _members()
+  steps = _rung_steps(members)
   workdir = _workdir()
-  rungs = _rungs(members, workdir)
+  rungs = FileRungs(Path(_RUNG_DIR.value).absolute(), steps, workdir) if steps else None
   try:
     inputs = Path(_INPUTS.value).absolute() if _INPUTS.value else None
     card = train_and_evaluate(config, workdir, num_seeds=_SEEDS.value, resume=_RESUME.value,

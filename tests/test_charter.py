@@ -87,6 +87,10 @@ def test_wrong_types_and_ranges_name_the_line(line, message):
     ('stop', 'patience = 0'),
     ('tradeoffs', 'reject_nonfinite = "yes"'),
     ('pruning', 'min_fraction = 1.5'),
+    ('pruning', 'rungs = [0.5, 1.5]'),
+    ('pruning', 'rungs = ["half"]'),
+    ('pruning', 'rung_keep = 0'),
+    ('acceptance', 'min_effect_of_error = 2'),
     ('scope', 'editable = ["/etc/**"]'),
     ('scope', 'protected = "harness/**"'),
     ('scope', 'editable = ["models/\\\\"]'),  # a trailing backslash: not a gitignore glob

@@ -152,3 +152,12 @@ def test_a_member_stopped_at_a_rung_trains_no_further_and_the_others_are_untouch
   assert stopped[0]['val_metric'] == result['members'][0]['val_metric']
   assert all(np.array_equal(a, b) for a, b in
              zip(_logits(tmp_path / 'member-0'), _logits(workdir / 'member-0'), strict=True))
+
+
+def test_the_binary_refuses_bad_rungs_in_one_line_before_touching_the_workdir(tmp_path):
+  for args, says in ((['--rungs=10'], 'go together'),
+                     (['--rungs=a', f'--rung_dir={tmp_path}', '--members=[{}, {}]'],
+                      'comma-separated steps')):
+    bad = run_binary('--config=experiments/mnist1d_mlp.py', f'--workdir={tmp_path / "w"}', *args)
+    assert bad.returncode == 2 and says in bad.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / 'w').exists()
