@@ -40,7 +40,7 @@ class ScoringError(ValueError):
   """The trial's output cannot be scored: missing, malformed, or an invariant is broken."""
 
 
-def _open_regular(path: Path, limit: int):
+def open_regular(path: Path, limit: int):
   """Opens a file the trial wrote without following a symlink it may have planted: neither
   the file nor its folder may be one (the folder above is the trusted side's)."""
   try:
@@ -67,7 +67,7 @@ def _open_regular(path: Path, limit: int):
 def load_predictions(path: Path, shape: tuple[int, ...]) -> np.ndarray:
   """A float array of exactly `shape`, or ScoringError; never unpickles anything."""
   limit = 8 * math.prod(shape) + 4096
-  with _open_regular(path, limit) as f:
+  with open_regular(path, limit) as f:
     try:
       array = np.load(f, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
@@ -81,7 +81,7 @@ def load_predictions(path: Path, shape: tuple[int, ...]) -> np.ndarray:
 def read_report(folder: Path) -> dict[str, Any]:
   """The trial's self-report (untrusted, bounded); {} when absent or unreadable."""
   try:
-    with _open_regular(folder / REPORT, _REPORT_BYTES) as f:
+    with open_regular(folder / REPORT, _REPORT_BYTES) as f:
       report = sc.json.loads(f.read())
   except (ScoringError, ValueError):
     return {}

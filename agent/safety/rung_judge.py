@@ -20,6 +20,7 @@ from harness import scoring
 from harness import rungs as trial_rungs
 
 RUNGS = 'rungs'  # in the trial's workdir, beside output/: the judge's answers
+READY_BYTES = 65536  # a list of member indices
 
 
 class _Curves(Protocol):
@@ -93,10 +94,14 @@ class RungWatch:
     return True
 
   def _reached(self, step: int) -> list[int] | None:
+    """The members the trial says reached the rung: its file, read as the scorer reads
+    predictions (a plain file, no link, bounded), since the trial wrote it."""
     try:
-      reached = json.loads((self.output / trial_rungs.READY.format(step=step)).read_text())
+      with scoring.open_regular(self.output / trial_rungs.READY.format(step=step),
+                                 READY_BYTES) as f:
+        reached = json.loads(f.read())
       return sorted({int(m) for m in reached})
-    except (OSError, ValueError, TypeError):
+    except (scoring.ScoringError, OSError, ValueError, TypeError):
       return None
 
   def _write(self, step: int, stop: Sequence[int]) -> None:
