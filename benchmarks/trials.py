@@ -153,8 +153,7 @@ class _InProcessRungs:
       return set()
     rung = self.rule.decide(step, scores)
     self.decided.append(rung)
-    last = step == self.rule.steps[-1]
-    return set(rung.stopped) | ({self.rule.incumbent} if last else set())
+    return self.rule.stop_training(rung)
 
 
 def execute_batch(spec: TrialSpec, scorer: Scorer | None = None,
@@ -209,8 +208,7 @@ def execute_batch(spec: TrialSpec, scorer: Scorer | None = None,
     folder = member_folder(workdir.absolute(), index, batched=True)
     if 'stopped_at' in card:
       reason = (stops[index].reason(index) if index in stops else
-                f'the incumbent, trained alongside to rank the candidates until step '
-                f'{card["stopped_at"]}')
+                rule.incumbent_reason(card['stopped_at']))
       outcomes.append(TrialOutcome('pruned', None, curves.get(folder, []), wall, 0, log_path, '',
                                    reason, card['stopped_at'], rungs=decided,
                                    sandbox=IN_PROCESS))

@@ -80,6 +80,14 @@ class Rule:
     return decide(step, self.total_steps, scores, self.incumbent, self.direction, self.keep,
                   self.margin)
 
+  def stop_training(self, rung: Rung) -> set[int]:
+    """Who stops training after `rung`: those it stopped, and after the last rung the
+    incumbent too (it trained alongside only to be ranked against)."""
+    return set(rung.stopped) | ({self.incumbent} if rung.step == self.steps[-1] else set())
+
+  def incumbent_reason(self, step: int) -> str:
+    return f'the incumbent, trained alongside to rank the candidates until step {step}'
+
 
 def _promoted(alive: int, keep: float) -> int:
   return max(1, math.ceil(alive * keep - 1e-9))

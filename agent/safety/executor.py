@@ -444,8 +444,7 @@ def judge_batch(spec: TrialSpec, scorer: scoring.Scorer, ended: Ended,
     if index in stops:
       at = stops[index].step
       member_status, member_reason = 'pruned', (
-          stops[index].reason(index) if index != rule.incumbent else
-          f'the incumbent, trained alongside to rank the candidates until step {at}')
+          stops[index].reason(index) if index != rule.incumbent else rule.incumbent_reason(at))
     elif ended.stopped is None and status == 'ok':
       output, folder = spec.member(index)
       batch = {'size': len(spec.members), 'member': index, 'values': values}

@@ -88,8 +88,7 @@ class RungWatch:
       return False  # its predictions are still being written
     stop: Sequence[int] = ()
     if self.rule.incumbent in scores:
-      rung = self.rule.decide(step, scores)
-      stop = list(rung.stopped) + ([self.rule.incumbent] if step == self.rule.steps[-1] else [])
+      stop = sorted(self.rule.stop_training(self.rule.decide(step, scores)))
     self._write(step, stop)
     return True
 
