@@ -16,6 +16,9 @@ while training (the scorecard says so, or is absent when not even that could be 
 the traceback is in DIR/error.log), 2 bad input (flags, config, workdir): nothing in the
 workdir is changed. An error is one `error:` line, the last on stderr; library log lines
 (JAX, Orbax) reach stderr only with --verbosity=1.
+
+Over several hosts (a multi-host TPU VM; harness.hosts says when the environment asks for
+it), the same command runs once per host with the same workdir; process 0 writes the outputs.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from harness import hosts
 from harness import scorecard as sc
 from harness.rungs import FileRungs, parse_steps
 from harness.train import ERROR_LOG, MEMBER, ConfigError, is_output, train_and_evaluate
@@ -207,6 +211,10 @@ def main(argv: list[str]) -> None:
   logging.get_absl_handler().addFilter(library)
   if len(argv) > 1:
     fail(f'unexpected arguments: {" ".join(argv[1:])}')
+  try:
+    hosts.initialize()
+  except ValueError as e:
+    fail(str(e))
   config = _config()
   members = _members()
   steps = _rung_steps(members)
@@ -221,10 +229,15 @@ def main(argv: list[str]) -> None:
     fail(str(e))
   except Exception as e:  # a crashed run still leaves a scorecard that says so
     error = _one_line(e)
+    if not hosts.primary():  # process 0 records the run's failure; the others only say it
+      fail(f'training failed: {error}', code=1)
     unrecorded = not _INPUTS.value and not _record_failure(workdir, error)
     log = _keep_traceback(workdir, library)
     fail(f'training failed: {error}' + ('; no scorecard could be written' if unrecorded else '')
          + (f' (traceback in {log})' if log else ''), code=1)
+  if not hosts.primary():
+    print(f'process {hosts.index()}: trained; process 0 wrote the outputs')
+    return
   for i, result in enumerate(card.get('members', [card])):
     folder = workdir / f'{MEMBER}{i}' if members is not None else workdir
     if 'stopped_at' in result:

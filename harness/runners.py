@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from harness import mesh
+from harness import hosts, mesh
 from harness.steps import Carry, Program, SeedKeys, predict_batches
 
 # The training state as the runner holds it: one carry per program call (each member's on
@@ -62,7 +62,7 @@ class SeedRunner:
     num_seeds = keys.init.shape[0]
     hyperparams = {k: np.asarray(v, np.float32) for k, v in hyperparams.items()}
     if layout is not None:
-      keys, hyperparams = jax.device_put((keys, hyperparams), layout.members())
+      keys, hyperparams = hosts.place((keys, hyperparams), layout.members())
     per_call = lambda tree: ([tree] if vmapped else [jax.tree.map(lambda x, s=s: x[s], tree)
                                                       for s in range(num_seeds)])
     self._keys, self._hyperparams = per_call(keys), per_call(hyperparams)
@@ -101,7 +101,7 @@ class SeedRunner:
     of members not `active` are zeros (they are not computed)."""
     batches, n = predict_batches(x, batch_size)
     run = self._active(active)
-    logits = jax.device_get([self._predict(self._program.weights(members[i]), batches)
+    logits = hosts.to_host([self._predict(self._program.weights(members[i]), batches)
                              for i in run])
     if self._vmapped:
       logits = logits[0]
@@ -148,7 +148,7 @@ class SeedRunner:
       results = {i: compiled(members[i], self._keys[i], first) for i in run}
       for i in run:
         members[i] = results[i][0]
-      metrics = jax.device_get([results[i][1] for i in run])
+      metrics = hosts.to_host([results[i][1] for i in run])
       return members, tuple(self._full(len(members), run, [np.reshape(m[k], (length, -1))
                                                            for m in metrics])
                             for k in range(2))
@@ -162,7 +162,7 @@ class SeedRunner:
         members[i], (loss, norm) = compiled(members[i], self._keys[i], index, states[i])
         losses.append(loss)
         norms.append(norm)
-    losses, norms = jax.device_get((losses, norms))
+    losses, norms = hosts.to_host((losses, norms))
     shape = (length, -1)
     return members, (self._full(len(members), run, [np.reshape(losses, shape)]),
                      self._full(len(members), run, [np.reshape(norms, shape)]))

@@ -72,7 +72,7 @@ def max_rss_mb() -> float:
 def device_peak_bytes() -> int | None:
   """Accelerator allocator peak where the backend reports one (GPU/TPU; not CPU)."""
   import jax
-  stats = jax.devices()[0].memory_stats()
+  stats = jax.local_devices()[0].memory_stats()
   return None if not stats else stats.get('peak_bytes_in_use')
 
 

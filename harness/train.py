@@ -18,6 +18,7 @@ import functools
 import io
 import math
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -30,7 +31,7 @@ from flax import nnx
 
 import models
 from harness import scorecard as sc
-from harness import mesh, scoring, trial_inputs
+from harness import hosts, mesh, scoring, trial_inputs
 from harness.checkpoints import Checkpointer
 from harness.history import History
 from harness.optimizers import TRACED, hyperparams, make_optimizer
@@ -207,13 +208,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
   outputs, and their result says `stopped_at`.
   """
   workdir = Path(workdir).absolute()
+  # A run over several hosts: only process 0 writes the run's outputs; the others write
+  # theirs into a private folder that goes at the end (checkpoints are everyone's).
+  private = None if hosts.primary() else Path(tempfile.mkdtemp(prefix='harness-process-'))
+  try:
+    return _train(config, workdir, private or workdir, num_seeds=num_seeds, resume=resume,
+                  eval_test=eval_test, inputs_dir=inputs_dir, overwrite=overwrite,
+                  members=members, rungs=rungs)
+  finally:
+    if private is not None:
+      shutil.rmtree(private, ignore_errors=True)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: Path, outputs: Path, *, num_seeds: int,
+           resume: bool, eval_test: bool, inputs_dir: Path | None, overwrite: bool,
+           members: Sequence[Mapping[str, Any]] | None, rungs: Rungs | None) -> dict[str, Any]:
+  """train_and_evaluate with its outputs in `outputs` (the workdir, or another host's
+  private folder) and its checkpoints in the workdir."""
   seeds = [int(config.train.seed) + i for i in range(num_seeds)]
   inputs, scorer, program, configs, layout = _setup(config, inputs_dir, eval_test, seeds,
                                                     members)
-  if overwrite:
+  if rungs is not None and jax.process_count() > 1:
+    raise ConfigError('--rungs is for a run in one process: the hosts could read different '
+                      'answers and train different members')
+  if overwrite and hosts.primary():
     clear_outputs(workdir)
+  hosts.barrier('outputs cleared')  # no process looks for checkpoints before that
   batched = members is not None
-  group = [Member(i, member_folder(workdir, i, batched), c, History(num_seeds=num_seeds))
+  group = [Member(i, member_folder(outputs, i, batched), c, History(num_seeds=num_seeds))
            for i, c in enumerate(configs)]
   ckpt = Checkpointer(workdir / CHECKPOINTS)
   values = {k: [m.hyperparams[k] for m in group for _ in seeds] for k in TRACED}
