@@ -562,6 +562,7 @@ def test_the_trial_sees_only_the_allow_listed_environment_and_its_limits(fake, m
                'http_proxy', 'PYTHONSTARTUP'):
     monkeypatch.setenv(name, 'secret')
   monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
+  monkeypatch.setenv('TPU_VISIBLE_CHIPS', '2,3')  # a Ray node's share of a TPU host
   spec = fake('''
       import resource
       limits = {n: resource.getrlimit(getattr(resource, n))
@@ -584,6 +585,7 @@ def test_the_trial_sees_only_the_allow_listed_environment_and_its_limits(fake, m
   assert env['PYTHONPATH'].split(os.pathsep)[0] == str(spec.worktree)
   assert env['PYTHONHASHSEED'] == '0'
   assert env['JAX_PLATFORMS'] == 'cpu'
+  assert env['TPU_VISIBLE_CHIPS'] == '2,3'
   assert seen['limits']['RLIMIT_CPU'][0] == 30
   assert seen['limits']['RLIMIT_DATA'] == [512 << 20, 512 << 20]
   assert seen['limits']['RLIMIT_NPROC'] == [4000, 4000]

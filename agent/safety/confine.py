@@ -61,9 +61,11 @@ from agent import charter
 from agent.safety import sandbox as fs_sandbox
 
 # Variables agent-written code may inherit from the parent; nothing else (keys, tokens,
-# proxies) crosses.
+# proxies) crosses. The device masks are what a Ray node (or the user) gives the trial: its
+# share of the GPUs or of a TPU host's chips.
 PASSTHROUGH_ENV = ('PATH', 'HOME', 'LANG', 'LC_ALL', 'TMPDIR', 'LD_LIBRARY_PATH',
-                   'JAX_PLATFORMS', 'XLA_FLAGS', 'CUDA_VISIBLE_DEVICES',
+                   'JAX_PLATFORMS', 'XLA_FLAGS', 'CUDA_VISIBLE_DEVICES', 'TPU_VISIBLE_CHIPS',
+                   'TPU_CHIPS_PER_HOST_BOUNDS', 'TPU_HOST_BOUNDS',
                    'XLA_PYTHON_CLIENT_PREALLOCATE', 'XLA_PYTHON_CLIENT_MEM_FRACTION',
                    'TF_CPP_MIN_LOG_LEVEL')
 # Set for every run: reproducible hashing, prompt log lines (a killed trial loses no
