@@ -17,6 +17,7 @@ import pytest
 from agent.recording import records, report
 from agent.recording.journal import Journal, canonical_json
 from agent.recording.state import RunState
+from tests.agent_workspace import fake_scorecard, write_scorecard
 
 FIXTURE = Path(__file__).parent / 'data' / 'journal_v1'
 
@@ -94,3 +95,17 @@ def test_fields_an_older_journal_lacks_take_their_defaults():
 def test_a_payload_that_does_not_fit_its_kind_is_named(kind, payload, named):
   with pytest.raises(records.RecordError, match=named):
     records.parse(kind, payload)
+
+
+@pytest.mark.parametrize('device_peak, trusted_rss, expected', [
+    (None, 150.0, 150.0),  # CPU: the host's resident peak (the trusted measure when larger)
+    (3 * 2**30, 150.0, 3072.0),  # GPU/TPU: the accelerator's allocator peak
+])
+def test_peak_memory_is_the_accelerators_where_it_reports_one(tmp_path, device_peak,
+                                                              trusted_rss, expected):
+  card = fake_scorecard([0.5, 0.6])
+  card['memory']['device_peak_bytes'] = device_peak
+  card['trusted'] = {'max_rss_mb': trusted_rss}
+  write_scorecard(tmp_path, card)
+  arm = records.ArmRecord.from_scorecard('c' * 40, tmp_path, card)
+  assert arm.peak_memory_mb == expected

@@ -252,6 +252,17 @@ def diagnose_memory(card: Mapping[str, Any], cap_mb: float = 0.0) -> str | None:
   return f'peak memory {peak:.0f} MB ({against}): memory is tight'
 
 
+def diagnose_on_accelerator(card: Mapping[str, Any]) -> str | None:
+  """Trained on a GPU or TPU: what pays there (bfloat16 compute on its matrix units, larger
+  batches) is worth a try even when no step looks slow."""
+  device = card.get('device')
+  platform = str(device.get('platform', '')) if isinstance(device, Mapping) else ''
+  if platform not in ('gpu', 'tpu'):
+    return None
+  return (f'trained on {platform.upper()} ({device.get("kind", "?")}): bfloat16 compute and '
+          'larger batches usually cost less per example there')
+
+
 def input_kind(card: Mapping[str, Any]) -> str:
   """What one example is, as the harness recorded it: 'signal', 'image', 'text', ..."""
   kind = card.get('input_kind')
@@ -297,6 +308,7 @@ def diagnose(card: Mapping[str, Any], *, dataset: str, family: str,
                      'over_regularised': diagnose_over_regularised(card),
                      'noisy_end': None if any(step.values()) else diagnose_noisy_end(card)}
   found |= {'slow': diagnose_slow(card), 'memory': diagnose_memory(card, memory_cap_mb),
+            'on_accelerator': diagnose_on_accelerator(card),
             'signal_under_mlp': diagnose_signal_under_mlp(dataset, family, kind),
             'image_under_mlp': diagnose_image_under_mlp(dataset, family, kind),
             'char_lm_transformer': diagnose_char_lm_transformer(family, kind)}

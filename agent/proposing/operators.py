@@ -495,7 +495,7 @@ OPERATORS: dict[str, Operator] = {op.name: op for op in (
         'model.dtype', 'bfloat16', 'compute in bfloat16 (parameters stay float32)',
         'to halve activation memory and use faster matrix units', 'step time and peak '
         'memory down by up to 2x on accelerators; val {metric} within noise'),
-        requires=frozenset({'slow', 'memory'})),
+        requires=frozenset({'slow', 'memory', 'on_accelerator'})),
     Operator('remat_on', Switch(
         'model.remat', True, 'recompute block activations in the backward pass',
         'to trade compute for memory', 'peak memory down; step time up by about 20-30%; val '

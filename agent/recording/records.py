@@ -156,8 +156,10 @@ class ArmRecord:
     known = lambda v: v if own and isinstance(v, (int, float)) and v == v else 0.0
     return cls(commit=commit, workdir=str(workdir), per_seed=per_seed,
                train_seconds=known(card['train_seconds']),
+               # host memory, or the accelerator's allocator peak where it reports one
                peak_memory_mb=max(known(card['memory']['max_rss_mb']),
-                                  known(trusted.get('max_rss_mb'))),
+                                  known(trusted.get('max_rss_mb')),
+                                  known(card['memory'].get('device_peak_bytes')) / 2**20),
                step_latency_ms=known(card['step_latency_ms']['p50']),
                nonfinite=card['stability']['nonfinite'], curve=curve, steps=card['steps'],
                fingerprints=card['data']['fingerprints'], scorecard_sha256=digest,
