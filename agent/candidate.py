@@ -15,8 +15,10 @@ against it.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
+import threading
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -51,7 +53,7 @@ class RunBatch(Protocol):
   """Runs members with these traced values together on the incumbent's code (`_run_batch`)."""
 
   def __call__(self, workdir: Path, first_seed: int, values: list[dict[str, float]],
-               rule: rungs.Rule | None = None) -> list[TrialOutcome]: ...
+               rule: rungs.Rule | None = None, *, worktree: Path) -> list[TrialOutcome]: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,8 +67,8 @@ class Budget:
 
 
 class CandidateJudge:
-  """Judges the candidates of one run against its incumbent (`state.incumbent`), booking the
-  compute of every run it makes into `state`."""
+  """Judges the candidates of one run against its incumbent (`state.incumbent`, or the one a
+  judge is `bound` to), booking the compute of every run it makes into `state`."""
 
   def __init__(self, repo: Path, run_dir: Path, worktree: Path, charter: Charter,
                state: RunState, journal: Journal, run: RunArm, run_batch: RunBatch,
@@ -81,21 +83,44 @@ class CandidateJudge:
     # (incumbent commit, first seed) -> its arm on a later look's seeds, shared by candidates
     self.incumbent_looks: dict[tuple[str, int], ArmRecord] = {}
     self.transfer = None  # agent.transfer.TransferCheck: the charter's [transfer], if any
+    self.incumbent_tree = run_dir / 'incumbent'  # where the incumbent's looks check it out
+    self.bound_to: ArmRecord | None = None  # the incumbent a parallel trial was proposed on
+    self.preset_noise: float | None = None  # its pooled variance, as its trial started
+    self._booking = threading.Lock()  # judges in parallel threads book into one state
+    self._transferring = threading.Lock()  # the transfer check has one incumbent checkout
+
+  @property
+  def incumbent(self) -> ArmRecord:
+    return self.bound_to or self.state.incumbent
+
+  def bound(self, worktree: Path, incumbent: ArmRecord, pooled_variance: float,
+            scratch: Path) -> CandidateJudge:
+    """A judge for one trial run beside others (--workers): its own worktree and incumbent
+    checkout (`scratch`), the incumbent it was proposed on and the run's pooled noise as the
+    trial started, whatever the loop keeps meanwhile. The incumbent looks' cache is shared."""
+    judge = copy.copy(self)
+    judge.worktree, judge.bound_to, judge.preset_noise = worktree, incumbent, pooled_variance
+    judge.incumbent_tree = scratch
+    return judge
+
+  def _book(self, seconds: float) -> None:
+    with self._booking:
+      self.state.compute_seconds += seconds
 
   def judge(self, trial: int, commit: str, diff: str, direction: str, metric: str
             ) -> tuple[decide_lib.Verdict, ArmRecord | None, dict[str, Any]]:
     """The verdict, the candidate's screen arm (None if it did not finish) and the details
     the verdict record keeps (records.Verdict's optional fields): screened on the incumbent's
     seeds, then, undecided or kept, it goes on (`_go_on`)."""
-    incumbent = self.state.incumbent
+    incumbent = self.incumbent
     self._pool_noise(trial)
     workdir = self.run_dir / 'trials' / str(trial) / 'screen'
     steps = _steps_of(self.worktree / self.config.experiment, incumbent.steps)
     cut = self._budget_cuts()
-    outcome = _budget_status(self.run(workdir, SCREEN_FIRST_SEED,
+    outcome = _budget_status(self.run(workdir, SCREEN_FIRST_SEED, worktree=self.worktree,
                                       on_curve=self._pruner(steps, direction)), cut)
     self.screen_seconds = outcome.wall_seconds
-    self.state.compute_seconds += outcome.wall_seconds
+    self._book(outcome.wall_seconds)
     self.journal.write(records.TrialFinished(
         status=outcome.status, reason=outcome.reason, wall_seconds=outcome.wall_seconds,
         workdir=str(workdir), sandbox=outcome.sandbox), trial=trial)
@@ -109,8 +134,8 @@ class CandidateJudge:
 
   def _pool_noise(self, first_trial: int) -> None:
     """The run's pooled paired-gain variance from the verdicts before `first_trial`."""
-    noise = pooled_noise.of_records(self.journal.records(), first_trial)
-    self.pooled_variance = noise.variance
+    self.pooled_variance = (self.preset_noise if self.preset_noise is not None else
+                            pooled_noise.of_records(self.journal.records(), first_trial).variance)
 
   def _budget_cuts(self) -> bool:
     """Whether a run started now gets less than the charter's time because of the budget."""
@@ -119,7 +144,7 @@ class CandidateJudge:
   def _rung_rule(self, direction: str, candidates: int) -> rungs.Rule | None:
     """The batch's successive halving (charter [pruning] rungs), the incumbent trained
     alongside as member 0; a clear loser is one behind it by the pruner's margin."""
-    p, incumbent = self.charter.pruning, self.state.incumbent
+    p, incumbent = self.charter.pruning, self.incumbent
     steps = rungs.rung_steps([int(s) for s, _ in incumbent.curve], incumbent.steps, p.rungs)
     if not (p.enabled and steps and candidates >= 2 and len(incumbent.per_seed) >= 2):
       return None
@@ -131,7 +156,7 @@ class CandidateJudge:
   def _pruner(self, candidate_steps: int, direction: str):
     """Prunes against the incumbent's seed noise, or the run's pooled noise if larger (a
     paired-gain variance v is a per-arm spread of sqrt(v / 2) in `noise_floor`'s terms)."""
-    incumbent = self.state.incumbent
+    incumbent = self.incumbent
     noise = decide_lib.noise_floor(incumbent.per_seed, 1.0,
                                    min_std=math.sqrt(self.pooled_variance / 2))
     p = self.charter.pruning
@@ -155,7 +180,7 @@ class CandidateJudge:
     the screen kept or left undecided only the best (largest mean paired gain) goes on and,
     if the test keeps it, is kept. `checkout` puts a commit in the worktree (the winner's,
     for its later looks)."""
-    incumbent = self.state.incumbent
+    incumbent = self.incumbent
     self._pool_noise(trials[0])
     policy = decide_lib.AcceptancePolicy.of(self.charter, self.config.seeds).batch(len(trials))
     workdir = self.run_dir / 'trials' / str(trials[0]) / 'screen'
@@ -163,10 +188,11 @@ class CandidateJudge:
     rule = self._rung_rule(direction, len(trials))
     alongside = [{}] if rule else []  # the incumbent as member 0: its own values
     outcomes = [_budget_status(o, cut)
-                for o in self.run_batch(workdir, SCREEN_FIRST_SEED, alongside + values, rule)]
+                for o in self.run_batch(workdir, SCREEN_FIRST_SEED, alongside + values, rule,
+                                           worktree=self.worktree)]
     self.screen_seconds = 0.0  # the batch's: a member alone costs what the incumbent does
     wall = outcomes[0].wall_seconds
-    self.state.compute_seconds += wall
+    self._book(wall)
     outcomes = outcomes[len(alongside):]
     screened = []
     for index, (trial, outcome) in enumerate(zip(trials, outcomes, strict=True)):
@@ -199,7 +225,7 @@ class CandidateJudge:
               outcome: TrialOutcome, workdir: Path, steps: int,
               policy: decide_lib.AcceptancePolicy):
     """The first look's verdict on a finished screen run."""
-    incumbent = self.state.incumbent
+    incumbent = self.incumbent
     extra: dict[str, Any] = {'status': outcome.status}
     if outcome.status in FAILED_STATUSES:
       extra['log_excerpt'] = outcome.log_tail[-LOG_EXCERPT_CHARS:]
@@ -236,7 +262,8 @@ class CandidateJudge:
     if verdict.accepted:
       verdict = self._judge_elsewhere(trial, commit, verdict, extra)
     if verdict.accepted and self.transfer is not None and self.transfer.experiments:
-      verdict = self.transfer.judge(trial, commit, self.worktree, verdict, extra)
+      with self._transferring:
+        verdict = self.transfer.judge(trial, commit, self.worktree, verdict, extra)
     return verdict
 
   def _more_seeds(self, trial: int, commit: str, diff: str, metric: str, direction: str,
@@ -246,7 +273,7 @@ class CandidateJudge:
     """The candidate and the incumbent on the next group of fresh seeds, pooled with all
     before, look after look until the test decides; each look is journaled as it ends. A
     look whose measured cost does not fit in the search's time left is not started."""
-    incumbent = self.state.incumbent
+    incumbent = self.incumbent
     trial_dir = self.run_dir / 'trials' / str(trial)
     _, added, removed = diffs.diff_stats(diff)
     looks = [decide_lib.SeedResults(incumbent.arm(), candidate.arm(), metric)]
@@ -264,11 +291,12 @@ class CandidateJudge:
       self.say(f'[trial {trial}] undecided after {self.config.seeds * len(looks)} seeds; '
                f'look {len(looks) + 1} on seeds from {first}')
       cut = self._budget_cuts()
-      ran = _budget_status(self.run(trial_dir / 'confirm_candidate' / str(first), first), cut)
+      ran = _budget_status(self.run(trial_dir / 'confirm_candidate' / str(first), first,
+                                    worktree=self.worktree), cut)
       cost = ran.wall_seconds or cost
       incumbent_arm, incumbent_run = self._incumbent_look(first, cut)
       wall = ran.wall_seconds + (incumbent_run.wall_seconds if incumbent_run else 0.0)
-      self.state.compute_seconds += wall
+      self._book(wall)
       statuses = (ran.status, incumbent_run.status if incumbent_run else 'ok')
       self.journal.write(records.ConfirmFinished(
           wall_seconds=wall, first_seed=first, candidate=statuses[0], incumbent=statuses[1]),
@@ -295,11 +323,11 @@ class CandidateJudge:
     """The incumbent's arm on the seeds from `first`, and the run that made it now (None
     when an earlier candidate's look already did: it is the same code on the same seeds);
     `cut`: the run's time is cut by the budget."""
-    incumbent = self.state.incumbent
+    incumbent = self.incumbent
     key = (incumbent.commit, first)
     if key in self.incumbent_looks:
       return self.incumbent_looks[key], None
-    tree = vcs.create_detached(self.repo, self.run_dir / 'incumbent', incumbent.commit)
+    tree = vcs.create_detached(self.repo, self.incumbent_tree, incumbent.commit)
     workdir = self.run_dir / 'confirm_incumbent' / incumbent.commit[:12] / str(first)
     ran = _budget_status(self.run(workdir, first, worktree=tree), cut)
     if ran.status != 'ok':
@@ -314,7 +342,7 @@ class CandidateJudge:
     experiment runs every changed file; every other shipped experiment that runs one is
     trained with the candidate and with the incumbent on the same seeds, and the candidate
     must finish, keep the task's invariants and not lose beyond that experiment's noise."""
-    incumbent = self.state.incumbent
+    incumbent = self.incumbent
     root = self.worktree
     changed = {p for p in vcs.changed_files(self.repo, incumbent.commit, commit)
                if p.endswith('.py')}
@@ -329,7 +357,7 @@ class CandidateJudge:
               if e in shipped]
     if not others:
       return verdict
-    incumbent_tree = vcs.create_detached(self.repo, self.run_dir / 'incumbent', incumbent.commit)
+    incumbent_tree = vcs.create_detached(self.repo, self.incumbent_tree, incumbent.commit)
     extra['elsewhere'] = {}
     for experiment in others:
       self.say(f'[trial {trial}] also judging the change on {experiment}, which runs it')
@@ -339,7 +367,7 @@ class CandidateJudge:
                             experiment=experiment)
               for arm, tree in (('candidate', root), ('incumbent', incumbent_tree))}
       wall = sum(o.wall_seconds for o in runs.values())
-      self.state.compute_seconds += wall
+      self._book(wall)
       self.journal.write(records.ConfirmFinished(
           wall_seconds=wall, experiment=experiment, candidate=runs['candidate'].status,
           incumbent=runs['incumbent'].status), trial=trial)

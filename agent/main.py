@@ -3,7 +3,8 @@ r"""The research agent's command line.
   python -m agent.main run --experiment=experiments/mnist1d_mlp.py \
       [--budget_trials=N] [--budget_minutes=M] [--seeds=K] [--run_id=ID] [--review=required] \
       [--proposer=heuristic | --proposer=llm --llm_base_url=URL --llm_model=NAME \
-       [--llm_api=openai|anthropic] [--budget_tokens=N]] [--executor=ray [--ray_address=ADDR]]
+       [--llm_api=openai|anthropic] [--budget_tokens=N]] [--executor=ray [--ray_address=ADDR]] \
+      [--workers=W]
   python -m agent.main resume|status|log|verify|review|report --run_id=ID
   python -m agent.main approve N --run_id=ID
   python -m agent.main reject N --why="..." --run_id=ID
@@ -30,7 +31,7 @@ from absl import app, flags
 
 from agent import start, workspace
 from agent.charter import CharterError, load_charter
-from agent.loop import BaselineError, Loop, RunHalted
+from agent.loop import BaselineError, Loop, RunHalted, default_workers
 from agent.proposing.llm_client import LLMFatalError
 from agent.recording import audit, records, report, review, vcs
 from agent.recording import progress, tb_view
@@ -77,6 +78,10 @@ _EXECUTOR = flags.DEFINE_enum('executor', 'local', ['local', 'ray'], 'Where tria
 _RAY_ADDRESS = flags.DEFINE_string('ray_address', None, 'The Ray cluster to run trials on '
                                    '(e.g. auto, or HOST:6379); default: a local one started '
                                    'for the run.')
+_WORKERS = flags.DEFINE_integer('workers', None, 'Trials in flight at once (run, resume), '
+                                'each decided as it ends against the incumbent it was '
+                                'proposed on; default: the usable cores less one, over the '
+                                'charter\'s [trial] cpus (at least 1).', lower_bound=1)
 _FINAL_EVAL = flags.DEFINE_bool('final_eval', True, 'Evaluate start and final on fresh seeds '
                                 'and the test split at the end.')
 
@@ -134,6 +139,9 @@ def cmd_run() -> int:
   if not _EXPERIMENT.value:
     raise UsageError('--experiment is required')
   run_id = _RUN_ID.value or time.strftime('%Y%m%d-%H%M%S')
+  if _WORKERS.value and _WORKERS.value > 1 and _REVIEW.value == 'required':
+    raise UsageError('--workers above 1 does not combine with --review=required: a winner '
+                     'waits for a person, and the trials beside it would be judged meanwhile')
   with (start.engine(_EXECUTOR.value, charter, _RAY_ADDRESS.value) as (execute, batch),
         start.start_run(repo, charter, _EXPERIMENT.value, run_id, _choices(), say=say,
                         execute=execute, execute_batch=batch) as loop):
@@ -155,6 +163,10 @@ def cmd_resume() -> int:
 
 def _drive(loop: Loop) -> int:
   """The loop, watched: a progress line, and the TensorBoard view after each trial."""
+  loop.workers = 1 if loop.config.review == 'required' else (
+      _WORKERS.value or default_workers(loop.charter))
+  if loop.workers > 1:
+    say(f'[workers] up to {loop.workers} trials in flight')
   with progress.watching(loop.run_dir, start.JOURNAL, tb_view.write):
     return _run_loop(loop)
 

@@ -48,6 +48,8 @@ def test_an_old_journal_replays_to_the_state_it_gave_then(old):
   now = {**dataclasses.asdict(state), 'data': state.data.to_record(), 'pending': None,
          'awaiting_review': None}
   assert now.pop('later') == []  # proposals of an interrupted batch: none in this journal
+  # what trials side by side (--workers) added; this journal's run had them one at a time
+  assert (now.pop('last_trial'), now.pop('bases'), now.pop('stale')) == (6, {}, [])
   assert canonical_json(now) == canonical_json(then)
 
 

@@ -150,6 +150,8 @@ def _checks(repo: Path, records: list[Record], run_dir: Path) -> Iterator[tuple[
   waiting: dict[int, records_lib.Verdict] = {}
   rung_stops: dict[int, int] = {}  # trial -> the step of the rung that stopped it
   in_progress = ''  # the commit of a trial that started and has no verdict yet
+  arms: dict[str, ArmRecord] = {}  # every incumbent so far, by commit
+  started_at: dict[int, int] = {}  # trial -> the index of its (last) trial_started
   for index, record in enumerate(records):
     body, where, trial = record.body, _where(record), record.trial
     if isinstance(body, records_lib.RunStarted):
@@ -158,11 +160,12 @@ def _checks(repo: Path, records: list[Record], run_dir: Path) -> Iterator[tuple[
     elif isinstance(body, records_lib.Baseline):
       yield where, functools.partial(_arm_matches_scorecard, body.arm, incumbent.commit)
       incumbent = _Incumbent(body.arm.commit, body.arm)
+      arms[incumbent.commit] = body.arm
     elif isinstance(body, records_lib.TransferBaseline):
       yield where, functools.partial(_transfer_baseline_fits, repo, config, body)
       transfer_arms[body.experiment] = body.arm
     elif isinstance(body, records_lib.TrialStarted):
-      started[trial], in_progress = body, body.commit
+      started[trial], in_progress, started_at[trial] = body, body.commit, index
     elif isinstance(body, records_lib.TrialFinished):
       finished[trial] = body
       confirmed.pop(trial, None)  # an interrupted attempt's looks are not this attempt's
@@ -174,9 +177,16 @@ def _checks(repo: Path, records: list[Record], run_dir: Path) -> Iterator[tuple[
     elif isinstance(body, records_lib.Verdict):
       in_progress = ''
       first = min((finished[trial].batch or [trial]) if trial in finished else [trial])
-      pooled = pooled_noise.of_records(records[:index], first).variance  # as the loop had it
+      # the run's noise as the loop had it when the trial started (trials side by side may
+      # be decided meanwhile)
+      pooled = pooled_noise.of_records(records[:started_at.get(trial, index)], first).variance
+      judged_on = started[trial].incumbent if trial in started else ''
+      against = (incumbent if judged_on in ('', incumbent.commit)
+                 else _Incumbent(judged_on, arms.get(judged_on)))
+      yield where, functools.partial(_judged_on_current, body, against.commit,
+                                     incumbent.commit)
       yield from ((where, check) for check in _verdict_checks(
-          repo, config.run_id, settings, incumbent, body, trial, started.get(trial),
+          repo, config.run_id, settings, against, body, trial, started.get(trial),
           finished.get(trial), confirmed.get(trial, []), pooled))
       yield where, functools.partial(_transfer_fits, repo, config, settings, body,
                                      incumbent.commit, dict(transfer_arms))
@@ -187,12 +197,14 @@ def _checks(repo: Path, records: list[Record], run_dir: Path) -> Iterator[tuple[
         waiting[trial] = body
       elif body.accepted:
         incumbent = _Incumbent(body.candidate.commit, body.candidate)
+        arms[incumbent.commit] = body.candidate
         transfer_arms = transfer_lib.kept_arms(body)
     elif isinstance(body, records_lib.Review):
       verdict = waiting.pop(trial, None)
       yield where, functools.partial(_review_fits, repo, config.run_id, body, verdict)
       if verdict is not None and body.approved:
         incumbent = _Incumbent(verdict.candidate.commit, verdict.candidate)
+        arms[incumbent.commit] = verdict.candidate
         transfer_arms = transfer_lib.kept_arms(verdict)
     elif isinstance(body, records_lib.FinalEval):
       yield where, functools.partial(_final_matches, run_dir, body, incumbent.commit,
@@ -233,6 +245,18 @@ def _verdict_checks(repo: Path, run_id: str, settings: dict[str, Any] | None,
     yield functools.partial(_ref_names, repo, f'refs/agent/{run_id}/rejected/{trial}', commit)
 
 
+def _judged_on_current(verdict: records_lib.Verdict, judged_on: str, current: str) -> None:
+  """A kept (or waiting) trial was judged against the incumbent current when it was kept;
+  one recorded as a late win (STALE) against one replaced before its verdict."""
+  kept = verdict.accepted or verdict.awaiting_review
+  if kept and judged_on != current:
+    raise Inconsistency(f'kept, but judged against {judged_on[:10]} while the incumbent was '
+                        f'{current[:10]}')
+  if verdict.reason_code == records_lib.STALE and judged_on == current:
+    raise Inconsistency(f'recorded as a win that came too late, but it was judged against '
+                        f'the incumbent of its verdict ({current[:10]})')
+
+
 # ---- the rule -------------------------------------------------------------------------------
 def _verdict_follows_rule(settings: dict[str, Any] | None, incumbent: _Incumbent,
                           verdict: records_lib.Verdict, diff: str | None,
@@ -243,6 +267,12 @@ def _verdict_follows_rule(settings: dict[str, Any] | None, incumbent: _Incumbent
                         f'trial_finished record says {finished and finished.status!r}')
   expected = _recompute(Rule.recorded(settings), incumbent, verdict, diff or '', finished,
                         confirmed, pooled)
+  if verdict.reason_code == records_lib.STALE:  # the rule kept it; the loop could not
+    if not expected.accepted:
+      raise Inconsistency(f'recorded as a win that came too late, but the charter\'s rule on '
+                          f'the recorded arms gives {_says(False, expected.code)}')
+    expected = _Expected(False, records_lib.STALE, 'Won against incumbent',
+                         numbers=expected.numbers)
   claimed = bool(verdict.accepted or verdict.awaiting_review)
   if (claimed, verdict.reason_code) != (expected.accepted, expected.code):
     raise Inconsistency(f'the verdict says {_says(claimed, verdict.reason_code)}, but the '

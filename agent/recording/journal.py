@@ -27,6 +27,7 @@ import math
 import numbers
 import os
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -143,19 +144,29 @@ def _row_problem(row: tuple, expected_seq: int, expected_prev: str) -> str | Non
 
 
 class Journal:
-  """Append-only journal over one SQLite file; every append is durable when it returns."""
+  """Append-only journal over one SQLite file; every append is durable when it returns.
+
+  One connection, shared by the loop's threads (trials judged in parallel write their runs'
+  records as they end): a lock serialises every statement, and an append holds it until its
+  anchor is written, so records and anchors go out in one order."""
 
   def __init__(self, connection: sqlite3.Connection, path: Path):
     self._db = connection
     self.path = path
     self._anchor: Callable[[str], None] | None = None
+    self._lock = threading.RLock()
+
+  def _rows(self, sql: str, params: tuple | list = ()) -> list[tuple]:
+    with self._lock:
+      return self._db.execute(sql, params).fetchall()
 
   @classmethod
   def open(cls, path: str | Path) -> Journal:
     """Creates the journal (and its folder) or opens an existing one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    connection = sqlite3.connect(path, isolation_level=None)  # explicit transactions only
+    connection = sqlite3.connect(path, isolation_level=None,  # explicit transactions only
+                                 check_same_thread=False)  # `_lock` serialises
     connection.execute('PRAGMA journal_mode=WAL')
     connection.execute('PRAGMA synchronous=FULL')
     connection.executescript(_SCHEMA)
@@ -183,21 +194,22 @@ class Journal:
     trial = None if trial is None else int(trial)
     payload_text = canonical_json(payload)
     stored_payload = json.loads(payload_text)
-    self._db.execute('BEGIN IMMEDIATE')
-    try:
-      row = self._db.execute('SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1').fetchone()
-      seq, prev_hash = (row[0] + 1, row[1]) if row else (1, GENESIS)
-      ts = _now()
-      digest = record_hash(prev_hash, seq, ts, kind, trial, stored_payload)
-      self._db.execute(f'INSERT INTO records ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)',
-                       (seq, ts, kind, trial, payload_text, prev_hash, digest))
-      self._db.execute('COMMIT')
-    except BaseException:
-      self._db.execute('ROLLBACK')
-      raise
-    record = Record(seq, ts, kind, trial, stored_payload, prev_hash, digest)
-    if self._anchor is not None:
-      self._anchor(anchor_text(record))
+    with self._lock:
+      self._db.execute('BEGIN IMMEDIATE')
+      try:
+        row = self._db.execute('SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1').fetchone()
+        seq, prev_hash = (row[0] + 1, row[1]) if row else (1, GENESIS)
+        ts = _now()
+        digest = record_hash(prev_hash, seq, ts, kind, trial, stored_payload)
+        self._db.execute(f'INSERT INTO records ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)',
+                         (seq, ts, kind, trial, payload_text, prev_hash, digest))
+        self._db.execute('COMMIT')
+      except BaseException:
+        self._db.execute('ROLLBACK')
+        raise
+      record = Record(seq, ts, kind, trial, stored_payload, prev_hash, digest)
+      if self._anchor is not None:
+        self._anchor(anchor_text(record))
     return record
 
   def write(self, record: records_lib.Body, trial: int | None = None) -> Record:
@@ -229,7 +241,8 @@ class Journal:
     if count < seq:
       return (f'the journal ends at record {count}, but its anchor names record {seq}: '
               f'records were removed')
-    row = self._db.execute('SELECT hash FROM records WHERE seq = ?', (seq,)).fetchone()
+    rows = self._rows('SELECT hash FROM records WHERE seq = ?', (seq,))
+    row = rows[0] if rows else None
     if row is None or row[0] != digest:
       return (f'record {seq} does not have the hash its anchor names ({digest[:12]}): the '
               f'journal was rewritten')
@@ -240,8 +253,8 @@ class Journal:
 
   def head(self) -> Record | None:
     """The last record, or None in an empty journal."""
-    row = self._db.execute(f'SELECT {_COLUMNS} FROM records ORDER BY seq DESC LIMIT 1').fetchone()
-    return _to_record(row) if row else None
+    rows = self._rows(f'SELECT {_COLUMNS} FROM records ORDER BY seq DESC LIMIT 1')
+    return _to_record(rows[0]) if rows else None
 
   def records(self, kind: str | type[records_lib.Body] | None = None,
               trial: int | None = None) -> list[Record]:
@@ -255,7 +268,7 @@ class Journal:
       clauses.append('trial = ?')
       params.append(trial)
     where = f' WHERE {" AND ".join(clauses)}' if clauses else ''
-    rows = self._db.execute(f'SELECT {_COLUMNS} FROM records{where} ORDER BY seq', params)
+    rows = self._rows(f'SELECT {_COLUMNS} FROM records{where} ORDER BY seq', params)
     return [_to_record(row) for row in rows]
 
   def last(self, kind: str | type[records_lib.Body],
@@ -266,8 +279,8 @@ class Journal:
     if trial is not None:
       query += ' AND trial = ?'
       params.append(trial)
-    row = self._db.execute(query + ' ORDER BY seq DESC LIMIT 1', params).fetchone()
-    return _to_record(row) if row else None
+    rows = self._rows(query + ' ORDER BY seq DESC LIMIT 1', params)
+    return _to_record(rows[0]) if rows else None
 
   def read(self, kind: type[Kind], trial: int | None = None) -> list[Kind]:
     """The typed records of one kind, in order."""
@@ -281,7 +294,7 @@ class Journal:
   def verify(self) -> str | None:
     """None if the whole chain holds, else a one-line description of the first bad record."""
     expected_prev = GENESIS
-    rows = self._db.execute(f'SELECT {_COLUMNS} FROM records ORDER BY seq')
+    rows = self._rows(f'SELECT {_COLUMNS} FROM records ORDER BY seq')
     for expected_seq, row in enumerate(rows, start=1):
       problem = _row_problem(row, expected_seq, expected_prev)
       if problem:

@@ -16,23 +16,28 @@ def of_records(records: Iterable[Record], before_trial: int) -> RunNoise:
   first trial), each against the incumbent of its time, as the journal replays it."""
   noise, incumbent = RunNoise(), None
   waiting: dict[int, records_lib.Verdict] = {}
+  arms: dict[str, records_lib.ArmRecord] = {}  # every incumbent so far, by commit
+  judged_on: dict[int, str] = {}  # trial -> the incumbent it ran against (--workers)
   for record in records:
     body = record.body
     if isinstance(body, records_lib.Baseline):
-      incumbent = body.arm
+      incumbent = arms[body.arm.commit] = body.arm
+    elif isinstance(body, records_lib.TrialStarted) and body.incumbent:
+      judged_on[record.trial] = body.incumbent
     elif isinstance(body, records_lib.Verdict):
-      if record.trial < before_trial and incumbent is not None and body.candidate is not None \
-          and body.candidate.fingerprints == incumbent.fingerprints:
-        looks = [(incumbent.per_seed, body.candidate.per_seed)]
+      against = arms.get(judged_on.get(record.trial, ''), incumbent)
+      if record.trial < before_trial and against is not None and body.candidate is not None \
+          and body.candidate.fingerprints == against.fingerprints:
+        looks = [(against.per_seed, body.candidate.per_seed)]
         looks += [(arms['incumbent'].per_seed, arms['candidate'].per_seed)
                   for arms in body.looks or []]
         noise = noise.seen(looks)
       if body.awaiting_review:
         waiting[record.trial] = body
       elif body.accepted:
-        incumbent = body.candidate
+        incumbent = arms[body.candidate.commit] = body.candidate
     elif isinstance(body, records_lib.Review):
       verdict = waiting.pop(body.trial, None)
       if verdict is not None and body.approved:
-        incumbent = verdict.candidate
+        incumbent = arms[verdict.candidate.commit] = verdict.candidate
   return noise

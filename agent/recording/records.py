@@ -278,6 +278,9 @@ class Proposed(_Record):
   hypothesis: str
   expected_effect: str
   changes: Mapping[str, str | None]
+  # the trial whose win came after the incumbent moved on (a verdict STALE), whose change
+  # this proposal (a copy, merged onto the new incumbent) judges again
+  rejudges: int | None = _omitted()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -308,6 +311,9 @@ class TrialStarted(_Record):
   KIND = 'trial_started'
   commit: str
   diff: str
+  # the incumbent the trial is judged against (its commit's parent): with --workers another
+  # trial may be kept while it runs; absent (journals before it): the journal's at its verdict
+  incumbent: str = _omitted('')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -394,6 +400,7 @@ class Verdict(_Record):
                checks=verdict.checks, **fields)
 
 
+STALE = 'stale'  # a verdict's reason code: won against an incumbent replaced meanwhile
 TrialEnd = Verdict | GuardRejected | FailedProposal
 TRIAL_ENDS = (Verdict, GuardRejected, FailedProposal)
 

@@ -135,6 +135,10 @@ class RunState:
   cost_usd: float = 0.0
   finished: bool = False
   data: records.DataPinned | None = None  # the run's pinned dataset config and fingerprints
+  last_trial: int = 0  # the highest trial number proposed or ended (trials end out of order)
+  bases: dict[int, str] = dataclasses.field(default_factory=dict)  # trial -> incumbent it ran on
+  # late wins (verdicts STALE) not yet judged again: (trial, its proposal, its commit)
+  stale: list[tuple[int, records.Proposed, str]] = dataclasses.field(default_factory=list)
 
   @classmethod
   def replay(cls, journal: Journal) -> RunState:
@@ -156,8 +160,12 @@ class RunState:
         state.compute_seconds += body.wall_seconds
       if isinstance(body, records.TrialFinished):
         batches[record.trial] = body.batch
+      if isinstance(body, records.TrialStarted) and body.incumbent:
+        state.bases[record.trial] = body.incumbent
       if isinstance(body, records.Proposed):
         proposals[record.trial] = record
+        state.last_trial = max(state.last_trial, record.trial)
+        state.stale = [late for late in state.stale if late[0] != body.rejudges]
       elif isinstance(body, records.TRIAL_ENDS):
         proposal = proposals.pop(record.trial, None)
         state.count(record, proposal.body if proposal else None, batches.get(record.trial))
@@ -168,7 +176,8 @@ class RunState:
       elif isinstance(body, records.RunFinished):
         state.finished = True
     state.elapsed_before += clock.close()
-    waiting = [proposals[trial] for trial in sorted(proposals)]  # an interrupted batch: several
+    # an interrupted batch, or trials in flight side by side (--workers): several
+    waiting = [proposals[trial] for trial in sorted(proposals)]
     state.pending, state.later = (waiting[0], waiting[1:]) if waiting else (None, [])
     return state
 
@@ -179,6 +188,7 @@ class RunState:
     try for patience: a sweep of four rates is one idea tested, not four."""
     verdict: records.TrialEnd = end.body
     self.trials_done += 1
+    self.last_trial = max(self.last_trial, end.trial)
     awaiting = isinstance(verdict, records.Verdict) and verdict.awaiting_review
     if awaiting:
       self.awaiting_review = end
@@ -188,6 +198,8 @@ class RunState:
       self.since_accept += 1
     if verdict.accepted:
       self.incumbent = verdict.candidate
+    if verdict.reason_code == records.STALE and proposed is not None:
+      self.stale.append((end.trial, proposed, verdict.commit))
     self.history.append(TrialSummary(
         trial=end.trial, operator=proposed.operator if proposed else '?',
         hypothesis=proposed.hypothesis if proposed else '', accepted=verdict.accepted,

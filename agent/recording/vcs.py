@@ -56,6 +56,7 @@ import os
 import re
 import subprocess
 import tarfile
+import threading
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
@@ -307,15 +308,43 @@ class Worktree:
     self._git('checkout', '--quiet', '-B', self.branch, sha)
 
 
+# Worktrees are added, pruned and checked out one at a time: trials judged in parallel
+# threads (the loop's --workers) share the repository's worktree list and the run's
+# start and incumbent checkouts, and git's lock files refuse a second writer.
+_WORKTREES = threading.Lock()
+
+
 def create_detached(repo: Path, path: Path, rev: str) -> Path:
   """A read-only-by-convention checkout of rev (no branch), e.g. to re-evaluate the start."""
   repo, path = Path(repo).resolve(), Path(path).resolve()
-  if path in _registered_worktrees(repo) and path.exists():
-    _git(path, 'checkout', '--quiet', '--detach', rev)
-  else:
-    _git(repo, 'worktree', 'prune')
-    _git(repo, 'worktree', 'add', '--quiet', '--detach', str(path), rev)
+  with _WORKTREES:
+    if path in _registered_worktrees(repo) and path.exists():
+      _git(path, 'checkout', '--quiet', '--detach', rev)
+    else:
+      _git(repo, 'worktree', 'prune')
+      _git(repo, 'worktree', 'add', '--quiet', '--detach', str(path), rev)
   return path
+
+
+def detached_worktree(repo: Path, path: Path, rev: str) -> Worktree:
+  """A worktree of its own at rev, on no branch: a parallel trial's slot, where its candidate
+  is committed on top of the incumbent it was proposed on (the run's branch moves only when
+  one is kept)."""
+  return Worktree(Path(repo).resolve(), create_detached(repo, path, rev), branch='')
+
+
+def rebased_files(repo: Path, onto: str, commit: str) -> dict[str, str | None] | None:
+  """The files `commit` changed from its parent, 3-way merged onto `onto` (a descendant of
+  that parent: the run's incumbent moved on), as new texts (None: deleted); None when the
+  change does not apply there (a conflict, or nothing left to change)."""
+  result = _run(Path(repo), ('merge-tree', '--write-tree', '--no-messages', onto, commit),
+                git_environment(Path(repo)))
+  if result.returncode:
+    return None
+  tree = result.stdout.split()[0]
+  paths = [p for p in _git(Path(repo), 'diff', *_PLAIN_DIFF, '--no-renames', '--name-only', '-z',
+                           onto, tree).split('\0') if p]
+  return {p: file_at(repo, tree, p) for p in sorted(paths)} or None
 
 
 def _registered_worktrees(repo: Path) -> dict[Path, str | None]:
