@@ -21,6 +21,7 @@ TITLES = {
     'batches': '6. Candidates per CPU-minute',
     'ray_overhead': '7. Ray overhead per trial',
     'broken': '8. Broken starting points',
+    'accelerator': '9. Accelerator smoke run',
 }
 SHARED_MACHINE = 0.05  # other processes' share of the cores above which the run says so
 

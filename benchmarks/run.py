@@ -4,7 +4,8 @@ r"""Runs the benchmarks and writes BENCHMARKS.md (tables, machine, commands) and
       [--results_dir=benchmarks/results] [--render_only]
 
 Benchmarks, in order: overhead, seeds, search, search_large, rigor (re-runs changes the search kept, so it
-needs search results), early_stopping, batches, ray_overhead. Each writes results_dir/NAME.json (raw numbers, the
+needs search results), early_stopping, batches, ray_overhead, broken; on request only:
+accelerator (a smoke run on a GPU or TPU machine). Each writes results_dir/NAME.json (raw numbers, the
 machine, the load) and its plots; the document is then rendered from every JSON there.
 Exit codes: 0 done, 2 bad input (one `error:` line).
 """
@@ -29,6 +30,8 @@ from harness.scorecard import json_safe
 
 BENCHMARKS = ('overhead', 'seeds', 'search', 'search_large', 'rigor', 'early_stopping', 'batches',
               'ray_overhead', 'broken')
+# Run only when named (--only): they measure a machine this one may not be.
+ON_REQUEST = ('accelerator',)
 
 _QUICK = flags.DEFINE_bool('quick', False, 'Reduced sizes: under 10 minutes on 2 CPU cores.')
 _ONLY = flags.DEFINE_string('only', '', f'Comma-separated subset of: {", ".join(BENCHMARKS)}.')
@@ -45,15 +48,16 @@ class UsageError(Exception):
 
 def selected(only: str) -> list[str]:
   names = [n.strip() for n in only.split(',') if n.strip()]
-  unknown = [n for n in names if n not in BENCHMARKS]
+  known = BENCHMARKS + ON_REQUEST
+  unknown = [n for n in names if n not in known]
   if unknown:
-    raise UsageError(f'unknown benchmark {unknown[0]!r}; known: {", ".join(BENCHMARKS)}')
-  return [n for n in BENCHMARKS if n in names] if names else list(BENCHMARKS)
+    raise UsageError(f'unknown benchmark {unknown[0]!r}; known: {", ".join(known)}')
+  return [n for n in known if n in names] if names else list(BENCHMARKS)
 
 
 def load_results(results_dir: Path) -> dict[str, dict[str, Any]]:
-  return {name: json.loads((results_dir / f'{name}.json').read_text()) for name in BENCHMARKS
-          if (results_dir / f'{name}.json').exists()}
+  return {name: json.loads((results_dir / f'{name}.json').read_text())
+          for name in BENCHMARKS + ON_REQUEST if (results_dir / f'{name}.json').exists()}
 
 
 def render(out: Path, results_dir: Path, replot: bool = False) -> None:
