@@ -87,6 +87,7 @@ class Loop:
     self.transfer = TransferCheck(repo, run_dir, charter, state, journal, self._run,
                                   self._other_data, lambda text: self.say(text))
     self.judge.transfer = self.transfer
+    self.transfer.budget = self.judge.budget  # a transfer run the budget cut is undecided
 
   def _check_repository(self, after: str) -> None:
     """Stops the run if the repository's git settings (config, hooks, attributes) changed

@@ -16,6 +16,7 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 
+import libcst as cst
 import numpy as np
 
 from agent.editing import config_edit
@@ -23,7 +24,9 @@ from agent.judging import decide as decide_lib
 
 NOISE_MULTIPLIER = 2.0  # a gain or loss must exceed this many standard errors to count
 GAINED, HELD, LOST, FAILED = 'gained', 'held', 'lost', 'failed'
+UNDECIDED = 'undecided'  # an arm the run's minute budget cut: no evidence either way
 REASON = 'transfer_loss'  # the reason code of a change rejected for a transfer loss
+BUDGET = 'budget'  # the reason code of an undecided verdict (agent.candidate.BUDGET)
 # Never carried: the data is pinned per experiment, and the seed is the executor's to set.
 NOT_CARRIED = ('dataset.', 'train.seed')
 
@@ -31,7 +34,7 @@ NOT_CARRIED = ('dataset.', 'train.seed')
 @dataclasses.dataclass(frozen=True)
 class Outcome:
   """One transfer experiment's result: what happened, by how much, against what floor."""
-  outcome: str  # GAINED | HELD | LOST | FAILED
+  outcome: str  # GAINED | HELD | LOST | FAILED | UNDECIDED
   gain: float  # mean paired gain, positive is better; NaN when an arm failed
   noise_floor: float
 
@@ -72,6 +75,8 @@ def words(experiment: str, outcome: Outcome, metric: str, reason: str = '') -> s
   """One experiment's result in a phrase, the same in the verdict and in `verify`."""
   if outcome.outcome == FAILED:
     return f'{experiment} failed ({reason or "a seed was not finite"})'
+  if outcome.outcome == UNDECIDED:
+    return f'{experiment} undecided ({reason or "the minute budget ran out"})'
   return (f'{experiment} {outcome.outcome} ({metric} {outcome.gain:+.3g}, noise floor '
           f'{outcome.noise_floor:.3g})')
 
@@ -79,13 +84,15 @@ def words(experiment: str, outcome: Outcome, metric: str, reason: str = '') -> s
 def summary(outcomes: Mapping[str, Outcome], metrics: Mapping[str, str], mode: str,
             reasons: Mapping[str, str] | None = None) -> tuple[bool, str]:
   """(whether the change is rejected, the sentence the verdict's rationale gains): rejected
-  when any experiment lost or failed and `mode` is 'reject'."""
+  when any experiment lost or failed and `mode` is 'reject'. Experiments in name order (the
+  journal keeps a verdict's by name, and `verify` says the same sentence)."""
   said = '; '.join(words(e, o, metrics.get(e, 'metric'), (reasons or {}).get(e, ''))
-                   for e, o in outcomes.items())
+                   for e, o in sorted(outcomes.items()))
   losses = [e for e, o in outcomes.items() if o.lost]
   if losses and mode == 'reject':
     return True, (f'Rejected: it does not transfer: {said}. A loss beyond the noise floor on '
-                  f'any transfer experiment rejects ([transfer] mode = "reject").')
+                  f'any transfer experiment, or a run that fails there, rejects ([transfer] '
+                  f'mode = "reject").')
   if losses:
     return False, f'Transfer (report only): {said}.'
   return False, f'Transfer: {said}.'
@@ -97,10 +104,10 @@ def overrides(start: str, arm: str, transfer: str) -> list[str]:
   and which the transfer experiment's config (`transfer`) has, with a value of the same
   type, and holds at another value. Both arms are run so, so the pair differs by exactly the
   candidate's change: its code, and the settings it changed. A section the arm reshaped
-  (keys added or removed: a switch of model family) does not carry: overrides cannot remove
-  the old family's keys, and half of a switch would only crash there."""
+  (keys added or removed: a switch of model family) is not carried here but by `derived`:
+  overrides cannot remove the old family's keys."""
   before, after, there = _knobs(start), _knobs(arm), _knobs(transfer)
-  reshaped = {_section(p) for p in set(before) ^ set(after)}
+  reshaped = reshaped_sections(start, arm)
   carried = []
   for path, value in after.items():
     if (path.startswith(NOT_CARRIED) or _section(path) in reshaped
@@ -109,6 +116,54 @@ def overrides(start: str, arm: str, transfer: str) -> list[str]:
       continue
     carried.append(f'--config.{path}={value}')
   return carried
+
+
+def reshaped_sections(start: str, arm: str) -> list[str]:
+  """The config sections (`model`) whose keys the arm added or removed since the start
+  commit, `dataset.*` aside (the data is pinned per experiment)."""
+  before, after = _knobs(start), _knobs(arm)
+  return sorted({_section(p) for p in set(before) ^ set(after)
+                 if not (p + '.').startswith(NOT_CARRIED)})
+
+
+def derived(start: str, arm: str, transfer: str) -> str:
+  """The config an arm runs on a transfer experiment when it reshaped a section: the
+  transfer experiment's file (`transfer`) with each reshaped section's settings replaced by
+  the arm's own (a switch to a CNN is tried there as that CNN), its dataset and everything
+  else kept; '' when nothing was reshaped (the transfer experiment's file runs as named).
+  Settings `NOT_CARRIED` keep the transfer experiment's lines. Raises
+  config_edit.EditError (one line) where the transfer experiment has no such section."""
+  sections = reshaped_sections(start, arm)
+  if not sections:
+    return ''
+  ours, theirs = config_edit.parse_module(arm), config_edit.parse_module(transfer)
+  for section in sections:
+    theirs = _replace_section(theirs, ours, section)
+  return config_edit.checked_code(theirs)
+
+
+def _replace_section(there: cst.Module, arm: cst.Module, section: str) -> cst.Module:
+  """`there` with its scalar settings directly in `section` replaced by `arm`'s, in place
+  of its first one (else after the line that makes the section)."""
+  def settings(module: cst.Module) -> list[tuple[str, cst.SimpleStatementLine]]:
+    return [(p, s) for p, s in config_edit.config_assignments(module)
+            if _section(p) == section and not p.startswith(NOT_CARRIED)
+            and type(config_edit.literal_value(s.body[0].value)) in (bool, int, float, str)]
+  old, new = settings(there), [s for _, s in settings(arm)]
+  block = config_edit.get_config(there).body
+  body = list(block.body)
+  if old:
+    at = body.index(old[0][1])
+  else:
+    made = [s for p, s in config_edit.config_assignments(there) if p == section]
+    if not made:
+      raise config_edit.EditError(f'the transfer experiment has no section {section!r} to '
+                                  f'carry the reshaped settings into')
+    at = body.index(made[0]) + 1
+  gone = {id(s) for _, s in old}
+  body = [s for s in body[:at] if id(s) not in gone] + new + [
+      s for s in body[at:] if id(s) not in gone]
+  return there.deep_replace(block, block.with_changes(body=body))
 
 
 _ABSENT = object()

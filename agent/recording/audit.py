@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterator
 
 from agent.charter import Acceptance, Charter, Objective, Tradeoffs, Transfer, Trial
 from agent.editing import diffs
+from agent.editing.config_edit import EditError
 from agent.judging import decide as decide_lib
 from agent.judging import rungs
 from agent.judging import transfer as transfer_rule
@@ -147,6 +148,7 @@ def _checks(repo: Path, records: list[Record], run_dir: Path) -> Iterator[tuple[
   started: dict[int, records_lib.TrialStarted] = {}
   finished: dict[int, records_lib.TrialFinished] = {}
   confirmed: dict[int, list[records_lib.ConfirmFinished]] = {}
+  transfer_runs: dict[int, dict[str, records_lib.ConfirmFinished]] = {}  # by experiment
   waiting: dict[int, records_lib.Verdict] = {}
   rung_stops: dict[int, int] = {}  # trial -> the step of the rung that stopped it
   in_progress = ''  # the commit of a trial that started and has no verdict yet
@@ -171,6 +173,8 @@ def _checks(repo: Path, records: list[Record], run_dir: Path) -> Iterator[tuple[
       confirmed.pop(trial, None)  # an interrupted attempt's looks are not this attempt's
     elif isinstance(body, records_lib.ConfirmFinished) and body.first_seed is not None:
       confirmed.setdefault(trial, []).append(body)
+    elif isinstance(body, records_lib.ConfirmFinished) and body.experiment:
+      transfer_runs.setdefault(trial, {})[body.experiment] = body
     elif isinstance(body, records_lib.RungDecided):
       yield where, functools.partial(_rung_holds, body)
       rung_stops.update({t: body.step for t in body.stopped})
@@ -189,7 +193,8 @@ def _checks(repo: Path, records: list[Record], run_dir: Path) -> Iterator[tuple[
           repo, config.run_id, settings, against, body, trial, started.get(trial),
           finished.get(trial), confirmed.get(trial, []), pooled))
       yield where, functools.partial(_transfer_fits, repo, config, settings, body,
-                                     incumbent.commit, dict(transfer_arms))
+                                     incumbent.commit, dict(transfer_arms),
+                                     transfer_runs.get(trial, {}))
       if trial in rung_stops:
         yield where, functools.partial(_stopped_at_rung, body, finished.get(trial),
                                        rung_stops[trial])
@@ -209,6 +214,8 @@ def _checks(repo: Path, records: list[Record], run_dir: Path) -> Iterator[tuple[
     elif isinstance(body, records_lib.FinalEval):
       yield where, functools.partial(_final_matches, run_dir, body, incumbent.commit,
                                      config.start_commit)
+      yield where, functools.partial(_final_transfer_carried, repo, config, body,
+                                     incumbent.commit)
   branch = f'agent/{config.run_id}'
   yield f'branch {branch}', functools.partial(_branch_at_incumbent, repo, branch,
                                               incumbent.commit, in_progress)
@@ -369,8 +376,9 @@ def _recompute(rule: Rule, incumbent: _Incumbent, verdict: records_lib.Verdict, 
 # ---- the transfer check ---------------------------------------------------------------------
 def _transfer_outcome_holds(experiment: str, recorded: records_lib.TransferResult) -> None:
   """The rule's outcome on the recorded arms; a failure (an arm missing) for its form."""
-  if recorded.incumbent is None or recorded.candidate is None:
-    expected = records_lib.TransferResult(transfer_rule.FAILED)
+  if recorded.incumbent is None or recorded.candidate is None:  # undecided: see _transfer_fits
+    expected = records_lib.TransferResult(transfer_rule.UNDECIDED if recorded.outcome ==
+                                          transfer_rule.UNDECIDED else transfer_rule.FAILED)
   else:
     expected = transfer_lib.result_of(recorded.incumbent, recorded.candidate)
   if recorded.outcome != expected.outcome or not all(
@@ -380,20 +388,30 @@ def _transfer_outcome_holds(experiment: str, recorded: records_lib.TransferResul
                         f'{expected.outcome} (gain {expected.gain})')
 
 
-def _carried(repo: Path, config: records_lib.RunConfig, commit: str, experiment: str) -> list[str]:
-  """The settings an arm of `commit` carries to `experiment` (agent.judging.transfer)."""
+def _carried(repo: Path, config: records_lib.RunConfig, commit: str,
+             experiment: str) -> tuple[list[str], str]:
+  """The settings an arm of `commit` carries to `experiment`, and the config derived for it
+  where it reshaped a section (agent.judging.transfer), redone from git."""
   text = lambda sha, path: vcs.file_at(repo, sha, path) or ''
-  return transfer_rule.overrides(text(config.start_commit, config.experiment),
-                                 text(commit, config.experiment), text(commit, experiment))
+  sources = (text(config.start_commit, config.experiment), text(commit, config.experiment),
+             text(commit, experiment))
+  try:
+    derived = transfer_rule.derived(*sources)
+  except EditError:
+    derived = None  # not derivable: no arm can have run on a derived config
+  return transfer_rule.overrides(*sources), derived
 
 
 def _transfer_arm_fits(repo: Path, config: records_lib.RunConfig,
                        arm: records_lib.TransferArm, commit: str, experiment: str) -> None:
   _arm_matches_scorecard(arm.arm, commit)
-  if arm.overrides != _carried(repo, config, commit, experiment):
+  overrides, derived = _carried(repo, config, commit, experiment)
+  if arm.overrides != overrides:
     raise Inconsistency(f'the arm in {arm.arm.workdir} carried {arm.overrides} to '
-                        f'{experiment}, but its commit changed '
-                        f'{_carried(repo, config, commit, experiment)}')
+                        f'{experiment}, but its commit changed {overrides}')
+  if arm.derived != derived:
+    raise Inconsistency(f'the arm in {arm.arm.workdir} ran a config on {experiment} that is '
+                        f'not the one its commit derives there (agent.judging.transfer.derived)')
 
 
 def _transfer_baseline_fits(repo: Path, config: records_lib.RunConfig,
@@ -403,16 +421,22 @@ def _transfer_baseline_fits(repo: Path, config: records_lib.RunConfig,
 
 def _transfer_fits(repo: Path, config: records_lib.RunConfig, settings: dict[str, Any] | None,
                    verdict: records_lib.Verdict, incumbent: str,
-                   incumbent_arms: dict[str, records_lib.TransferArm]) -> None:
+                   incumbent_arms: dict[str, records_lib.TransferArm],
+                   runs: dict[str, records_lib.ConfirmFinished]) -> None:
   """A kept verdict was checked on every transfer experiment the charter named; each arm
   matches its scorecard and carried what its commit changed; the incumbent's arm is the one
-  the journal last kept for it."""
+  the journal last kept for it; an undecided outcome's run was stopped by the budget."""
   named = [e for e in ((settings or {}).get('transfer') or {}).get('experiments') or []
            if e != config.experiment]
   if (verdict.accepted or verdict.awaiting_review) and sorted(verdict.transfer or {}) != sorted(named):
     raise Inconsistency(f'a kept verdict was checked on the transfer experiments '
                         f'{sorted(verdict.transfer or {})}, the charter names {sorted(named)}')
   for experiment, result in (verdict.transfer or {}).items():
+    ran = runs.get(experiment)
+    if result.outcome == transfer_rule.UNDECIDED and (
+        ran is None or transfer_rule.BUDGET not in (ran.candidate, ran.incumbent)):
+      raise Inconsistency(f'the transfer outcome on {experiment} is undecided, but no run of '
+                          f'it there was stopped by the minute budget')
     if result.candidate is not None:
       _transfer_arm_fits(repo, config, result.candidate, verdict.ran_commit, experiment)
     if result.incumbent is None:
@@ -473,6 +497,16 @@ def _final_matches(run_dir: Path, final: records_lib.FinalEval, incumbent: str,
     folder = run_dir / 'final' / 'transfer' / Path(experiment).stem
     for name in ('baseline', 'final'):
       _final_arm_matches(getattr(transfer, name), folder / name)
+
+
+def _final_transfer_carried(repo: Path, config: records_lib.RunConfig,
+                            final: records_lib.FinalEval, incumbent: str) -> None:
+  """The final incumbent's arm on each transfer experiment carried what its commit carries
+  there: the same settings, the same derived config."""
+  for experiment, transfer in (final.transfer or {}).items():
+    if (transfer.overrides, transfer.derived) != _carried(repo, config, incumbent, experiment):
+      raise Inconsistency(f'the final arm on {experiment} did not run what the final '
+                          f'incumbent carries there (settings or derived config)')
 
 
 def _final_arm_matches(result: records_lib.FinalArm, folder: Path) -> None:

@@ -188,6 +188,9 @@ class TransferArm:
   from the start commit's, where the transfer experiment has the same knob)."""
   arm: ArmRecord
   overrides: list[str] = dataclasses.field(default_factory=list)
+  # the config it ran there when it reshaped a section (agent.judging.transfer.derived): the
+  # transfer experiment's file with that section the arm's; '' = that file as named
+  derived: str = _omitted('')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,6 +215,7 @@ class TransferFinal:
   final: FinalArm
   overrides: list[str] = dataclasses.field(default_factory=list)  # the final arm's
   metric: str = ''
+  derived: str = _omitted('')  # the final arm's derived config (TransferArm.derived)
 
 
 # ---- the records, in the order a run writes them ---------------------------------------------

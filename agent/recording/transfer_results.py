@@ -39,8 +39,10 @@ def outcome_of(result: TransferResult) -> rule.Outcome:
 
 def transferred(verdict: decide_lib.Verdict, results: dict[str, TransferResult],
                 mode: str) -> decide_lib.Verdict:
-  """The kept verdict with the transfer sentence added, or the rejection a loss makes (its
-  numbers stay the run's own experiment's): what `verify` recomputes."""
+  """The kept verdict with the transfer sentence added, the rejection a loss makes, or, where
+  the minute budget cut a transfer run and nothing lost, an undecided verdict (not kept, as
+  agent.candidate's BUDGET); its numbers stay the run's own experiment's. What `verify`
+  recomputes."""
   reject, sentence = rule.summary({e: outcome_of(r) for e, r in results.items()},
                                   {e: r.metric or 'metric' for e, r in results.items()}, mode,
                                   {e: r.reason for e, r in results.items()})
@@ -48,5 +50,11 @@ def transferred(verdict: decide_lib.Verdict, results: dict[str, TransferResult],
     return decide_lib.Verdict(False, rule.REASON, f'{sentence} On its own experiment: '
                               f'{verdict.rationale}', verdict.gain, verdict.noise_floor,
                               verdict.p_value, verdict.checks)
+  if any(r.outcome == rule.UNDECIDED for r in results.values()):
+    return decide_lib.Verdict(False, rule.BUDGET, f'Undecided, not rejected: the run\'s minute '
+                              f'budget ran out during the transfer check. {sentence} The '
+                              f'candidate is not kept, which is no evidence against it. On '
+                              f'its own experiment: {verdict.rationale}', verdict.gain,
+                              verdict.noise_floor, verdict.p_value, verdict.checks)
   return decide_lib.Verdict(True, verdict.reason_code, f'{verdict.rationale} {sentence}',
                             verdict.gain, verdict.noise_floor, verdict.p_value, verdict.checks)
