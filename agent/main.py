@@ -82,6 +82,11 @@ _WORKERS = flags.DEFINE_integer('workers', None, 'Trials in flight at once (run,
                                 'each decided as it ends against the incumbent it was '
                                 'proposed on; default: the usable cores less one, over the '
                                 'charter\'s [trial] cpus (at least 1).', lower_bound=1)
+_SHARE_STATS = flags.DEFINE_string('share_stats', None, 'Opt in to sharing the offline '
+                                   'proposer\'s learned statistics (its operator counts per '
+                                   'task and model family, nothing else) with other workspaces '
+                                   'through this file, locked while written; default: each '
+                                   'workspace keeps its own (runs/proposer_stats.json).')
 _FINAL_EVAL = flags.DEFINE_bool('final_eval', True, 'Evaluate start and final on fresh seeds '
                                 'and the test split at the end.')
 
@@ -119,7 +124,17 @@ def _choices() -> start.Choices:
   return start.Choices(proposer=_PROPOSER.value, llm=_llm_settings(), seeds=_SEEDS.value,
                        budget_trials=_BUDGET_TRIALS.value, budget_minutes=_BUDGET_MINUTES.value,
                        budget_compute_seconds=_BUDGET_COMPUTE.value,
-                       budget_tokens=_BUDGET_TOKENS.value, review=_REVIEW.value)
+                       budget_tokens=_BUDGET_TOKENS.value, review=_REVIEW.value,
+                       share_stats=_share_stats())
+
+
+def _share_stats() -> str:
+  if not _SHARE_STATS.value:
+    return ''
+  if _PROPOSER.value != 'heuristic':
+    raise UsageError('--share_stats shares the heuristic proposer\'s statistics; the LLM '
+                     'proposer learns none')
+  return str(Path(_SHARE_STATS.value).expanduser().absolute())
 
 
 def _llm_settings() -> dict | None:

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator
 
 from agent.charter import Charter, load_charter
 from agent.loop import Executor, Loop
+from agent.proposing.bandit import SharedBandit
 from agent.proposing.llm import LLMProposer
 from agent.proposing.proposal import Proposer
 from agent.recording import records, vcs
@@ -55,6 +56,7 @@ class Choices:
   budget_compute_seconds: float | None = None
   budget_tokens: int | None = None
   review: str = 'none'  # 'required': a winner waits for a person's approve / reject
+  share_stats: str = ''  # an absolute path: the proposer statistics shared (opt-in)
 
   def config(self, run_id: str, experiment: str, start: str, charter: Charter) -> RunConfig:
     """The run's settings as the journal records them."""
@@ -66,7 +68,7 @@ class Choices:
                      budget_minutes=pick(self.budget_minutes, b.minutes),
                      budget_compute_seconds=pick(self.budget_compute_seconds, b.compute_seconds),
                      start_commit=start, budget_tokens=pick(self.budget_tokens, b.tokens),
-                     review=self.review, llm=self.llm)
+                     review=self.review, llm=self.llm, share_stats=self.share_stats)
 
 
 def check_run_id(run_id: str) -> str:
@@ -208,8 +210,11 @@ def make_proposer(config: RunConfig, repo: Path) -> Proposer:
   from agent.proposing.heuristic import HeuristicProposer
   if config.proposer != 'heuristic':
     raise UsageError(f'unknown proposer {config.proposer!r}')
-  return HeuristicProposer(stats_path=repo / 'runs' / 'proposer_stats.json',
-                           seed=zlib.crc32(config.run_id.encode()))
+  proposer = HeuristicProposer(stats_path=repo / 'runs' / 'proposer_stats.json',
+                               seed=zlib.crc32(config.run_id.encode()))
+  if config.share_stats:  # opted in: the counts only, under a lock
+    proposer.bandit = SharedBandit(proposer.stats_path, config.share_stats)
+  return proposer
 
 
 def _refuse_existing(run_dir: Path) -> None:

@@ -1,13 +1,18 @@
-"""The operator bandit: priors lead, verdicts correct them, and memory survives runs."""
+"""The operator bandit: priors lead, verdicts correct them, memory survives runs, and
+workspaces share it only when the user opts in."""
 
+import dataclasses
 import json
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from agent.proposing.bandit import POOLED_WEIGHT, Bandit
+from agent.proposing.bandit import POOLED_WEIGHT, Bandit, SharedBandit
+from agent.recording.records import RunConfig, RunStarted
+from agent.start import make_proposer
 
 
 def share(bandit: Bandit, candidates: list[str], op: str, n: int = 200, **kwargs) -> float:
@@ -84,3 +89,78 @@ def test_missing_file_starts_fresh(tmp_path: Path, caplog):
   with caplog.at_level(logging.WARNING):
     assert Bandit.load(tmp_path / 'absent.json').counts == {}
   assert any('starting fresh' in r.getMessage() for r in caplog.records)
+
+
+# ---- sharing between workspaces (opt-in) ----------------------------------------------------
+def workspace(tmp_path: Path, name: str, shared: Path | None) -> tuple[Bandit, Path]:
+  """A workspace's bandit as agent.start.make_proposer builds it: its own file, and the
+  shared one where the run opted in."""
+  own = tmp_path / name / 'runs' / 'proposer_stats.json'
+  return (SharedBandit(own, shared) if shared else Bandit.load(own)), own
+
+
+def test_workspaces_share_their_counts_only_when_they_opt_in(tmp_path: Path):
+  shared = tmp_path / 'team' / 'stats.json'
+  before = Bandit()  # a's verdict from before it opted in: its own, counted once
+  before.update('to_cnn1d', True, context='mnist1d/mlp')
+  before.save(tmp_path / 'a' / 'runs' / 'proposer_stats.json')
+  a, a_file = workspace(tmp_path, 'a', shared)
+  for success in (True, False):
+    a.update('to_cnn1d', success, context='mnist1d/mlp')
+    a.save(a_file)
+  assert a.posterior('to_cnn1d', 'mnist1d/mlp') == (3.0, 2.0)
+  b, b_file = workspace(tmp_path, 'b', shared)  # opted in: sees what a shared
+  assert b.posterior('to_cnn1d', 'mnist1d/mlp') == (2.0, 2.0)
+  c, _ = workspace(tmp_path, 'c', None)  # the default: its own counts only
+  assert c.posterior('to_cnn1d', 'mnist1d/mlp') == (1.0, 1.0)
+  b.update('to_cnn1d', False, context='mnist1d/mlp')
+  b.save(b_file)
+  assert b.posterior('to_cnn1d', 'mnist1d/mlp') == (2.0, 3.0)
+  a.update('lr_up', True, context='digits/mlp')  # a takes in b's verdict with its next one
+  a.save(a_file)
+  assert a.posterior('to_cnn1d', 'mnist1d/mlp') == (3.0, 3.0)  # every verdict once
+  # each workspace's own file holds its own verdicts only; the shared one, counts only
+  assert Bandit.load(a_file).counts == {'mnist1d/mlp': {'to_cnn1d': [2.0, 1.0]},
+                                        'digits/mlp': {'lr_up': [1.0, 0.0]}}
+  assert Bandit.load(b_file).counts == {'mnist1d/mlp': {'to_cnn1d': [0.0, 1.0]}}
+  assert Bandit.load(shared).counts == {'mnist1d/mlp': {'to_cnn1d': [1.0, 2.0]},
+                                        'digits/mlp': {'lr_up': [1.0, 0.0]}}
+  assert json.loads(shared.read_text()).keys() == {'version', 'contexts'}
+  assert not (tmp_path / 'c' / 'runs').exists()  # the default wrote nothing anywhere
+
+
+def test_runs_at_once_lose_no_shared_verdict(tmp_path: Path):
+  shared = tmp_path / 'stats.json'
+  bandits = [workspace(tmp_path, name, shared)[0] for name in ('a', 'b')]
+  def learn(bandit):
+    for i in range(30):
+      bandit.update('lr_up', i % 3 == 0, context='digits/mlp')
+  threads = [threading.Thread(target=learn, args=(b,)) for b in bandits]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join()
+  assert Bandit.load(shared).counts == {'digits/mlp': {'lr_up': [20.0, 40.0]}}
+
+
+def test_an_unreadable_shared_file_is_left_as_it_is(tmp_path: Path, caplog):
+  shared = tmp_path / 'stats.json'
+  shared.write_text('{not json')
+  with caplog.at_level(logging.WARNING):
+    bandit, own = workspace(tmp_path, 'a', shared)
+    bandit.update('lr_up', True, context='digits/mlp')
+  assert shared.read_text() == '{not json'
+  assert bandit.posterior('lr_up', 'digits/mlp') == (2.0, 1.0)  # its own verdict still counts
+  assert any('own counts are used' in r.getMessage() for r in caplog.records)
+
+
+def test_the_run_opts_in_through_its_recorded_config(tmp_path: Path):
+  """`--share_stats` reaches the proposer through the journal's run config (so a resumed run
+  shares as it started), and a run that does not opt in records nothing new."""
+  config = RunConfig(run_id='r', experiment='e.py', proposer='heuristic', seeds=2,
+                     budget_trials=1, budget_minutes=1.0, budget_compute_seconds=0.0)
+  assert 'share_stats' not in RunStarted(config=config).to_record()['config']
+  assert type(make_proposer(config, tmp_path).bandit) is Bandit
+  shared = dataclasses.replace(config, share_stats=str(tmp_path / 'team.json'))
+  again = RunStarted.from_record(RunStarted(config=shared).to_record()).config
+  assert isinstance(make_proposer(again, tmp_path).bandit, SharedBandit)

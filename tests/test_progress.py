@@ -162,3 +162,30 @@ def test_a_trials_progress_file_is_read_bounded_and_never_through_a_link(tmp_pat
   (output / 'progress.jsonl').unlink()
   (output / 'progress.jsonl').write_text('x' * 10_000_000 + '\n{"step": 250}\n')
   assert progress._steps_done(output) == 250
+
+
+def test_transfer_runs_in_flight_show_as_their_own_stage(tmp_path):
+  """The transfer check's runs (agent.transfer) have no record of their own until they end:
+  the line names the experiment and the arm while one runs, its steps read as any run's."""
+  def running(folder):
+    (folder / 'output').mkdir(parents=True)
+    (folder / 'output' / 'progress.jsonl').write_text('{"step": 30}\n')
+    return folder
+  proposing, deciding = progress.Stage(1, 'proposing'), progress.Stage(2, 'deciding')
+  assert progress._newest(tmp_path, deciding) == deciding
+  baseline = running(tmp_path / 'transfer_baseline' / 'mnist1d_shuffled_mlp')
+  stage = progress._newest(tmp_path, proposing)
+  assert stage == progress.Stage(1, 'transfer baseline: mnist1d_shuffled_mlp',
+                                 'transfer_baseline/mnist1d_shuffled_mlp')
+  assert progress.part(tmp_path, stage, None) == ('train', 'step 30')
+  (baseline / 'scorecard.json').write_text('{}')
+  assert progress._newest(tmp_path, proposing) == proposing
+  arm = tmp_path / 'trials' / '2' / 'transfer' / 'digits_mlp'
+  running(arm / 'candidate.code')  # a derived config's copy of the code, not a run
+  assert progress._newest(tmp_path, deciding) == deciding
+  running(arm / 'candidate')
+  assert progress._newest(tmp_path, deciding) == progress.Stage(
+      2, 'transfer: digits_mlp, candidate', 'trials/2/transfer/digits_mlp/candidate')
+  running(tmp_path / 'final' / 'transfer' / 'digits_mlp' / 'final')
+  assert progress._newest(tmp_path, progress.Stage(2, 'stopping')).name == (
+      'final evaluation (final), transfer: digits_mlp')

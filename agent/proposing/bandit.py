@@ -8,12 +8,17 @@ context ('mnist1d/mlp') so that what failed on one task does not count against i
 another; where a context has never tried an operator, the counts pooled over all contexts
 stand in at half weight, so experience transfers without dominating.
 
-The counts persist across runs in one small JSON file, written atomically; a missing or
-unreadable file only costs the memory, never the run.
+The counts persist across runs in one small JSON file per workspace, written atomically; a
+missing or unreadable file only costs the memory, never the run. Workspaces share nothing
+unless the user opts in (`agent.main run --share_stats=PATH`): then `SharedBandit` also
+adds each verdict to the statistics file at PATH, under a lock so that runs at once lose
+none, and draws on what the others added there. Only these counts are shared (contexts
+are '<dataset>/<model family>' names), never code, configs or results.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -117,6 +122,92 @@ class Bandit:
     except BaseException:
       Path(tmp).unlink(missing_ok=True)
       raise
+
+
+class SharedBandit(Bandit):
+  """A workspace's bandit that also learns from, and adds to, a statistics file other
+  workspaces opted into (`shared`).
+
+  The counts it draws on are the shared file's (every opted-in verdict of every workspace,
+  its own included) plus its own verdicts that never reached it (from before it opted in):
+  each verdict counted once. Its own file (`own`) stays what it would be without sharing;
+  beside it, `<own>.shared.json` keeps what this workspace added to the shared file, to
+  tell the two apart. `update` adds the verdict to the shared file as one read-add-write
+  under an exclusive lock on `<shared>.lock`, so runs at once lose none, and takes in what
+  the others added meanwhile. A shared file that is unreadable is left as it is (never
+  overwritten with less), and the workspace's own counts alone are used.
+  """
+
+  def __init__(self, own: str | Path, shared: str | Path):
+    super().__init__()
+    self.own_path, self.shared = Path(own), Path(shared)
+    self.own = Bandit.load(self.own_path)
+    self.added_path = self.own_path.with_name(f'{self.own_path.stem}.shared.json')
+    try:
+      self.added = _read(self.added_path) or Bandit()
+    except ValueError as e:  # then own verdicts already shared may count twice: said
+      logging.warning('Proposer stats at %s unreadable (%s); starting fresh.', self.added_path, e)
+      self.added = Bandit()
+    self._view(self._locked())
+
+  def update(self, operator: str, success: bool, *, context: str = '') -> None:
+    self.own.update(operator, success, context=context)
+    self._view(self._locked((operator, success, context)))
+
+  def save(self, path: str | Path) -> None:
+    """The workspace's own counts only (the shared file is written as each verdict comes)."""
+    self.own.save(path)
+
+  def _view(self, shared: Bandit | None) -> None:
+    """The counts drawn on: the shared file's plus the own verdicts it does not hold."""
+    if shared is None:
+      self.counts = {ctx: {op: list(c) for op, c in ops.items()}
+                     for ctx, ops in self.own.counts.items()}
+      return
+    counts = {ctx: {op: list(c) for op, c in ops.items()} for ctx, ops in shared.counts.items()}
+    for ctx, ops in self.own.counts.items():
+      for op, cell in ops.items():
+        added = self.added.counts.get(ctx, {}).get(op, (0.0, 0.0))
+        mine = [max(0.0, c - a) for c, a in zip(cell, added)]
+        total = counts.setdefault(ctx, {}).setdefault(op, [0.0, 0.0])
+        total[0], total[1] = total[0] + mine[0], total[1] + mine[1]
+    self.counts = counts
+
+  def _locked(self, verdict: tuple[str, bool, str] | None = None) -> Bandit | None:
+    """The shared counts, read under the lock, with `verdict` (operator, success, context)
+    added and written back (and to what this workspace added) before the lock is let go;
+    None where the shared file is unreadable."""
+    try:
+      self.shared.parent.mkdir(parents=True, exist_ok=True)
+      with open(self.shared.with_name(self.shared.name + '.lock'), 'a') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # let go when the file closes
+        bandit = _read(self.shared) or Bandit()
+        if verdict is not None:
+          operator, success, context = verdict
+          bandit.update(operator, success, context=context)
+          bandit.save(self.shared)
+          self.added.update(operator, success, context=context)
+          self.added.save(self.added_path)
+        return bandit
+    except (OSError, ValueError) as e:  # lost sharing is not worth a lost run
+      logging.warning('Shared proposer stats at %s not usable (%s); this workspace\'s own '
+                      'counts are used.', self.shared, getattr(e, 'strerror', None) or e)
+      return None
+
+
+def _read(path: Path) -> Bandit | None:
+  """The counts in the file at path, None where there is none; ValueError (one line) where
+  it does not hold counts."""
+  try:
+    text = path.read_text(encoding='utf-8')
+  except FileNotFoundError:
+    return None
+  except OSError as e:
+    raise ValueError(e.strerror or str(e)) from None
+  try:
+    return Bandit.from_json(json.loads(text))
+  except ValueError as e:  # JSONDecodeError is a ValueError
+    raise ValueError(' '.join(str(e).split())) from None
 
 
 def _is_count(value: Any) -> bool:

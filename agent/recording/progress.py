@@ -6,10 +6,11 @@ connection, so it can never write one; `RunState.replay` of it for budgets and t
 incumbent (the numbers `status` prints); the heartbeat; and the newest trial folder's
 `output/progress.jsonl` (the trial's own steps done: untrusted, shown only, never judged).
 
-The stage (baseline, proposing, checking, screen, confirm, elsewhere, deciding, final)
-follows from the journal's records in order, so a watcher that polls rarely still passes
-through each one; within a run of a trial the part (compile, step s/S, evaluation) is read
-off its folder when polled.
+The stage (baseline, proposing, checking, screen, confirm, elsewhere, transfer, deciding,
+final) follows from the journal's records in order, so a watcher that polls rarely still
+passes through each one; within a run of a trial the part (compile, step s/S, evaluation)
+is read off its folder when polled, and so are the runs a record does not announce (more
+seeds, elsewhere, the transfer check's: `transfer: <experiment>, <arm>`).
 """
 
 from __future__ import annotations
@@ -118,12 +119,33 @@ def _newest(run_dir: Path, stage: Stage) -> Stage:
       if not (folder / SCORECARD).exists():
         return Stage(stage.trial, f'elsewhere {folder.parent.name}',
                      str(folder.relative_to(run_dir)))
+    running = _transfer_run(run_dir, base / 'transfer', ('incumbent', 'candidate'))
+    if running:
+      return Stage(stage.trial, f'transfer: {running.parent.name}, {running.name}',
+                   str(running.relative_to(run_dir)))
+  if stage.name in ('proposing', 'stopping'):
+    running = _transfer_run(run_dir, run_dir / 'transfer_baseline', ('',))
+    if running:  # the start commit on each transfer experiment, before the first trial
+      return Stage(stage.trial, f'transfer baseline: {running.name}',
+                   str(running.relative_to(run_dir)))
   if stage.name in ('proposing', 'stopping') and (run_dir / 'final').is_dir():
     for name in ('final', 'baseline'):
       folder = run_dir / 'final' / name
       if folder.is_dir() and not (folder / SCORECARD).exists():
         return Stage(stage.trial, f'final evaluation ({name})', f'final/{name}')
+    running = _transfer_run(run_dir, run_dir / 'final' / 'transfer', ('baseline', 'final'))
+    if running:
+      return Stage(stage.trial, f'final evaluation ({running.name}), transfer: '
+                   f'{running.parent.name}', str(running.relative_to(run_dir)))
   return stage
+
+
+def _transfer_run(run_dir: Path, folder: Path, arms: tuple[str, ...]) -> Path | None:
+  """The newest transfer run in flight under `folder` (agent.transfer's layout:
+  `<experiment's stem>/<arm>`, or `<stem>` where `arms` is ('',)), if any."""
+  runs = [f for arm in arms for f in folder.glob(f'*/{arm}'.rstrip('/'))
+          if '.' not in f.name and f.is_dir() and not (f / SCORECARD).exists()]
+  return max(runs, key=_mtime) if runs else None
 
 
 def _mtime(path: Path) -> float:
@@ -307,6 +329,8 @@ class Watcher:
     """Steps the stage's run trains: the candidate's experiment says (read statically, as
     the loop does), else the incumbent's."""
     default = state.incumbent.steps if state.incumbent else None
+    if 'transfer' in stage.name:  # another experiment's steps: not known from here
+      return None
     if stage.name not in ('screen', 'baseline') and not stage.name.startswith('more seeds'):
       return default
     if stage.folder in self._steps:

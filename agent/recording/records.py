@@ -120,6 +120,9 @@ class RunConfig:
   budget_tokens: int = 0  # proposer (LLM) tokens, input + output; 0 = unlimited
   review: str = 'none'  # 'required': a winner waits for a person's approve/reject
   llm: dict[str, Any] | None = None  # the LLM proposer's settings (never its key)
+  # the offline proposer's statistics file shared with other workspaces (--share_stats,
+  # opt-in: agent.proposing.bandit.SharedBandit); '' = this workspace's own only
+  share_stats: str = _omitted('')
 
 
 def mean_of(values: list[float | None]) -> float:
