@@ -5,7 +5,7 @@ are run for every candidate the sequential test would keep: the candidate's code
 transfer experiment's config (plus the settings the candidate changed in the run's own
 config, where that config has them: agent.judging.transfer.overrides; and, where it
 reshaped a section, a switch of model family, that section as its own: the derived config,
-agent.judging.transfer.derived, written into a copy of the commit's files), paired with the
+agent.judging.transfer.derived, written into a checkout of the commit), paired with the
 incumbent on the search's screen seeds, scored from outside the trial with that
 experiment's own labels (the loop's `_run`). agent.judging.transfer decides each; a loss or
 a failed run (a CNN for 1-D signals on 2-D images) rejects unless the charter says
@@ -95,14 +95,14 @@ class TransferCheck:
   def _run_on(self, workdir: Path, tree: Path, experiment: str, carried: tuple[list[str], str],
               first_seed: int = FIRST_SEED, **kwargs) -> TrialOutcome:
     """`tree`'s code on `experiment` with what it carries there; on a derived config, in a
-    copy of the tree's commit with that config in place of the experiment's (removed after
-    the run: the journal holds the config)."""
+    checkout of the tree's commit with that config in place of the experiment's (so the
+    scorecard names the commit, changed), removed after the run: the journal holds it."""
     overrides, derived = carried
     code = tree
     if derived:
       code = workdir.with_name(f'{workdir.name}.code')
       shutil.rmtree(code, ignore_errors=True)
-      vcs.export(self.repo, vcs.resolve(tree, 'HEAD'), code)
+      vcs.create_detached(self.repo, code, vcs.resolve(tree, 'HEAD'))
       (code / experiment).write_text(derived)
     try:
       return self.run(workdir, first_seed, worktree=code, experiment=experiment,
