@@ -88,6 +88,7 @@ class CandidateJudge:
     self.preset_noise: float | None = None  # its pooled variance, as its trial started
     self._booking = threading.Lock()  # judges in parallel threads book into one state
     self._transferring = threading.Lock()  # the transfer check has one incumbent checkout
+    self._looking: dict[tuple[str, int], threading.Lock] = {}  # one run per incumbent look
 
   @property
   def incumbent(self) -> ArmRecord:
@@ -325,16 +326,17 @@ class CandidateJudge:
     `cut`: the run's time is cut by the budget."""
     incumbent = self.incumbent
     key = (incumbent.commit, first)
-    if key in self.incumbent_looks:
-      return self.incumbent_looks[key], None
-    tree = vcs.create_detached(self.repo, self.incumbent_tree, incumbent.commit)
-    workdir = self.run_dir / 'confirm_incumbent' / incumbent.commit[:12] / str(first)
-    ran = _budget_status(self.run(workdir, first, worktree=tree), cut)
-    if ran.status != 'ok':
-      return None, ran
-    arm = self.incumbent_looks[key] = ArmRecord.from_scorecard(incumbent.commit, workdir,
-                                                               ran.scorecard)
-    return arm, ran
+    with self._looking.setdefault(key, threading.Lock()):  # a trial beside may be running it
+      if key in self.incumbent_looks:
+        return self.incumbent_looks[key], None
+      tree = vcs.create_detached(self.repo, self.incumbent_tree, incumbent.commit)
+      workdir = self.run_dir / 'confirm_incumbent' / incumbent.commit[:12] / str(first)
+      ran = _budget_status(self.run(workdir, first, worktree=tree), cut)
+      if ran.status != 'ok':
+        return None, ran
+      arm = self.incumbent_looks[key] = ArmRecord.from_scorecard(incumbent.commit, workdir,
+                                                                 ran.scorecard)
+      return arm, ran
 
   def _judge_elsewhere(self, trial: int, commit: str, verdict: decide_lib.Verdict,
                        extra: dict[str, Any]) -> decide_lib.Verdict:
