@@ -4,28 +4,34 @@ again on the new one; kill -9 with two in flight, then resume, loses nothing; ba
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 import zlib
 from pathlib import Path
 
 import numpy as np
+import pytest
+from absl import flags
 
+from agent import main
+from agent.charter import Charter, Trial
 from agent.editing import config_edit, knobs
 from agent.loop import default_workers
 from agent.proposing.proposal import Observation
 from agent.recording import vcs
 from agent.recording.audit import verify_run
+from agent.recording.journal import Journal
 from agent.safety.executor import TrialOutcome
-from tests.agent_workspace import TINY_EXPERIMENT, fake_scorecard, git, make_workspace, write_scorecard
+from tests.agent_workspace import (TINY_EXPERIMENT, fake_scorecard, git, make_workspace,
+                                   write_scorecard)
 from tests.test_agent_crash import _processes_mentioning
 from tests.test_agent_e2e import _start, agent, verdict_trials
 from tests.test_agent_loop import SEED_NOISE, ScriptedProposer, make_loop, set_lr
+from tests.test_audit import _forge, _set
 
 
 def set_wd(value):
@@ -105,6 +111,9 @@ def test_a_win_against_a_replaced_incumbent_is_not_kept_but_judged_again_on_the_
   assert git(repo, 'rev-parse', 'agent/r1') == loop.state.incumbent.commit == verdicts[3]['commit']
   assert loop.state.trials_done == 3 and loop.state.stale == []
   assert verify_run(repo, journal) is None
+  # a late win claimed as kept: verify names the incumbent it was judged against
+  forged = _forge(journal, 'verdict', 2, _set(accepted=True, reason_code='improved'))
+  assert f'kept, but judged against {baseline[:10]}' in verify_run(repo, forged)
 
 
 def test_a_late_change_that_conflicts_with_the_new_incumbent_is_not_merged(tmp_path):
@@ -126,16 +135,22 @@ def test_a_late_change_that_conflicts_with_the_new_incumbent_is_not_merged(tmp_p
   assert 'learning_rate = 5e-3' in merged and 'weight_decay = 1e-4' in merged
 
 
-def test_bad_workers_flags_are_one_line_errors(tmp_path):
-  assert default_workers(type('C', (), {'trial': type('T', (), {'cpus': 1.0})})()) == max(
-      1, len(os.sched_getaffinity(0)) - 1)
-  runs = [subprocess.Popen([sys.executable, '-m', 'agent.main', 'run', value,
-                            f'--experiment={TINY_EXPERIMENT}', f'--workspace={tmp_path}'],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-          for value in ('--workers=0', '--workers=-1', '--workers=two')]
-  for run in runs:
-    _, err = run.communicate(timeout=60)
-    assert run.returncode == 2 and err.startswith('error: flag --workers=') and err.count('\n') == 1
+@pytest.mark.parametrize('value', ['0', '-1', 'two'])
+def test_bad_workers_flags_are_one_line_errors(value, capsys):
+  with pytest.raises(SystemExit) as exit_:
+    main.parse_flags(['agent.main', 'run', f'--workers={value}'])
+  flags.FLAGS.unparse_flags()
+  err = capsys.readouterr().err
+  assert exit_.value.code == 2 and err.startswith(f'error: flag --workers={value}: ')
+  assert err.count('\n') == 1
+
+
+def test_the_default_is_the_cores_less_one_over_a_trials_cpus():
+  cores = len(os.sched_getaffinity(0))
+  charter = lambda cpus: dataclasses.replace(Charter(), trial=Trial(cpus=cpus))
+  assert default_workers(charter(1.0)) == max(1, cores - 1)
+  assert default_workers(charter(0.5)) == max(1, cores - 1)  # a JAX trial takes a core
+  assert default_workers(charter(float(cores))) == 1
 
 
 def _in_flight(journal_path: Path) -> int:
@@ -177,4 +192,6 @@ def test_two_real_trials_in_flight_survive_kill_9_and_resume_loses_nothing(tmp_p
   assert 'resuming the interrupted trial' in resumed.stdout
   trials = verdict_trials(journal_path)
   assert sorted(trials) == [1, 2]  # none lost, none counted twice
-  assert agent(repo, 'verify', '--run_id=k').returncode == 0
+  journal = Journal.open(journal_path)
+  assert verify_run(repo, journal) is None
+  journal.close()
