@@ -48,14 +48,18 @@ def mnist1d_tiny() -> ml_collections.ConfigDict:
 
 
 # ---- scheduling -------------------------------------------------------------------------
-# Seconds each module took on a 2-core box (pytest --durations=0, summed per module; those
-# under 15 s left out). `--dist loadscope` hands whole modules to workers in collection
-# order (pyproject.toml turns off xdist's reordering by test count), so the heaviest go
-# first and the small ones fill the gaps at the end: two workers finish together instead
-# of one running a long tail. Refresh when a module's cost changes a lot; a module not
-# listed counts as DEFAULT_SECONDS.
+# Seconds each work unit took on a 2-core box (pytest --durations=0, summed per unit; those
+# under 15 s left out). `--dist loadscope` hands whole units to workers in collection order
+# (pyproject.toml turns off xdist's reordering by test count): a module's test functions
+# are one unit, each test class another (tests/test_benchmarks.py splits its toy runs so).
+# The heaviest go first and the small ones fill the gaps at the end: two workers finish
+# together instead of one running a long tail. Refresh when a unit's cost changes a lot; a
+# unit not listed counts as its module's entry, else DEFAULT_SECONDS.
 MODULE_SECONDS = {
-    'test_benchmarks.py': 160,
+    'test_benchmarks.py::TestHarnessCosts': 64,  # toy runs, one subprocess each
+    'test_benchmarks.py::TestSearchAndRigor': 46,
+    'test_benchmarks.py::TestAgentRuns': 40,
+    'test_benchmarks.py': 18,  # its test functions (one in-process batch)
     'test_agent_crash.py': 110,
     'test_train.py': 88,
     'test_cli.py': 86,
@@ -81,9 +85,16 @@ MODULE_SECONDS = {
 DEFAULT_SECONDS = 10.0
 
 
+def unit_seconds(item: pytest.Item) -> float:
+  """The listed seconds of the item's work unit: its class's, else its module's."""
+  module = item.path.name
+  unit = module if item.cls is None else f'{module}::{item.cls.__name__}'
+  return MODULE_SECONDS.get(unit, MODULE_SECONDS.get(module, DEFAULT_SECONDS))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-  """Longest modules first (a stable sort: order within a module is kept)."""
-  items.sort(key=lambda item: -MODULE_SECONDS.get(item.path.name, DEFAULT_SECONDS))
+  """Longest units first (a stable sort: order within a unit is kept)."""
+  items.sort(key=lambda item: -unit_seconds(item))
 
 
 # ---- JAX's persistent compilation cache ---------------------------------------------------
