@@ -57,8 +57,18 @@ def _wait_for_trial(repo: Path, proc: subprocess.Popen, trial: int) -> None:
   raise AssertionError(f'trial {trial} did not start')
 
 
+def one_look(repo: Path) -> None:
+  """Each trial stops at its first look (max_seeds = seeds = 2): the signals land as a screen
+  starts, and a trial's further looks (four more runs each) are not what is checked here."""
+  charter = repo / 'WORKSPACE.md'
+  assert 'max_seeds = 6' in charter.read_text()
+  charter.write_text(charter.read_text().replace('max_seeds = 6', 'max_seeds = 2'))
+  git(repo, 'commit', '-qam', 'one look per trial')
+
+
 def test_ctrl_c_and_kill_9_during_trials_resume_without_losing_or_repeating_one(tmp_path):
   repo = make_workspace(tmp_path, steps=200)
+  one_look(repo)
   journal_path = repo / 'runs/k/journal.sqlite'
   proc = _start(repo, 'run', f'--experiment={TINY_EXPERIMENT}', '--budget_trials=2',
                 '--seeds=2')
