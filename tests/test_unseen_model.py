@@ -1,6 +1,7 @@
 """A model the proposers have never seen (examples/own_model: a residual MLP whose knobs are
 `hidden`, `blocks`, `drop_rate`, `act`, `use_norm`): the offline proposer finds and edits
-them under their own names, and the LLM sees every file the charter's scope names."""
+them under their own names, and the LLM sees every file the charter's scope names (an LLM run
+on it end to end: tests/test_workspace.py)."""
 
 from __future__ import annotations
 
@@ -16,14 +17,11 @@ from agent.proposing.heuristic import HeuristicProposer
 from agent.proposing.llm import LLMProposer, scoped_files
 from agent.proposing.llm_client import ChatResult
 from agent.proposing.proposal import Observation
-from agent.recording.journal import Journal
 from tests.agent_workspace import git
 from tests.test_heuristic_proposer import card
-from tests.test_workspace import EXAMPLE, EXPERIMENT, agent, own_workspace
-from tests.llm_replay_server import Reply, ReplayServer
+from tests.test_workspace import EXAMPLE, EXPERIMENT, MODEL, answer
 
 CHARTER = load_charter(EXAMPLE.parents[1] / 'WORKSPACE.md')
-MODEL = 'models/resmlp.py'
 FILES = {p: (EXAMPLE / p).read_text() for p in (EXPERIMENT, 'models/__init__.py', MODEL)}
 UNDERFIT = card([(100, 1.6, 1.6), (200, 1.5, 1.5), (300, 1.45, 1.45)], task='digits',
                 model='resmlp', val_metric=0.5)
@@ -88,11 +86,6 @@ class Recorder:
     return ChatResult(self.answer, 10, 10)
 
 
-def answer(path: str, old: str, new: str) -> str:
-  return (f'DIAGNOSIS: d\nHYPOTHESIS: h\nEXPECTED EFFECT: e\nOPERATOR: o\n\n{path}\n'
-          f'<<<<<<< SEARCH\n{old}\n=======\n{new}\n>>>>>>> REPLACE\n')
-
-
 def test_the_llm_sees_every_file_the_charter_scope_names(tmp_path: Path):
   root = tmp_path / 'worktree'
   files = {**FILES, 'models/parts/norms.py': 'SCALE = 1.0\n', 'lib/losses.py': 'EPS = 1e-6\n',
@@ -117,22 +110,3 @@ def test_the_llm_sees_every_file_the_charter_scope_names(tmp_path: Path):
   assert all(f'### {path}\n' in client.prompts[0] for path in scoped)
   assert 'README.md' not in client.prompts[0] and 'untracked' not in client.prompts[0]
   assert proposal.changes == {'lib/losses.py': 'EPS = 1e-7\n'}
-
-
-def test_an_llm_run_on_ones_own_repo_edits_the_model_source(tmp_path: Path, monkeypatch):
-  repo = own_workspace(tmp_path)
-  monkeypatch.setenv('OWN_LLM_KEY', 'sk-own')
-  line = next(ln for ln in FILES[MODEL].splitlines() if 'expand: int = 2' in ln)
-  wider = answer(MODEL, line, line.replace('expand: int = 2', 'expand: int = 4'))
-  with ReplayServer() as server:
-    server.queue(Reply(wider, input_tokens=1000, output_tokens=80))
-    result = agent(repo, 'run', f'--workspace={repo}', f'--experiment={EXPERIMENT}',
-                   '--budget_trials=1', '--run_id=llm', '--nofinal_eval', '--proposer=llm',
-                   f'--llm_base_url={server.url}/v1', '--llm_model=replay',
-                   '--llm_api_key_env=OWN_LLM_KEY')
-  assert result.returncode == 0, result.stderr[-3000:]
-  prompt = server.requests[0].text()
-  assert all(f'### {path}' in prompt for path in FILES)
-  journal = Journal.open(repo / 'runs' / 'llm' / 'journal.sqlite')
-  assert set(journal.last('proposal', trial=1).payload['changes']) == {MODEL}
-  assert journal.last('trial_finished', trial=1).payload['wall_seconds'] > 0  # it really ran

@@ -1,6 +1,8 @@
 """`agent.main init DIR` and `run --workspace=DIR` on a repository of the user's own: a
 residual MLP (examples/own_model) in a fresh git repo with no harness/ or agent/ of its own,
-run against the installed harness."""
+run against the installed harness, by the offline proposer and by an LLM (a replay server).
+The two runs share one workspace (each its own run id), so the second loads the programs the
+first compiled from the workspace's compilation cache instead of compiling them again."""
 
 from __future__ import annotations
 
@@ -17,14 +19,18 @@ from agent.charter import CharterError
 from agent.recording.journal import Journal
 from tests.agent_workspace import git
 from tests.conftest import ROOT
+from tests.llm_replay_server import Reply, ReplayServer
 
 EXAMPLE = ROOT / 'examples' / 'own_model'
 EXPERIMENT = 'experiments/digits_resmlp.py'
+MODEL = 'models/resmlp.py'
 
 
-def agent(repo: Path, *args: str, timeout: float = 400) -> subprocess.CompletedProcess:
-  """The installed agent (this checkout), started from the user's repo."""
-  env = {**os.environ, 'PYTHONPATH': str(ROOT)}
+def agent(repo: Path, *args: str, timeout: float = 400,
+          env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+  """The installed agent (this checkout), started from the user's repo (`env`: added to
+  this process's environment)."""
+  env = {**os.environ, **(env or {}), 'PYTHONPATH': str(ROOT)}
   return subprocess.run([sys.executable, '-m', 'agent.main', *args], cwd=repo, env=env,
                         capture_output=True, text=True, timeout=timeout)
 
@@ -59,6 +65,18 @@ def own_workspace(tmp_path: Path) -> Path:
   git(repo, 'add', '-A')
   git(repo, 'commit', '--quiet', '-m', 'my model')
   return repo
+
+
+def answer(path: str, old: str, new: str) -> str:
+  """An LLM reply that replaces `old` by `new` in `path`."""
+  return (f'DIAGNOSIS: d\nHYPOTHESIS: h\nEXPECTED EFFECT: e\nOPERATOR: o\n\n{path}\n'
+          f'<<<<<<< SEARCH\n{old}\n=======\n{new}\n>>>>>>> REPLACE\n')
+
+
+@pytest.fixture(scope='module')
+def repo(tmp_path_factory) -> Path:
+  """One `own_workspace` for the module's agent runs."""
+  return own_workspace(tmp_path_factory.mktemp('own'))
 
 
 def test_init_makes_a_workspace_once_and_overwrites_nothing(tmp_path):
@@ -105,8 +123,7 @@ def test_init_refuses_what_is_not_a_git_repository(tmp_path):
   assert not any(folder.iterdir())
 
 
-def test_a_run_on_ones_own_repo_uses_the_installed_harness(tmp_path):
-  repo = own_workspace(tmp_path)
+def test_a_run_on_ones_own_repo_uses_the_installed_harness(repo):
   assert not (repo / 'harness').exists() and not (repo / 'agent').exists()
   result = agent(repo, 'run', f'--workspace={repo}', f'--experiment={EXPERIMENT}',
                  '--budget_trials=2', '--run_id=mine', '--nofinal_eval')
@@ -119,3 +136,21 @@ def test_a_run_on_ones_own_repo_uses_the_installed_harness(tmp_path):
   assert (repo / 'runs' / 'proposer_stats.json').exists()  # the workspace's own statistics
   assert git(repo, 'status', '--porcelain') == ''
   assert agent(repo, 'verify', '--run_id=mine', f'--workspace={repo}').returncode == 0
+
+
+def test_an_llm_run_on_ones_own_repo_edits_the_model_source(repo):
+  files = (EXPERIMENT, 'models/__init__.py', MODEL)
+  line = next(ln for ln in (EXAMPLE / MODEL).read_text().splitlines() if 'expand: int = 2' in ln)
+  wider = answer(MODEL, line, line.replace('expand: int = 2', 'expand: int = 4'))
+  with ReplayServer() as server:
+    server.queue(Reply(wider, input_tokens=1000, output_tokens=80))
+    result = agent(repo, 'run', f'--workspace={repo}', f'--experiment={EXPERIMENT}',
+                   '--budget_trials=1', '--run_id=llm', '--nofinal_eval', '--proposer=llm',
+                   f'--llm_base_url={server.url}/v1', '--llm_model=replay',
+                   '--llm_api_key_env=OWN_LLM_KEY', env={'OWN_LLM_KEY': 'sk-own'})
+  assert result.returncode == 0, result.stderr[-3000:]
+  prompt = server.requests[0].text()
+  assert all(f'### {path}' in prompt for path in files)
+  journal = Journal.open(repo / 'runs' / 'llm' / 'journal.sqlite')
+  assert set(journal.last('proposal', trial=1).payload['changes']) == {MODEL}
+  assert journal.last('trial_finished', trial=1).payload['wall_seconds'] > 0  # it really ran
