@@ -485,7 +485,8 @@ class Loop:
       self.worktree.advance_branch(final_commit)
     self.state.count(self.journal.write(record, trial=trial), proposal,
                      batch if len(batch or []) > 1 else None)
-    self.proposer.learn(proposal, verdict.accepted, verdict.gain)
+    if not stale:  # a late win teaches the proposer nothing yet: its judging again will
+      self.proposer.learn(proposal, verdict.accepted, verdict.gain)
     word = ('WON, awaiting review' if review else 'ACCEPTED' if verdict.accepted else
             'undecided (out of budget)' if verdict.reason_code == BUDGET else
             'won too late' if stale else 'rejected')

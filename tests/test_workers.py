@@ -21,7 +21,7 @@ from agent import main
 from agent.charter import Charter, Trial
 from agent.editing import config_edit, knobs
 from agent.loop import default_workers
-from agent.proposing.proposal import Observation
+from agent.proposing.proposal import NoProposal, Observation, Proposal
 from agent.recording import vcs
 from agent.recording.audit import verify_run
 from agent.recording.journal import Journal
@@ -30,7 +30,9 @@ from tests.agent_workspace import (TINY_EXPERIMENT, fake_scorecard, git, make_wo
                                    write_scorecard)
 from tests.test_agent_crash import _processes_mentioning
 from tests.test_agent_e2e import _start, agent, verdict_trials
-from tests.test_agent_loop import SEED_NOISE, ScriptedProposer, make_loop, set_lr
+from tests.test_agent_loop import (SEED_NOISE, ScriptedProposer, SimulatedRunner, comment_only,
+                                   make_loop, set_lr)
+from tests.test_batches import SimulatedBatch
 from tests.test_audit import _forge, _set
 
 
@@ -114,6 +116,39 @@ def test_a_win_against_a_replaced_incumbent_is_not_kept_but_judged_again_on_the_
   # a late win claimed as kept: verify names the incumbent it was judged against
   forged = _forge(journal, 'verdict', 2, _set(accepted=True, reason_code='improved'))
   assert f'kept, but judged against {baseline[:10]}' in verify_run(repo, forged)
+
+
+class Groups(ScriptedProposer):
+  """Proposes a group of script steps at a time (a batch where they may train together)."""
+
+  def __init__(self, groups):
+    super().__init__([])
+    self.groups = list(groups)
+
+  def propose_batch(self, observation: Observation, size: int) -> list[Proposal]:
+    if not self.groups:
+      raise NoProposal('script finished')
+    self.steps = self.groups.pop(0)[:size]
+    return [ScriptedProposer.propose(self, observation) for _ in range(len(self.steps))]
+
+  def propose(self, observation: Observation) -> Proposal:
+    return self.propose_batch(observation, 1)[0]
+
+
+def test_a_batch_flies_in_one_slot_beside_a_trial_alone(tmp_path):
+  effects = {2e-3: 0.0, 5e-3: 0.05}
+  proposer = Groups([[('lr_up', set_lr(lr)) for lr in effects], [('note', comment_only(1))]])
+  repo, loop, journal = make_loop(tmp_path, proposer, SimulatedRunner(effects), trials=4)
+  loop.execute_batch, loop.workers = SimulatedBatch(effects), 2
+  loop.run()
+  kinds = [(r.kind, r.trial) for r in journal.records()]
+  assert kinds.index(('trial_started', 3)) < min(kinds.index(('verdict', t)) for t in (1, 2))
+  finished = {r.trial: r.payload.get('batch') for r in journal.records('trial_finished')}
+  assert finished == {1: [1, 2], 2: [1, 2], 3: None}
+  verdicts = {r.trial: r.payload for r in journal.records('verdict')}
+  assert verdicts[2]['accepted'] and not verdicts[1]['accepted'] and not verdicts[3]['accepted']
+  assert verdicts[3]['reason_code'] != 'stale'  # a loser: nothing to judge again
+  assert verify_run(repo, journal) is None
 
 
 def test_a_late_change_that_conflicts_with_the_new_incumbent_is_not_merged(tmp_path):

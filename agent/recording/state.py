@@ -194,6 +194,8 @@ class RunState:
       self.awaiting_review = end
     elif verdict.accepted:
       self.since_accept = 0
+    elif verdict.reason_code == records.STALE:
+      pass  # a win that came too late is judged again: that try counts, this one does not
     elif not batch or end.trial == min(batch):
       self.since_accept += 1
     if verdict.accepted:
