@@ -700,7 +700,8 @@ def _stale(verdict: decide_lib.Verdict, judged_on: ArmRecord,
       verdict, accepted=False, reason_code=records.STALE,
       rationale=f'Won against incumbent {judged_on.commit[:10]}, but while it ran the '
                 f'incumbent became {now.commit[:10]}: not kept; its change is judged again '
-                f'against {now.commit[:10]} as a new trial (if the budget allows). {verdict.rationale}')
+                f'against {now.commit[:10]} as a new trial (if the budget allows). '
+                f'{verdict.rationale}')
 
 
 def default_workers(charter: Charter) -> int:

@@ -77,6 +77,7 @@ MODULE_SECONDS = {
     'test_members.py': 30,
     'test_agent_loop.py': 30,
     'test_batches.py': 25,
+    'test_workers.py': 30,  # a real --workers=2 run, killed and resumed
     'test_executor.py': 25,
     'test_review.py': 25,
     'test_html_report.py': 15,

@@ -25,6 +25,7 @@ from agent.proposing.proposal import NoProposal, Observation, Proposal
 from agent.recording import vcs
 from agent.recording.audit import verify_run
 from agent.recording.journal import Journal
+from agent.recording.state import RunState
 from agent.safety.executor import TrialOutcome
 from tests.agent_workspace import (TINY_EXPERIMENT, fake_scorecard, git, make_workspace,
                                    write_scorecard)
@@ -113,6 +114,15 @@ def test_a_win_against_a_replaced_incumbent_is_not_kept_but_judged_again_on_the_
   assert git(repo, 'rev-parse', 'agent/r1') == loop.state.incumbent.commit == verdicts[3]['commit']
   assert loop.state.trials_done == 3 and loop.state.stale == []
   assert verify_run(repo, journal) is None
+  replayed = RunState.replay(journal)  # the interleaved records replay to the loop's state
+  assert (replayed.incumbent, replayed.trials_done, replayed.last_trial, replayed.since_accept) \
+      == (loop.state.incumbent, 3, 3, 0)
+  # killed after the late verdict: resume judges it again; after its copy's proposal: runs that
+  cut = lambda kind, trial: _prefix(journal, tmp_path / f'{kind}{trial}',
+                                    kinds.index((kind, trial)))
+  assert [(t, c) for t, _, c in RunState.replay(cut('verdict', 2)).stale] == [(2, late['commit'])]
+  after = RunState.replay(cut('proposal', 3))
+  assert after.stale == [] and after.pending.trial == 3 and after.pending.payload['rejudges'] == 2
   # a late win claimed as kept: verify names the incumbent it was judged against
   forged = _forge(journal, 'verdict', 2, _set(accepted=True, reason_code='improved'))
   assert f'kept, but judged against {baseline[:10]}' in verify_run(repo, forged)
@@ -149,6 +159,14 @@ def test_a_batch_flies_in_one_slot_beside_a_trial_alone(tmp_path):
   assert verdicts[2]['accepted'] and not verdicts[1]['accepted'] and not verdicts[3]['accepted']
   assert verdicts[3]['reason_code'] != 'stale'  # a loser: nothing to judge again
   assert verify_run(repo, journal) is None
+
+
+def _prefix(journal: Journal, folder: Path, last: int) -> Journal:
+  """A journal of the first records up to index `last`: the run as a kill there left it."""
+  copy = Journal.open(folder / 'journal.sqlite')
+  for record in journal.records()[:last + 1]:
+    copy.append(record.kind, record.payload, trial=record.trial)
+  return copy
 
 
 def test_a_late_change_that_conflicts_with_the_new_incumbent_is_not_merged(tmp_path):
