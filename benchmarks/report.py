@@ -22,6 +22,7 @@ TITLES = {
     'ray_overhead': '7. Ray overhead per trial',
     'broken': '8. Broken starting points',
     'accelerator': '9. Accelerator smoke run',
+    'workers': '10. Trials in flight',
 }
 SHARED_MACHINE = 0.05  # other processes' share of the cores above which the run says so
 
