@@ -151,11 +151,13 @@ def _checks(repo: Path, records: list[Record], run_dir: Path) -> Iterator[tuple[
   transfer_runs: dict[int, dict[str, records_lib.ConfirmFinished]] = {}  # by experiment
   waiting: dict[int, records_lib.Verdict] = {}
   rung_stops: dict[int, int] = {}  # trial -> the step of the rung that stopped it
-  in_progress = ''  # the commit of a trial that started and has no verdict yet
+  in_progress: dict[int, str] = {}  # trial -> its commit, until its end (--workers: several)
   arms: dict[str, ArmRecord] = {}  # every incumbent so far, by commit
   started_at: dict[int, int] = {}  # trial -> the index of its (last) trial_started
   for index, record in enumerate(records):
     body, where, trial = record.body, _where(record), record.trial
+    if isinstance(body, records_lib.TRIAL_ENDS):
+      in_progress.pop(trial, None)
     if isinstance(body, records_lib.RunStarted):
       yield where, functools.partial(_commit_exists, repo, incumbent.commit)
       yield where, functools.partial(Rule.recorded, settings)
@@ -167,7 +169,7 @@ def _checks(repo: Path, records: list[Record], run_dir: Path) -> Iterator[tuple[
       yield where, functools.partial(_transfer_baseline_fits, repo, config, body)
       transfer_arms[body.experiment] = body.arm
     elif isinstance(body, records_lib.TrialStarted):
-      started[trial], in_progress, started_at[trial] = body, body.commit, index
+      started[trial], in_progress[trial], started_at[trial] = body, body.commit, index
     elif isinstance(body, records_lib.TrialFinished):
       finished[trial] = body
       confirmed.pop(trial, None)  # an interrupted attempt's looks are not this attempt's
@@ -179,7 +181,6 @@ def _checks(repo: Path, records: list[Record], run_dir: Path) -> Iterator[tuple[
       yield where, functools.partial(_rung_holds, body)
       rung_stops.update({t: body.step for t in body.stopped})
     elif isinstance(body, records_lib.Verdict):
-      in_progress = ''
       first = min((finished[trial].batch or [trial]) if trial in finished else [trial])
       # the run's noise as the loop had it when the trial started (trials side by side may
       # be decided meanwhile)
@@ -218,7 +219,7 @@ def _checks(repo: Path, records: list[Record], run_dir: Path) -> Iterator[tuple[
                                      incumbent.commit)
   branch = f'agent/{config.run_id}'
   yield f'branch {branch}', functools.partial(_branch_at_incumbent, repo, branch,
-                                              incumbent.commit, in_progress)
+                                              incumbent.commit, list(in_progress.values()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -567,14 +568,16 @@ def _review_fits(repo: Path, run_id: str, review: records_lib.Review,
     _ref_names(repo, f'refs/agent/{run_id}/rejected/{review.trial}', review.commit)
 
 
-def _branch_at_incumbent(repo: Path, branch: str, incumbent: str, in_progress: str) -> None:
+def _branch_at_incumbent(repo: Path, branch: str, incumbent: str,
+                         in_progress: list[str]) -> None:
   """At the incumbent; or, while a trial runs (or was killed), at its candidate: the
-  incumbent plus the recorded change (its message may already carry the verdict)."""
+  incumbent plus the recorded change of a trial with no verdict yet (its message may
+  already carry the verdict)."""
   head = vcs.ref_commit(repo, f'refs/heads/{branch}')
   if head is None:
     raise Inconsistency('the branch is missing')
-  if head == incumbent or (in_progress and vcs.parent(repo, head) == incumbent
-                           and not vcs.changed_files(repo, head, in_progress)):
+  if head == incumbent or (in_progress and vcs.parent(repo, head) == incumbent and any(
+      not vcs.changed_files(repo, head, commit) for commit in in_progress)):
     return
   raise Inconsistency(f'the branch is at {head[:10]}, not at the journal\'s incumbent '
                       f'{incumbent[:10]}')
