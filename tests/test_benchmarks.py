@@ -115,18 +115,15 @@ class TestSearchAndRigor(ToyRun):
       assert 3 <= rates['0']['agent seeds per arm'] <= 24
 
 
-class TestAgentRuns(ToyRun):
-  """The other benchmarks that run the agent's loop."""
-  names = ('search_large', 'early_stopping', 'broken')
-
-  def test_early_stopping_reports_pairs(self, toy):
-    pair = toy.results['early_stopping']['data']['pairs'][0]
-    assert pair['on']['trials'] == pair['off']['trials'] == 1
+# The classes after the first are grouped to take about the same time (toy runs at load ~3:
+# search 46 s + rigor 8; ray_overhead 32 + search_large 15 + broken 8; overhead 10 + seeds
+# 13 + batches 29 + early_stopping 8).
+class TestRayOverheadSearchLargeBroken(ToyRun):
+  names = ('search_large', 'ray_overhead', 'broken')
 
 
-class TestHarnessCosts(ToyRun):
-  """The harness's own costs: overhead, seeds, batches, Ray."""
-  names = ('overhead', 'seeds', 'batches', 'ray_overhead')
+class TestOverheadSeedsBatchesEarlyStopping(ToyRun):
+  names = ('overhead', 'seeds', 'early_stopping', 'batches')
 
   def test_overhead_and_seeds_report_ratios_against_their_targets(self, toy):
     case = next(iter(toy.results['overhead']['data']['cases'].values()))
@@ -136,6 +133,10 @@ class TestHarnessCosts(ToyRun):
     assert len(seeds['cases'][0]['separate']) == seeds['k']
     assert ('met: ' in toy.text or 'missed: ' in toy.text)
     assert '1. Harness overhead, digits MLP' in toy.text
+
+  def test_early_stopping_reports_pairs(self, toy):
+    pair = toy.results['early_stopping']['data']['pairs'][0]
+    assert pair['on']['trials'] == pair['off']['trials'] == 1
 
   def test_batched_candidates_are_timed_against_one_process_each_with_equal_results(self, toy):
     row = toy.results['batches']['data']['rows'][0]
