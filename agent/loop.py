@@ -78,6 +78,7 @@ class Loop:
     session = self.journal.write(records.SessionStarted(pid=os.getpid()))
     self.heartbeat = Heartbeat(run_dir, session.seq)
     self.data: dict[str, tuple[Path, trial_inputs.Targets]] = {}  # experiment -> its data
+    self._pinning = threading.Lock()  # another experiment's data, pinned once
     self.git_digest = vcs.protected_config_digest(repo)
     self.judge = CandidateJudge(repo, run_dir, self.worktree.path, charter, state, journal,
                                 self._run, self._run_batch, self._other_data,
@@ -135,7 +136,12 @@ class Loop:
 
   def _other_data(self, experiment: str, final: bool = False) -> None:
     """Another shipped experiment's data, pinned from the start commit like the run's own;
-    `final`: with its test inputs, for the final evaluation, and the same data as pinned."""
+    `final`: with its test inputs, for the final evaluation, and the same data as pinned.
+    One at a time: trials side by side may each want it first."""
+    with self._pinning:
+      self._pin_other(experiment, final)
+
+  def _pin_other(self, experiment: str, final: bool) -> None:
     if experiment in self.data and not final:
       return
     start = vcs.create_detached(self.repo, self.run_dir / 'start', self.config.start_commit)
