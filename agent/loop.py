@@ -66,6 +66,7 @@ class Loop:
                workers: int = 1):
     self.repo, self.run_dir, self.charter = repo, run_dir, charter
     self.workers = workers  # trials in flight at once (--workers); 1: one after another
+    self.final_eval = True  # False (--nofinal_eval): no time is kept back for it
     self.proposer, self.journal, self.state = proposer, journal, state
     self.execute, self.execute_batch, self.say = execute, execute_batch, print_fn
     self.config = state.config
@@ -171,7 +172,9 @@ class Loop:
 
   def final_reserve(self) -> float:
     """Seconds kept out of the search for the final evaluation: its two runs, as measured,
-    times FINAL_RESERVE_FACTOR."""
+    times FINAL_RESERVE_FACTOR; none when this session ends without one."""
+    if not self.final_eval:
+      return 0.0
     return FINAL_RESERVE_FACTOR * (sum(self._measured_runs()) + self.transfer.final_seconds)
 
   def search_left(self) -> float:

@@ -180,6 +180,7 @@ def _drive(loop: Loop) -> int:
   """The loop, watched: a progress line, and the TensorBoard view after each trial."""
   loop.workers = 1 if loop.config.review == 'required' else (
       _WORKERS.value or default_workers(loop.charter))
+  loop.final_eval = _FINAL_EVAL.value
   if loop.workers > 1:
     say(f'[workers] up to {loop.workers} trials in flight')
   with progress.watching(loop.run_dir, start.JOURNAL, tb_view.write):

@@ -67,6 +67,8 @@ def test_a_tight_budget_stops_the_search_in_time_for_the_final_evaluation(tmp_pa
   assert loop.elapsed() <= 2 * 60  # baseline, screen and the final evaluation's two runs
   assert runner.timeouts['final/final'] == 600  # never cut by the budget
   assert verify_run(repo, journal) is None
+  loop.final_eval = False  # a session without a final evaluation keeps no time for one
+  assert loop.final_reserve() == 0.0
 
 
 def test_a_look_the_budget_cuts_short_is_undecided_not_a_failed_confirmation(tmp_path):
