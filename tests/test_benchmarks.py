@@ -46,7 +46,7 @@ class Toy(NamedTuple):
 
 
 def run_toy(names: tuple[str, ...], tmp: Path) -> Toy:
-  """The named benchmarks at toy size in one subprocess, in BENCHMARKS order."""
+  """The named benchmarks at toy size in one subprocess, in the order given."""
   out, results = tmp / 'BENCHMARKS.md', tmp / 'results'
   done = subprocess.run([sys.executable, '-c', TOY, str(out), str(results), ','.join(names)],
                         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
@@ -75,7 +75,7 @@ class ToyRun:
   names: ClassVar[tuple[str, ...]] = ()
 
   def test_each_benchmark_writes_results_plots_and_a_section_with_a_table(self, toy):
-    assert list(toy.results) == [n for n in BENCHMARKS if n in self.names]
+    assert sorted(p.stem for p in toy.folder.glob('*.json')) == sorted(self.names)
     for name, result in toy.results.items():
       assert result['size'] == 'toy' and result['machine']['cores'] >= 1
       # ray_overhead and broken are tables: no plot by design
