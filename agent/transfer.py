@@ -209,10 +209,11 @@ class TransferCheck:
       return TransferResult(rule.UNDECIDED, incumbent=incumbent,
                             reason=f'the candidate\'s run: {ran.reason}')
     if candidate is None:
-      where = (' on the config derived for it (the transfer experiment\'s, with the section '
-               'it reshaped as its own)') if carried[1] else ''
+      where = (' on the config derived for it (the transfer experiment\'s, the section it '
+               'reshaped its own)') if carried[1] else ''
       return TransferResult(rule.FAILED, incumbent=incumbent,
-                            reason=f'the candidate {ran.status} there{where}: {ran.reason}')
+                            reason=f'the candidate\'s run there ended \'{ran.status}\''
+                            f'{where}: {ran.reason}')
     return result_of(incumbent, candidate)
 
   def _confirmed(self, trial: int, experiment: str, wall: float, candidate: str,

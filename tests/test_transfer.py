@@ -259,7 +259,8 @@ def test_a_family_switch_runs_as_itself_on_each_transfer_dataset_and_verify_rede
   assert lost.candidate.overrides == ['--config.train.scan_steps=False']
   assert lost.incumbent.derived == ''  # the start commit runs the experiment as named
   assert 'Cnn2d expects input_shape' in failed.reason and 'derived' in failed.reason
-  assert f'{MNIST1D} failed (the candidate failed there' in verdict.rationale
+  assert f"{MNIST1D} failed (the candidate's run there ended 'failed' on the config derived" in (
+      verdict.rationale)
   assert len(runner.derived_trees) == 2 and not any(t.exists() for t in runner.derived_trees)
   assert audit.verify_run(repo, journal) is None
 
