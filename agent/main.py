@@ -31,7 +31,7 @@ from absl import app, flags
 
 from agent import start, workspace
 from agent.charter import CharterError, load_charter
-from agent.loop import BaselineError, Loop, RunHalted, default_workers
+from agent.loop import BaselineError, Loop, RunHalted
 from agent.proposing.llm_client import LLMFatalError
 from agent.recording import audit, records, report, review, vcs
 from agent.recording import progress, tb_view
@@ -157,29 +157,29 @@ def cmd_run() -> int:
   if _WORKERS.value and _WORKERS.value > 1 and _REVIEW.value == 'required':
     raise UsageError('--workers above 1 does not combine with --review=required: a winner '
                      'waits for a person, and the trials beside it would be judged meanwhile')
-  with (start.engine(_EXECUTOR.value, charter, _RAY_ADDRESS.value) as (execute, batch),
+  with (start.engine(_EXECUTOR.value, charter, _RAY_ADDRESS.value) as (execute, batch, workers),
         start.start_run(repo, charter, _EXPERIMENT.value, run_id, _choices(), say=say,
                         execute=execute, execute_batch=batch) as loop):
-    return _drive(loop)
+    return _drive(loop, workers)
 
 
 def cmd_resume() -> int:
   repo, run_id = _repo(), _run_id()
   charter = load_charter(repo / 'WORKSPACE.md')
-  with (start.engine(_EXECUTOR.value, charter, _RAY_ADDRESS.value) as (execute, batch),
+  with (start.engine(_EXECUTOR.value, charter, _RAY_ADDRESS.value) as (execute, batch, workers),
         start.resume_run(repo, run_id, say=say, execute=execute, execute_batch=batch) as loop):
     if loop is None:  # finished: nothing to drive
       journal, run_dir = _journal(), _run_dir(repo)
       show(report.summary(journal, f'agent/{run_id}', str(run_dir)))
       _write_report(repo, journal, run_dir)
       return 0
-    return _drive(loop)
+    return _drive(loop, workers)
 
 
-def _drive(loop: Loop) -> int:
-  """The loop, watched: a progress line, and the TensorBoard view after each trial."""
-  loop.workers = 1 if loop.config.review == 'required' else (
-      _WORKERS.value or default_workers(loop.charter))
+def _drive(loop: Loop, workers: int) -> int:
+  """The loop, watched: a progress line, and the TensorBoard view after each trial;
+  `workers`: the engine's default for --workers."""
+  loop.workers = 1 if loop.config.review == 'required' else (_WORKERS.value or workers)
   loop.final_eval = _FINAL_EVAL.value
   if loop.workers > 1:
     say(f'[workers] up to {loop.workers} trials in flight')

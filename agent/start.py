@@ -19,10 +19,10 @@ import sys
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 from agent.charter import Charter, load_charter
-from agent.loop import Executor, Loop
+from agent.loop import Executor, Loop, default_workers
 from agent.proposing.bandit import SharedBandit
 from agent.proposing.llm import LLMProposer
 from agent.proposing.proposal import Proposer
@@ -167,16 +167,23 @@ def check_sandbox(charter: Charter) -> None:
     raise UsageError(str(e)) from None
 
 
+class Engine(NamedTuple):
+  """The loop's `execute` and `execute_batch`, and how many trials it runs at once by
+  default (--workers): this machine's share for the charter's [trial] cpus, or the Ray
+  cluster's bundles."""
+  execute: Executor
+  execute_batch: BatchExecutor
+  workers: int
+
+
 @contextlib.contextmanager
-def engine(name: str, charter: Charter,
-           ray_address: str | None = None) -> Iterator[tuple[Executor, BatchExecutor]]:
-  """Where trials run: 'local' (this machine, one at a time) or 'ray' (a Ray task each, on
-  the cluster at `ray_address`, or on a local one started here and ended on the way out);
-  yields the loop's `execute` and `execute_batch`."""
+def engine(name: str, charter: Charter, ray_address: str | None = None) -> Iterator[Engine]:
+  """Where trials run: 'local' (this machine) or 'ray' (a Ray task each, on the cluster at
+  `ray_address`, or on a local one started here and ended on the way out)."""
   if name == 'local':
     if ray_address:
       raise UsageError('--ray_address needs --executor=ray')
-    yield run_trial, run_batch
+    yield Engine(run_trial, run_batch, default_workers(charter))
     return
   if name != 'ray':
     raise UsageError(f'unknown executor {name!r}: local or ray')
@@ -189,8 +196,11 @@ def engine(name: str, charter: Charter,
     executor = ray_executor.RayExecutor(charter.trial, ray_address)
   except (ValueError, ConnectionError, RuntimeError) as e:
     raise UsageError(f'--executor=ray: {one_line(str(e))}') from None
+  # a cluster started here is this machine: its cores are the agent's too
+  workers = executor.capacity() if ray_address else min(executor.capacity(),
+                                                         default_workers(charter))
   try:
-    yield executor.run_trial, executor.run_batch
+    yield Engine(executor.run_trial, executor.run_batch, max(1, workers))
   finally:
     executor.close()
 

@@ -22,6 +22,7 @@ import ray
 
 from agent import start
 from agent.charter import CharterError, Trial, parse_charter
+from agent.recording.journal import Journal
 from agent.safety import ray_executor
 from agent.safety.executor import TrialSpec, run_trial
 from agent.safety.ray_executor import Bundle, RayExecutor
@@ -233,6 +234,15 @@ def test_the_bundle_is_the_charters_trial_resources():
   assert Bundle.of(Trial()).fits({'CPU': 1, 'memory': 9 << 30})
 
 
+def test_trials_at_once_are_what_the_scarcest_resource_allows(cluster):
+  node = {'CPU': 16, 'GPU': 8, 'memory': 128 << 30}
+  assert Bundle.of(Trial(cpus=1, gpus=1, memory_mb=8192)).times(node) == 8  # the GPUs
+  assert Bundle.of(Trial(cpus=4, memory_mb=8192)).times(node) == 4  # the CPUs
+  assert Bundle.of(Trial(cpus=0.5, gpus=0.5, memory_mb=0)).times(node) == 16
+  assert Bundle.of(Trial(cpus=1, gpus=1)).times({'CPU': 16}) == 0
+  assert cluster.capacity() == 2  # the module's cluster: 2 CPUs, a trial asks 1, no memory cap
+
+
 @pytest.mark.parametrize('line, message', [
     ('cpus = 1.5', "'trial.cpus' must be a fraction in [0, 1] or a whole number, got 1.5"),
     ('gpus = -1', "'trial.gpus' must be a fraction in [0, 1] or a whole number, got -1"),
@@ -267,7 +277,8 @@ def test_a_returned_archive_cannot_reach_outside_its_folder(tmp_path):
 # ---- the command line -------------------------------------------------------------------------
 
 def test_agent_run_with_executor_ray_works_end_to_end_and_verifies(cluster, tmp_path):
-  """One real tiny trial besides the baseline, on the module's cluster (--ray_address)."""
+  """Two real tiny trials besides the baseline, on the module's cluster (--ray_address),
+  side by side: the cluster's two CPUs hold two trials, so --workers defaults to 2."""
   repo = make_workspace(tmp_path, steps=20)
   charter = repo / 'WORKSPACE.md'  # one look: the screen decides
   charter.write_text(charter.read_text().replace('max_seeds = 6', 'max_seeds = 2'))
@@ -277,15 +288,17 @@ def test_agent_run_with_executor_ray_works_end_to_end_and_verifies(cluster, tmp_
       [sys.executable, '-m', 'agent.main', *args, f'--workspace={repo}'], cwd=repo, env=env,
       capture_output=True, text=True, timeout=300)
   address = ray.get_runtime_context().gcs_address
-  result = agent('run', f'--experiment={TINY_EXPERIMENT}', '--budget_trials=1', '--seeds=2',
+  result = agent('run', f'--experiment={TINY_EXPERIMENT}', '--budget_trials=2', '--seeds=2',
                  '--run_id=ray', '--nofinal_eval', '--executor=ray', f'--ray_address={address}')
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-  assert '[baseline] accuracy' in result.stdout and 'trials: 1/1' in result.stdout
+  assert '[workers] up to 2 trials in flight' in result.stdout
+  assert '[baseline] accuracy' in result.stdout and 'trials: 2/2' in result.stdout
   verify = agent('verify', '--run_id=ray')
   assert verify.returncode == 0, verify.stdout
-  assert len(list((repo / 'runs/ray').rglob('scorecard.json'))) == 2  # the baseline, trial 1
+  with Journal.open(repo / 'runs/ray/journal.sqlite') as journal:
+    assert sorted(r.trial for r in journal.records('verdict')) == [1, 2]
   resumed = agent('resume', '--run_id=ray', '--executor=ray', f'--ray_address={address}')
-  assert resumed.returncode == 0 and 'trials: 1/1' in resumed.stdout, resumed.stderr[-2000:]
+  assert resumed.returncode == 0 and 'trials: 2/2' in resumed.stdout, resumed.stderr[-2000:]
 
 
 def test_a_bundle_no_node_offers_is_a_usage_error(cluster):

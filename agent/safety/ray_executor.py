@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import math
 import os
 import subprocess
 import tarfile
@@ -81,9 +82,15 @@ class Bundle:
 
   def fits(self, offered: Mapping[str, float]) -> bool:
     """True when a node offering these resources (Ray's names) can run the trial."""
+    return self.times(offered) >= 1
+
+  def times(self, offered: Mapping[str, float]) -> int:
+    """How many such trials a node offering these resources runs at once."""
     wanted = {'CPU': self.cpus, 'GPU': self.gpus, 'TPU': self.tpus,
               'memory': float(self.memory_mb << 20)}
-    return all(offered.get(name, 0.0) >= amount for name, amount in wanted.items() if amount)
+    counts = [math.floor(offered.get(name, 0.0) / amount + 1e-9)
+              for name, amount in wanted.items() if amount]
+    return min(counts) if counts else 1
 
   def __str__(self) -> str:
     return (f'cpus={self.cpus:g}, gpus={self.gpus:g}, tpus={self.tpus:g}, '
@@ -117,7 +124,12 @@ class RayExecutor:
     self._task = ray.remote(max_retries=0)(_trial_task)  # retries are the head's (`wait`)
     self._code: dict[str, ray.ObjectRef] = {}  # commit -> its archive
     self._inputs: dict[tuple, ray.ObjectRef] = {}  # the folder's listing -> its archive
-    self.check(Bundle.of(trial))
+    self.bundle = Bundle.of(trial)
+    self.check(self.bundle)
+
+  def capacity(self) -> int:
+    """Trials the cluster's live nodes run at once (the default --workers under Ray)."""
+    return sum(self.bundle.times(node['Resources']) for node in ray.nodes() if node['Alive'])
 
   def check(self, bundle: Bundle) -> None:
     """Raises ValueError when no live node of the cluster offers the bundle."""
