@@ -50,6 +50,7 @@ def test_an_old_journal_replays_to_the_state_it_gave_then(old):
   assert now.pop('later') == []  # proposals of an interrupted batch: none in this journal
   # what trials side by side (--workers) added; this journal's run had them one at a time
   assert (now.pop('last_trial'), now.pop('bases'), now.pop('stale')) == (6, {}, [])
+  assert now['config'].pop('share_stats') == ''  # added since: --share_stats, off then
   assert canonical_json(now) == canonical_json(then)
 
 
