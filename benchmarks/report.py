@@ -23,6 +23,7 @@ TITLES = {
     'broken': '8. Broken starting points',
     'accelerator': '9. Accelerator smoke run',
     'workers': '10. Trials in flight',
+    'mesh': '11. A trial over several devices',
 }
 SHARED_MACHINE = 0.05  # other processes' share of the cores above which the run says so
 

@@ -5,7 +5,8 @@ r"""Runs the benchmarks and writes BENCHMARKS.md (tables, machine, commands) and
 
 Benchmarks, in order: overhead, seeds, search, search_large, rigor (re-runs changes the search kept, so it
 needs search results), early_stopping, batches, ray_overhead, broken; on request only:
-accelerator (a smoke run on a GPU or TPU machine), workers (trials in flight). Each writes results_dir/NAME.json (raw numbers, the
+accelerator (a smoke run on a GPU or TPU machine), workers (trials in flight), mesh (a
+trial over 4 virtual devices). Each writes results_dir/NAME.json (raw numbers, the
 machine, the load) and its plots; the document is then rendered from every JSON there.
 Exit codes: 0 done, 2 bad input (one `error:` line).
 """
@@ -30,9 +31,9 @@ from harness.scorecard import json_safe
 
 BENCHMARKS = ('overhead', 'seeds', 'search', 'search_large', 'rigor', 'early_stopping', 'batches',
               'ray_overhead', 'broken')
-# Run only when named (--only): a machine this one may not be (accelerator), or real agent
-# runs of several minutes each (workers).
-ON_REQUEST = ('accelerator', 'workers')
+# Run only when named (--only): a machine this one may not be (accelerator), real agent runs
+# of several minutes each (workers), virtual devices (mesh).
+ON_REQUEST = ('accelerator', 'workers', 'mesh')
 
 _QUICK = flags.DEFINE_bool('quick', False, 'Reduced sizes: under 10 minutes on 2 CPU cores.')
 _ONLY = flags.DEFINE_string('only', '', f'Comma-separated subset of: {", ".join(BENCHMARKS)}.')
