@@ -48,43 +48,43 @@ def mnist1d_tiny() -> ml_collections.ConfigDict:
 
 
 # ---- scheduling -------------------------------------------------------------------------
-# Seconds each work unit took on a 2-core box (pytest --durations=0, summed per unit; those
-# under 15 s left out). `--dist loadscope` hands whole units to workers in collection order
-# (pyproject.toml turns off xdist's reordering by test count): a module's test functions
-# are one unit, each test class another (tests/test_benchmarks.py splits its toy runs so).
-# The heaviest go first and the small ones fill the gaps at the end: two workers finish
-# together instead of one running a long tail. Refresh when a unit's cost changes a lot; a
-# unit not listed counts as its module's entry, else DEFAULT_SECONDS.
+# Seconds each work unit took in a full run (2 workers on a 2-core box, other jobs adding a
+# load of ~1; the timeline per worker summed per unit; those under 12 s left out).
+# `--dist loadscope` hands whole units to workers in collection order (pyproject.toml turns
+# off xdist's reordering by test count): a module's test functions are one unit, each test
+# class another (tests/test_benchmarks.py splits its toy runs so). The heaviest go first and
+# the small ones fill the gaps at the end: two workers finish together instead of one
+# running a long tail. Refresh when a unit's cost changes a lot; a unit not listed counts as
+# its module's entry, else DEFAULT_SECONDS.
 MODULE_SECONDS = {
-    'test_benchmarks.py::TestSearchAndRigor': 55,  # toy runs, one subprocess each
-    'test_benchmarks.py::TestRayOverheadSearchLargeBroken': 55,
-    'test_benchmarks.py::TestOverheadSeedsBatchesEarlyStopping': 60,
+    'test_agent_crash.py': 136,
+    'test_train.py': 104,
+    'test_progress.py': 102,
+    'test_cli.py': 98,
+    'test_benchmarks.py::TestOverheadSeedsBatchesEarlyStopping': 59,  # toy runs
+    'test_workspace.py': 58,
+    'test_llm_e2e.py': 57,
+    'test_hostile_llm.py': 57,
+    'test_hostile_proposals.py': 57,
+    'test_agent_e2e.py': 57,
+    'test_benchmarks.py::TestRayOverheadSearchLargeBroken': 50,
+    'test_ray_executor.py': 48,
+    'test_models.py': 44,
+    'test_workers.py': 41,
+    'test_benchmarks.py::TestSearchAndRigor': 39,
+    'test_regimen.py': 35,
+    'test_agent_loop.py': 35,
+    'test_batches.py': 33,
+    'test_executor.py': 32,
+    'test_hosts.py': 28,
+    'test_mesh.py': 27,
+    'test_members.py': 25,
+    'test_review.py': 22,
+    'test_transfer.py': 21,
     'test_benchmarks.py': 20,  # its test functions (one in-process batch)
-    'test_agent_crash.py': 110,
-    'test_train.py': 88,
-    'test_cli.py': 86,
-    'test_agent_e2e.py': 30,
-    'test_progress.py': 70,
-    'test_hostile_llm.py': 65,
-    'test_hostile_proposals.py': 60,
-    'test_llm_e2e.py': 55,
-    'test_workspace.py': 60,
-    'test_workers.py': 35,
-    'test_hosts.py': 18,
-    'test_accelerator_benchmark.py': 18,
-    'test_transfer.py': 16,
-    'test_ray_executor.py': 50,
-    'test_regimen.py': 40,
-    'test_models.py': 39,
-    'test_mesh.py': 30,
-    'test_members.py': 30,
-    'test_agent_loop.py': 30,
-    'test_batches.py': 25,
-    'test_workers.py': 30,  # a real --workers=2 run, killed and resumed
-    'test_executor.py': 25,
-    'test_review.py': 25,
-    'test_html_report.py': 15,
     'test_audit.py': 15,
+    'test_accelerator_benchmark.py': 14,
+    'test_html_report.py': 12,
 }
 DEFAULT_SECONDS = 10.0
 
