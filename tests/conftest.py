@@ -70,7 +70,7 @@ MODULE_SECONDS = {
     'test_benchmarks.py::TestRayOverheadSearchLargeBroken': 50,
     'test_ray_executor.py': 48,
     'test_models.py': 44,
-    'test_workers.py': 41,
+    'test_workers.py': 41,  # a real --workers=2 run, killed and resumed
     'test_benchmarks.py::TestSearchAndRigor': 39,
     'test_regimen.py': 35,
     'test_agent_loop.py': 35,
