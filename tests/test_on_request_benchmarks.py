@@ -37,7 +37,9 @@ def test_the_smoke_run_names_the_device_and_claims_nothing_on_a_cpu(toy):
 
 def test_a_trial_over_four_devices_equals_one_device(toy):
   text, loaded = toy
-  rows = loaded['mesh']['data']['rows']
-  assert [r['mesh'] for r in rows] == ['', 'seeds=4', 'data=4']
-  assert all(r['equal'] and r['train_seconds'] > 0 for r in rows)
+  data = loaded['mesh']['data']
+  assert [r['mesh'] for r in data['rows']] == [r['mesh'] for r in data['short']] == [
+      '', 'seeds=4', 'data=4']
+  assert all(r['difference'] <= data['tolerance'] for r in data['short'])
+  assert all(r['train_seconds'] > 0 for r in data['rows'])
   assert '## 11. A trial over several devices' in text and 'equal: yes' in text
