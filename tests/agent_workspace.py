@@ -23,8 +23,9 @@ def git(repo: Path, *args: str) -> str:
                         check=True, capture_output=True, text=True).stdout.strip()
 
 
-def make_workspace(tmp_path: Path, steps: int = 60) -> Path:
-  """Copies the trusted and editable code, shrinks the digits experiment, commits."""
+def make_workspace(tmp_path: Path, steps: int = 60, max_seeds: int = 6) -> Path:
+  """Copies the trusted and editable code, shrinks the digits experiment, commits;
+  `max_seeds` 4 with --seeds=2 is two looks (the screen and one more), 6 is three."""
   repo = tmp_path / 'workspace'
   repo.mkdir()
   for name in COPIED:
@@ -33,9 +34,9 @@ def make_workspace(tmp_path: Path, steps: int = 60) -> Path:
       shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns('__pycache__'))
     else:
       shutil.copy(source, repo / name)
-  charter = repo / 'WORKSPACE.md'  # two looks at most: a real trial's extra looks are slow
+  charter = repo / 'WORKSPACE.md'  # few looks: a real trial's extra looks are slow
   assert 'max_seeds = 24' in charter.read_text()
-  charter.write_text(charter.read_text().replace('max_seeds = 24', 'max_seeds = 6'))
+  charter.write_text(charter.read_text().replace('max_seeds = 24', f'max_seeds = {max_seeds}'))
   experiment = repo / TINY_EXPERIMENT
   text = experiment.read_text()
   for old, new in (('config.train.steps = 1000', f'config.train.steps = {steps}'),

@@ -90,7 +90,7 @@ def test_ten_kills_at_random_moments_lose_nothing_and_count_nothing_twice(tmp_pa
   the minute budget keeps the time of the killed sessions. The first kills land anywhere,
   maybe before the run is recorded; the later ones after their session is (a slow machine's
   start-up would otherwise outlast every kill)."""
-  repo = make_workspace(tmp_path)
+  repo = make_workspace(tmp_path, max_seeds=4)  # two looks: kills land in screens and looks
   journal_path = repo / 'runs/k/journal.sqlite'
   rng = random.Random(7)
   started = time.time()

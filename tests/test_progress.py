@@ -26,7 +26,7 @@ LINE = re.compile(r'^\[p\] (.*?) \| .* \| incumbent (\S+) (\S+) \| (.*)$')
 
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
-  repo = make_workspace(tmp_path_factory.mktemp('progress'))
+  repo = make_workspace(tmp_path_factory.mktemp('progress'), max_seeds=4)  # two looks
   user_head = git(repo, 'rev-parse', 'HEAD')
   result = agent(repo, 'run', f'--experiment={TINY_EXPERIMENT}', '--budget_trials=2',
                  '--seeds=2', '--run_id=p')
